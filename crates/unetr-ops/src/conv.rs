@@ -1,0 +1,225 @@
+//! `conv3d` and `conv_transpose3d` as candle ops with backward (PyTorch semantics, NCDHW).
+//!
+//! Three linear maps share one geometry: the convolution `Fwd(x, w)`, its adjoint in the input
+//! `BwdInput(dy, w)` (= the transposed convolution) and its adjoint in the weight `BwdWeight(x, dy)`.
+//! Each one's gradient is expressed through the other two, so every op here has a backward, and
+//! second-order gradients work too.
+
+use crate::error::{shape_err, OpsError};
+use crate::kernels::conv3d::{conv3d_bwd_input, conv3d_bwd_weight, conv3d_fwd, ConvGeom};
+use crate::storage::{data2, dispatch2, out};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+/// Spatial hyper-parameters of a convolution; the kernel size comes from the weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv3dParams {
+    pub stride: [usize; 3],
+    pub padding: [usize; 3],
+}
+
+impl Default for Conv3dParams {
+    fn default() -> Self {
+        Self { stride: [1; 3], padding: [0; 3] }
+    }
+}
+
+impl Conv3dParams {
+    pub fn new(stride: usize, padding: usize) -> Self {
+        Self { stride: [stride; 3], padding: [padding; 3] }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Fwd,
+    BwdInput,
+    BwdWeight,
+}
+
+/// The spatial part of a geometry; batch and channels come from the operands' shapes.
+#[derive(Clone, Copy, Debug)]
+struct Spatial {
+    input: [usize; 3],
+    kernel: [usize; 3],
+    stride: [usize; 3],
+    padding: [usize; 3],
+    output: [usize; 3],
+}
+
+struct ConvOp {
+    kind: Kind,
+    sp: Spatial,
+}
+
+fn dims5(op: &'static str, what: &str, l: &Layout) -> Result<[usize; 5]> {
+    <[usize; 5]>::try_from(l.dims()).map_err(|_| shape_err(op, format!("{what} must have rank 5"), &[l.dims()]))
+}
+
+impl ConvOp {
+    fn name_of(kind: Kind) -> &'static str {
+        match kind {
+            Kind::Fwd => "conv3d",
+            Kind::BwdInput => "conv3d_bwd_input",
+            Kind::BwdWeight => "conv3d_bwd_weight",
+        }
+    }
+
+    /// Full geometry from the operand shapes, checked against the stored spatial sizes.
+    fn geom(&self, l1: &Layout, l2: &Layout) -> Result<(ConvGeom, Shape)> {
+        let op = Self::name_of(self.kind);
+        let sp = self.sp;
+        let (a, b) = (dims5(op, "first operand", l1)?, dims5(op, "second operand", l2)?);
+        let bad = || shape_err(op, "operands do not fit the convolution geometry", &[l1.dims(), l2.dims()]);
+        let g = |n, ci, co| ConvGeom {
+            n,
+            ci,
+            co,
+            input: sp.input,
+            kernel: sp.kernel,
+            stride: sp.stride,
+            padding: sp.padding,
+            output: sp.output,
+        };
+        match self.kind {
+            Kind::Fwd => {
+                // (x [n, ci, in], w [co, ci, k])
+                if a[1] != b[1] || a[2..] != sp.input || b[2..] != sp.kernel {
+                    return Err(bad());
+                }
+                let [o0, o1, o2] = sp.output;
+                Ok((g(a[0], a[1], b[0]), Shape::from((a[0], b[0], o0, o1, o2))))
+            }
+            Kind::BwdInput => {
+                // (dy [n, co, out], w [co, ci, k])
+                if a[1] != b[0] || a[2..] != sp.output || b[2..] != sp.kernel {
+                    return Err(bad());
+                }
+                let [i0, i1, i2] = sp.input;
+                Ok((g(a[0], b[1], b[0]), Shape::from((a[0], b[1], i0, i1, i2))))
+            }
+            Kind::BwdWeight => {
+                // (x [n, ci, in], dy [n, co, out])
+                if a[0] != b[0] || a[2..] != sp.input || b[2..] != sp.output {
+                    return Err(bad());
+                }
+                let [k0, k1, k2] = sp.kernel;
+                Ok((g(a[0], a[1], b[1]), Shape::from((b[1], a[1], k0, k1, k2))))
+            }
+        }
+    }
+}
+
+fn apply(kind: Kind, sp: Spatial, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    // The kernels read plain row-major slices; copying a strided view here is cheaper than strided kernels.
+    a.contiguous()?.apply_op2(&b.contiguous()?, ConvOp { kind, sp })
+}
+
+impl CustomOp2 for ConvOp {
+    fn name(&self) -> &'static str {
+        Self::name_of(self.kind)
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (g, shape) = self.geom(l1, l2)?;
+        dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |a, b| {
+            let v = match self.kind {
+                Kind::Fwd => conv3d_fwd(a, b, &g),
+                Kind::BwdInput => conv3d_bwd_input(a, b, &g),
+                Kind::BwdWeight => conv3d_bwd_weight(a, b, &g),
+            };
+            out(v, shape)
+        })
+    }
+
+    fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let sp = self.sp;
+        let (ga, gb) = match self.kind {
+            // y = F(x, w): dx = B_in(dy, w), dw = B_w(x, dy)
+            Kind::Fwd => (apply(Kind::BwdInput, sp, g, b)?, apply(Kind::BwdWeight, sp, a, g)?),
+            // dx = B_in(dy, w): d(dy) = F(g, w), dw = B_w(g, dy)
+            Kind::BwdInput => (apply(Kind::Fwd, sp, g, b)?, apply(Kind::BwdWeight, sp, g, a)?),
+            // dw = B_w(x, dy): dx = B_in(dy, g), d(dy) = F(x, g)
+            Kind::BwdWeight => (apply(Kind::BwdInput, sp, b, g)?, apply(Kind::Fwd, sp, a, g)?),
+        };
+        Ok((Some(ga), Some(gb)))
+    }
+}
+
+fn check_pair(op: &'static str, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, co: usize) -> Result<()> {
+    crate::error::check_float(op, x.dtype())?;
+    if x.dtype() != w.dtype() {
+        return Err(OpsError::DTypeMismatch { op, a: x.dtype(), b: w.dtype() }.into());
+    }
+    if x.rank() != 5 {
+        return Err(OpsError::Rank { op, expected: "input of rank 5 (N, C, D, H, W)", got: x.dims().to_vec() }.into());
+    }
+    if w.rank() != 5 {
+        return Err(OpsError::Rank { op, expected: "weight of rank 5", got: w.dims().to_vec() }.into());
+    }
+    if let Some(b) = bias {
+        if b.dims() != [co] || b.dtype() != x.dtype() {
+            return Err(shape_err(op, format!("bias must be [{co}] of dtype {:?}", x.dtype()), &[b.dims()]));
+        }
+    }
+    if x.dims().iter().any(|&d| d == 0) || w.dims().iter().any(|&d| d == 0) {
+        return Err(shape_err(op, "zero-sized dimension", &[x.dims(), w.dims()]));
+    }
+    Ok(())
+}
+
+fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// 3D convolution as `torch.nn.functional.conv3d(x, w, bias, stride, padding)`.
+/// x: [N, Ci, D, H, W], w: [Co, Ci, kd, kh, kw], bias: [Co].
+pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv3dParams) -> Result<Tensor> {
+    const OP: &str = "conv3d";
+    check_pair(OP, x, w, bias, w.dims().first().copied().unwrap_or(0))?;
+    let (xd, wd) = (x.dims(), w.dims());
+    if xd[1] != wd[1] {
+        return Err(shape_err(OP, format!("input has {} channels, weight expects {}", xd[1], wd[1]), &[xd, wd]));
+    }
+    let input = [xd[2], xd[3], xd[4]];
+    let kernel = [wd[2], wd[3], wd[4]];
+    let output = ConvGeom::out_size(input, kernel, p.stride, p.padding).ok_or_else(|| {
+        shape_err(OP, format!("kernel {kernel:?} does not fit the input padded by {:?} (stride {:?})", p.padding, p.stride), &[xd, wd])
+    })?;
+    let sp = Spatial { input, kernel, stride: p.stride, padding: p.padding, output };
+    add_bias(apply(Kind::Fwd, sp, x, w)?, bias)
+}
+
+/// 3D transposed convolution as `torch.nn.functional.conv_transpose3d(x, w, bias, stride, padding,
+/// output_padding)`. x: [N, Ci, D, H, W], w: [Ci, Co, kd, kh, kw] (PyTorch's layout), bias: [Co].
+pub fn conv_transpose3d(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    p: Conv3dParams,
+    output_padding: [usize; 3],
+) -> Result<Tensor> {
+    const OP: &str = "conv_transpose3d";
+    check_pair(OP, x, w, bias, w.dims().get(1).copied().unwrap_or(0))?;
+    let (xd, wd) = (x.dims(), w.dims());
+    if xd[1] != wd[0] {
+        return Err(shape_err(OP, format!("input has {} channels, weight expects {}", xd[1], wd[0]), &[xd, wd]));
+    }
+    let kernel = [wd[2], wd[3], wd[4]];
+    let mut full = [0; 3];
+    for i in 0..3 {
+        if p.stride[i] == 0 || output_padding[i] >= p.stride[i] {
+            return Err(OpsError::Param { op: OP, msg: format!("output_padding {output_padding:?} must be smaller than stride {:?}", p.stride) }.into());
+        }
+        let span = (xd[2 + i] - 1) * p.stride[i] + kernel[i] + output_padding[i];
+        if span <= 2 * p.padding[i] {
+            return Err(shape_err(OP, format!("padding {:?} leaves an empty output", p.padding), &[xd, wd]));
+        }
+        full[i] = span - 2 * p.padding[i];
+    }
+    // The transposed convolution is the input-adjoint of the convolution from `full` back to x's size.
+    let sp = Spatial { input: full, kernel, stride: p.stride, padding: p.padding, output: [xd[2], xd[3], xd[4]] };
+    add_bias(apply(Kind::BwdInput, sp, x, w)?, bias)
+}

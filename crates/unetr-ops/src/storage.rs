@@ -1,0 +1,75 @@
+//! Glue between candle storages and the slice kernels.
+
+use crate::error::OpsError;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Layout, Result, Shape, WithDType};
+
+/// The contiguous f32/f64 data of a storage, or an error naming the op.
+pub(crate) enum Data<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+pub(crate) fn data<'a>(op: &'static str, s: &'a CpuStorage, l: &Layout) -> Result<Data<'a>> {
+    let (a, b) = l.contiguous_offsets().ok_or_else(|| OpsError::Param {
+        op,
+        msg: format!("internal: non-contiguous layout {:?} reached the kernel", l.shape()),
+    })?;
+    match s {
+        CpuStorage::F32(v) => Ok(Data::F32(&v[a..b])),
+        CpuStorage::F64(v) => Ok(Data::F64(&v[a..b])),
+        other => Err(OpsError::DType { op, dtype: other.dtype() }.into()),
+    }
+}
+
+/// Both operands as the same float type, or a dtype-mismatch error.
+pub(crate) enum Data2<'a> {
+    F32(&'a [f32], &'a [f32]),
+    F64(&'a [f64], &'a [f64]),
+}
+
+pub(crate) fn data2<'a>(
+    op: &'static str,
+    s1: &'a CpuStorage,
+    l1: &Layout,
+    s2: &'a CpuStorage,
+    l2: &Layout,
+) -> Result<Data2<'a>> {
+    match (data(op, s1, l1)?, data(op, s2, l2)?) {
+        (Data::F32(a), Data::F32(b)) => Ok(Data2::F32(a, b)),
+        (Data::F64(a), Data::F64(b)) => Ok(Data2::F64(a, b)),
+        (a, b) => Err(OpsError::DTypeMismatch { op, a: a.dtype(), b: b.dtype() }.into()),
+    }
+}
+
+impl Data<'_> {
+    fn dtype(&self) -> DType {
+        match self {
+            Data::F32(_) => DType::F32,
+            Data::F64(_) => DType::F64,
+        }
+    }
+}
+
+pub(crate) fn out<T: WithDType>(v: Vec<T>, shape: impl Into<Shape>) -> Result<(CpuStorage, Shape)> {
+    Ok((T::to_cpu_storage_owned(v), shape.into()))
+}
+
+/// Runs a generic kernel on either float type.
+macro_rules! dispatch {
+    ($d:expr, |$x:ident| $body:expr) => {
+        match $d {
+            $crate::storage::Data::F32($x) => $body,
+            $crate::storage::Data::F64($x) => $body,
+        }
+    };
+}
+macro_rules! dispatch2 {
+    ($d:expr, |$x:ident, $y:ident| $body:expr) => {
+        match $d {
+            $crate::storage::Data2::F32($x, $y) => $body,
+            $crate::storage::Data2::F64($x, $y) => $body,
+        }
+    };
+}
+pub(crate) use {dispatch, dispatch2};
