@@ -1,1 +1,68 @@
-fn main() {}
+//! `cargo xtask`: the project's command line. It orchestrates; the logic lives in the library crates.
+
+mod bench_ops;
+mod docs;
+mod python;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::Command;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "UNETR in Rust: build, test and benchmark")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the whole test suite (release-optimised, CPU).
+    Test {
+        /// Extra arguments passed to `cargo test`.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+    /// Regenerate the PyTorch parity fixtures (needs a Python with torch; see README).
+    Fixtures,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Forward and backward of every conv, transposed conv and norm shape of UNETR at 96^3 (f=16),
+    /// side by side with PyTorch in the same run.
+    Ops(bench_ops::Args),
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the repo").to_path_buf()
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Test { args } => {
+            let status = Command::new(env!("CARGO"))
+                .current_dir(repo_root())
+                .args(["test", "--release", "--workspace"])
+                .args(&args)
+                .status()
+                .context("running cargo test")?;
+            if !status.success() {
+                bail!("tests failed");
+            }
+            Ok(())
+        }
+        Cmd::Bench { what: BenchCmd::Ops(args) } => bench_ops::run(args),
+        Cmd::Fixtures => {
+            let py = python::find_torch().context("regenerating fixtures needs PyTorch")?;
+            python::run_script(&py, &repo_root().join("scripts/gen_ops_fixtures.py"), &[])?;
+            Ok(())
+        }
+    }
+}

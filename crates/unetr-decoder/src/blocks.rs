@@ -1,0 +1,163 @@
+//! MONAI's UNETR blocks. Every struct's fields carry the name of its key in MONAI's state dict.
+
+use crate::layers::{ConvLayer, NormKind, NormLayer, TransConvLayer, LEAKY_SLOPE};
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// `UnetResBlock`: conv3 -> norm -> LReLU -> conv3 -> norm, + residual (1x1x1 conv3 + norm3 when the channel
+/// count changes), then LReLU.
+#[derive(Debug, Clone)]
+pub struct UnetResBlock {
+    pub conv1: ConvLayer,
+    pub conv2: ConvLayer,
+    pub norm1: NormLayer,
+    pub norm2: NormLayer,
+    pub conv3: Option<(ConvLayer, NormLayer)>,
+}
+
+impl UnetResBlock {
+    pub fn new(ci: usize, co: usize, k: usize, norm: NormKind, vb: VarBuilder) -> Result<Self> {
+        let conv3 = if ci != co {
+            Some((ConvLayer::new(ci, co, 1, false, vb.pp("conv3"))?, NormLayer::new(norm, co, vb.pp("norm3"))?))
+        } else {
+            None
+        };
+        Ok(Self {
+            conv1: ConvLayer::new(ci, co, k, false, vb.pp("conv1"))?,
+            conv2: ConvLayer::new(co, co, k, false, vb.pp("conv2"))?,
+            norm1: NormLayer::new(norm, co, vb.pp("norm1"))?,
+            norm2: NormLayer::new(norm, co, vb.pp("norm2"))?,
+            conv3,
+        })
+    }
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let out = self.norm1.forward_lrelu(&self.conv1.forward(x)?, train)?;
+        let out = self.norm2.forward_t(&self.conv2.forward(&out)?, train)?;
+        let residual = match &self.conv3 {
+            Some((conv, norm)) => norm.forward_t(&conv.forward(x)?, train)?,
+            None => x.clone(),
+        };
+        unetr_ops::leaky_relu(&(out + residual)?, LEAKY_SLOPE)
+    }
+}
+
+/// `UnetBasicBlock`: (conv3 -> norm -> LReLU) x 2.
+#[derive(Debug, Clone)]
+pub struct UnetBasicBlock {
+    pub conv1: ConvLayer,
+    pub conv2: ConvLayer,
+    pub norm1: NormLayer,
+    pub norm2: NormLayer,
+}
+
+impl UnetBasicBlock {
+    pub fn new(ci: usize, co: usize, k: usize, norm: NormKind, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            conv1: ConvLayer::new(ci, co, k, false, vb.pp("conv1"))?,
+            conv2: ConvLayer::new(co, co, k, false, vb.pp("conv2"))?,
+            norm1: NormLayer::new(norm, co, vb.pp("norm1"))?,
+            norm2: NormLayer::new(norm, co, vb.pp("norm2"))?,
+        })
+    }
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let out = self.norm1.forward_lrelu(&self.conv1.forward(x)?, train)?;
+        self.norm2.forward_lrelu(&self.conv2.forward(&out)?, train)
+    }
+}
+
+/// Residual or basic conv block (MONAI's `res_block` flag).
+#[derive(Debug, Clone)]
+pub enum ConvBlock {
+    Res(UnetResBlock),
+    Basic(UnetBasicBlock),
+}
+
+impl ConvBlock {
+    pub fn new(ci: usize, co: usize, norm: NormKind, res: bool, vb: VarBuilder) -> Result<Self> {
+        Ok(if res { ConvBlock::Res(UnetResBlock::new(ci, co, 3, norm, vb)?) } else { ConvBlock::Basic(UnetBasicBlock::new(ci, co, 3, norm, vb)?) })
+    }
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            ConvBlock::Res(b) => b.forward_t(x, train),
+            ConvBlock::Basic(b) => b.forward_t(x, train),
+        }
+    }
+}
+
+/// `UnetrBasicBlock` (encoder1): a conv block under the key `layer`.
+#[derive(Debug, Clone)]
+pub struct UnetrBasicBlock {
+    pub layer: ConvBlock,
+}
+
+impl UnetrBasicBlock {
+    pub fn new(ci: usize, co: usize, norm: NormKind, res: bool, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { layer: ConvBlock::new(ci, co, norm, res, vb.pp("layer"))? })
+    }
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.layer.forward_t(x, train)
+    }
+}
+
+/// `UnetrPrUpBlock` (encoders 2-4): a transposed conv from the hidden size, then `num_layer` x
+/// [transposed conv + conv block] (`blocks.i.0`, `blocks.i.1`), each doubling the resolution.
+#[derive(Debug, Clone)]
+pub struct UnetrPrUpBlock {
+    pub transp_conv_init: TransConvLayer,
+    pub blocks: Vec<(TransConvLayer, ConvBlock)>,
+}
+
+impl UnetrPrUpBlock {
+    /// `up` gives the up-sampling factor per axis of every step (MONAI: 2).
+    pub fn new(ci: usize, co: usize, num_layer: usize, up: [usize; 3], norm: NormKind, res: bool, vb: VarBuilder) -> Result<Self> {
+        let blocks = (0..num_layer)
+            .map(|i| {
+                let vb = vb.pp(format!("blocks.{i}"));
+                Ok((TransConvLayer::new(co, co, up, vb.pp("0"))?, ConvBlock::new(co, co, norm, res, vb.pp("1"))?))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { transp_conv_init: TransConvLayer::new(ci, co, up, vb.pp("transp_conv_init"))?, blocks })
+    }
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = self.transp_conv_init.forward(x)?;
+        for (up, block) in &self.blocks {
+            x = block.forward_t(&up.forward(&x)?, train)?;
+        }
+        Ok(x)
+    }
+}
+
+/// `UnetrUpBlock` (decoders 2-5): transposed conv, concat with the skip (up-sampled first), conv block.
+#[derive(Debug, Clone)]
+pub struct UnetrUpBlock {
+    pub transp_conv: TransConvLayer,
+    pub conv_block: ConvBlock,
+}
+
+impl UnetrUpBlock {
+    pub fn new(ci: usize, co: usize, up: [usize; 3], norm: NormKind, res: bool, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            transp_conv: TransConvLayer::new(ci, co, up, vb.pp("transp_conv"))?,
+            conv_block: ConvBlock::new(2 * co, co, norm, res, vb.pp("conv_block"))?,
+        })
+    }
+    pub fn forward_t(&self, x: &Tensor, skip: &Tensor, train: bool) -> Result<Tensor> {
+        let up = self.transp_conv.forward(x)?;
+        self.conv_block.forward_t(&Tensor::cat(&[&up, skip], 1)?, train)
+    }
+}
+
+/// `UnetOutBlock`: 1x1x1 conv with bias (raw logits), key `conv.conv.{weight,bias}`.
+#[derive(Debug, Clone)]
+pub struct UnetOutBlock {
+    pub conv: ConvLayer,
+}
+
+impl UnetOutBlock {
+    pub fn new(ci: usize, co: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { conv: ConvLayer::new(ci, co, 1, true, vb.pp("conv"))? })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.conv.forward(x)
+    }
+}

@@ -1,0 +1,132 @@
+//! Conv / transposed conv / norm layers with MONAI's `Convolution` key layout (`<name>.conv.weight`).
+
+use candle_core::{Result, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
+use unetr_ops::Conv3dParams;
+
+/// LeakyReLU slope of MONAI's blocks.
+pub const LEAKY_SLOPE: f64 = 0.01;
+
+/// PyTorch's default conv init: kaiming_uniform(a = sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+fn uniform_init(fan_in: usize) -> Init {
+    let b = 1.0 / (fan_in.max(1) as f64).sqrt();
+    Init::Uniform { lo: -b, up: b }
+}
+
+/// Conv3d with "same" padding (k - 1) / 2 at stride 1, as MONAI's `get_conv_layer`.
+#[derive(Debug, Clone)]
+pub struct ConvLayer {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub params: Conv3dParams,
+}
+
+impl ConvLayer {
+    /// `vb` points at the `Convolution` module; the weight lives at `conv.weight`.
+    pub fn new(ci: usize, co: usize, k: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let vb = vb.pp("conv");
+        let init = uniform_init(ci * k * k * k);
+        let weight = vb.get_with_hints((co, ci, k, k, k), "weight", init)?;
+        let bias = if bias { Some(vb.get_with_hints(co, "bias", init)?) } else { None };
+        let pad = (k - 1) / 2; // MONAI: (k - s + 1) // 2 with s = 1
+        Ok(Self { weight, bias, params: Conv3dParams::new(1, pad) })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        unetr_ops::conv3d(x, &self.weight, self.bias.as_ref(), self.params)
+    }
+}
+
+/// ConvTranspose3d with kernel = stride (MONAI's up-sampling, padding 0, output padding 0), no bias.
+#[derive(Debug, Clone)]
+pub struct TransConvLayer {
+    pub weight: Tensor,
+    pub stride: [usize; 3],
+}
+
+impl TransConvLayer {
+    pub fn new(ci: usize, co: usize, k: [usize; 3], vb: VarBuilder) -> Result<Self> {
+        // PyTorch computes a transposed conv's fan_in from weight.size(1) = out channels.
+        let init = uniform_init(co * k.iter().product::<usize>());
+        let weight = vb.pp("conv").get_with_hints((ci, co, k[0], k[1], k[2]), "weight", init)?;
+        Ok(Self { weight, stride: k })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        unetr_ops::conv_transpose3d(x, &self.weight, None, Conv3dParams { stride: self.stride, padding: [0; 3] }, [0; 3])
+    }
+}
+
+/// MONAI's `norm_name`: "instance" (InstanceNorm3d, affine=False) or "batch" (BatchNorm3d).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormKind {
+    #[default]
+    Instance,
+    Batch,
+}
+
+/// `nn.BatchNorm3d(c)` (eps 1e-5, momentum 0.1, affine) with running statistics updated in training.
+#[derive(Debug, Clone)]
+pub struct BatchNorm3d {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Var,
+    pub running_var: Var,
+    pub eps: f64,
+    pub momentum: f64,
+}
+
+impl BatchNorm3d {
+    pub fn new(c: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(c, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(c, "bias", Init::Const(0.0))?;
+        // Var::from_tensor shares storage with a VarMap-backed builder, so saving sees the updates.
+        let running_mean = Var::from_tensor(&vb.get_with_hints(c, "running_mean", Init::Const(0.0))?)?;
+        let running_var = Var::from_tensor(&vb.get_with_hints(c, "running_var", Init::Const(1.0))?)?;
+        Ok(Self { weight, bias, running_mean, running_var, eps: 1e-5, momentum: 0.1 })
+    }
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (y, stats) = unetr_ops::batch_norm(
+            x,
+            &self.running_mean.as_tensor().detach(),
+            &self.running_var.as_tensor().detach(),
+            Some(&self.weight),
+            Some(&self.bias),
+            train,
+            self.momentum,
+            self.eps,
+        )?;
+        if let Some(s) = stats {
+            self.running_mean.set(&s.mean)?;
+            self.running_var.set(&s.var)?;
+        }
+        Ok(y)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum NormLayer {
+    Instance,
+    Batch(BatchNorm3d),
+}
+
+impl NormLayer {
+    pub fn new(kind: NormKind, c: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(match kind {
+            NormKind::Instance => NormLayer::Instance,
+            NormKind::Batch => NormLayer::Batch(BatchNorm3d::new(c, vb)?),
+        })
+    }
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            NormLayer::Instance => unetr_ops::instance_norm(x, None, None, 1e-5),
+            NormLayer::Batch(bn) => bn.forward_t(x, train),
+        }
+    }
+    /// leaky_relu(norm(x)): one fused pass for instance norm.
+    pub fn forward_lrelu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            NormLayer::Instance => unetr_ops::instance_norm_leaky_relu(x, 1e-5, LEAKY_SLOPE),
+            NormLayer::Batch(bn) => unetr_ops::leaky_relu(&bn.forward_t(x, train)?, LEAKY_SLOPE),
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The CNN side of UNETR as MONAI builds it (`monai.networks.blocks.dynunet_block` and `unetr_block`):
+//! conv layers, norms, `UnetResBlock` / `UnetBasicBlock`, the projection-upsampling `UnetrPrUpBlock`,
+//! the skip-merging `UnetrUpBlock` and the 1x1x1 `UnetOutBlock`. Keys follow MONAI's state dict.
+
+mod blocks;
+mod layers;
+
+pub use blocks::{ConvBlock, UnetBasicBlock, UnetOutBlock, UnetResBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock};
+pub use layers::{BatchNorm3d, ConvLayer, NormKind, NormLayer, TransConvLayer};

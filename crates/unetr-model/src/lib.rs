@@ -1,0 +1,17 @@
+//! UNETR (Hatamizadeh et al., WACV 2022) as `monai.networks.nets.UNETR` builds it, with MONAI's
+//! state-dict names: [`UnetrConfig`] (MONAI's constructor arguments, plus patch size and depth),
+//! [`Unetr`], weight loading from `.safetensors` / `.pth` and saving, and analytic parameter / FLOP counts.
+
+mod config;
+mod error;
+mod flops;
+mod unetr;
+mod weights;
+
+pub use config::UnetrConfig;
+pub use error::ModelError;
+pub use flops::{count_macs, count_params, layer_costs, LayerCost, OpKind};
+pub use unetr::{Features, Unetr};
+pub use weights::{load_state_dict, save_safetensors, LoadReport, UnetrWeights};
+pub use unetr_decoder::NormKind;
+pub use unetr_vit::ProjType;

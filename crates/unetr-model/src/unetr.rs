@@ -1,0 +1,136 @@
+//! The UNETR network, as `monai.networks.nets.UNETR.forward`.
+
+use crate::config::UnetrConfig;
+use crate::error::{ModelError, Result};
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+use unetr_decoder::{UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock};
+use unetr_vit::Vit;
+
+#[derive(Debug, Clone)]
+pub struct Unetr {
+    pub vit: Vit,
+    pub encoder1: UnetrBasicBlock,
+    pub encoder2: UnetrPrUpBlock,
+    pub encoder3: UnetrPrUpBlock,
+    pub encoder4: UnetrPrUpBlock,
+    pub decoder5: UnetrUpBlock,
+    pub decoder4: UnetrUpBlock,
+    pub decoder3: UnetrUpBlock,
+    pub decoder2: UnetrUpBlock,
+    pub out: UnetOutBlock,
+    pub cfg: UnetrConfig,
+}
+
+/// Named intermediate activations (for parity tests and debugging), in forward order.
+pub type Features = Vec<(String, Tensor)>;
+
+impl Unetr {
+    pub fn new(cfg: &UnetrConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let (f, h, n, r) = (cfg.feature_size, cfg.hidden_size, cfg.norm_name, cfg.res_block);
+        let up0 = cfg.first_up();
+        let two = [2; 3];
+        Ok(Self {
+            vit: Vit::new(&cfg.vit(), vb.pp("vit"))?,
+            encoder1: UnetrBasicBlock::new(cfg.in_channels, f, n, r, vb.pp("encoder1"))?,
+            encoder2: UnetrPrUpBlock::new(h, 2 * f, 2, up0, n, r, vb.pp("encoder2"))?,
+            encoder3: UnetrPrUpBlock::new(h, 4 * f, 1, up0, n, r, vb.pp("encoder3"))?,
+            encoder4: UnetrPrUpBlock::new(h, 8 * f, 0, up0, n, r, vb.pp("encoder4"))?,
+            decoder5: UnetrUpBlock::new(h, 8 * f, up0, n, r, vb.pp("decoder5"))?,
+            decoder4: UnetrUpBlock::new(8 * f, 4 * f, two, n, r, vb.pp("decoder4"))?,
+            decoder3: UnetrUpBlock::new(4 * f, 2 * f, two, n, r, vb.pp("decoder3"))?,
+            decoder2: UnetrUpBlock::new(2 * f, f, two, n, r, vb.pp("decoder2"))?,
+            out: UnetOutBlock::new(f, cfg.out_channels, vb.pp("out"))?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Checks that x is [B, in_channels, img_size...] and says what would fit otherwise.
+    pub fn check_input(&self, x: &Tensor) -> Result<()> {
+        let c = &self.cfg;
+        let d = x.dims();
+        let why = if d.len() != 5 {
+            Some("expected rank 5 (N, C, D, H, W)".to_string())
+        } else if d[0] == 0 {
+            Some("empty batch".to_string())
+        } else if d[1] != c.in_channels {
+            Some(format!("the model takes {} input channel(s), got {}", c.in_channels, d[1]))
+        } else if d[2..] != c.img_size {
+            Some(format!(
+                "spatial size must equal img_size {:?} (the position embedding has a fixed token grid {:?}); \
+                 crop or pad to it, or run sliding-window inference with roi {:?}",
+                c.img_size,
+                c.feat_size(),
+                c.img_size
+            ))
+        } else if !x.dtype().is_float() {
+            Some(format!("input dtype {:?} is not a float type", x.dtype()))
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(ModelError::Input { got: d.to_vec(), why }),
+            None => Ok(()),
+        }
+    }
+
+    /// [B, N, hidden] tokens -> [B, hidden, gd, gh, gw] (MONAI's proj_feat).
+    fn proj_feat(&self, x: &Tensor) -> Result<Tensor> {
+        let [a, b, c] = self.cfg.feat_size();
+        let bs = x.dim(0)?;
+        Ok(x.reshape((bs, a, b, c, self.cfg.hidden_size))?.permute((0, 4, 1, 2, 3))?.contiguous()?)
+    }
+
+    /// Logits [B, out_channels, D, H, W]. `train` switches dropout and batch-norm statistics.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.run(x, train, None)
+    }
+
+    /// Logits plus every named intermediate (as MONAI's module names).
+    pub fn forward_features(&self, x: &Tensor) -> Result<(Tensor, Features)> {
+        let mut f = Vec::new();
+        let y = self.run(x, false, Some(&mut f))?;
+        Ok((y, f))
+    }
+
+    fn run(&self, x: &Tensor, train: bool, mut sink: Option<&mut Features>) -> Result<Tensor> {
+        self.check_input(x)?;
+        let mut keep = |name: &str, t: &Tensor| {
+            if let Some(s) = sink.as_mut() {
+                s.push((name.to_string(), t.clone()));
+            }
+        };
+        let vit = self.vit.forward_t(x, train)?;
+        let [s2, s3, s4] = self.cfg.skip_layers();
+        for (i, h) in vit.hidden_states.iter().enumerate() {
+            keep(&format!("vit.blocks.{i}"), h);
+        }
+        keep("vit", &vit.last);
+        // The decoder path is ordered so each large activation is dropped as soon as it was used.
+        let enc4 = self.encoder4.forward_t(&self.proj_feat(&vit.hidden_states[s4])?, train)?;
+        keep("encoder4", &enc4);
+        let dec3 = self.decoder5.forward_t(&self.proj_feat(&vit.last)?, &enc4, train)?;
+        keep("decoder5", &dec3);
+        drop(enc4);
+        let enc3 = self.encoder3.forward_t(&self.proj_feat(&vit.hidden_states[s3])?, train)?;
+        keep("encoder3", &enc3);
+        let dec2 = self.decoder4.forward_t(&dec3, &enc3, train)?;
+        keep("decoder4", &dec2);
+        drop((enc3, dec3));
+        let enc2 = self.encoder2.forward_t(&self.proj_feat(&vit.hidden_states[s2])?, train)?;
+        keep("encoder2", &enc2);
+        drop(vit);
+        let dec1 = self.decoder3.forward_t(&dec2, &enc2, train)?;
+        keep("decoder3", &dec1);
+        drop((enc2, dec2));
+        let enc1 = self.encoder1.forward_t(x, train)?;
+        keep("encoder1", &enc1);
+        let out = self.decoder2.forward_t(&dec1, &enc1, train)?;
+        keep("decoder2", &out);
+        drop((enc1, dec1));
+        let logits = self.out.forward(&out)?;
+        keep("out", &logits);
+        Ok(logits)
+    }
+}

@@ -1,0 +1,172 @@
+//! MONAI weights in and out: `.safetensors` and PyTorch `.pth`/`.pt` state dicts (bare, or nested under
+//! "state_dict" / "model"; DataParallel's "module." prefix stripped), checked key by key against the model.
+
+use crate::config::UnetrConfig;
+use crate::error::{ModelError, Result};
+use crate::unetr::Unetr;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Keys that MONAI versions write but the forward pass never uses.
+fn known_unused(key: &str) -> bool {
+    key == "vit.patch_embedding.cls_token" // MONAI <= 0.8.1
+        || key.contains(".norm_cross_attn.") // MONAI >= 1.4
+        || key.contains(".cross_attn.")
+        || key.ends_with("num_batches_tracked")
+        || key.contains(".conv3.") // MONAI 0.7 creates conv3/norm3 in every UnetResBlock
+        || key.contains(".norm3.")
+}
+
+fn file_err(path: &Path, msg: impl std::fmt::Display) -> ModelError {
+    ModelError::File { path: path.to_path_buf(), msg: msg.to_string() }
+}
+
+/// All tensors of a checkpoint, by name. Format by extension: `.safetensors`, else a PyTorch zip pickle.
+pub fn load_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    if !path.exists() {
+        return Err(file_err(path, "no such file"));
+    }
+    let is_st = path.extension().is_some_and(|e| e == "safetensors");
+    let tensors = if is_st {
+        candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| file_err(path, format!("not a readable safetensors file: {e}")))?
+            .into_iter()
+            .collect::<Vec<_>>()
+    } else {
+        let mut found = Vec::new();
+        let mut last_err = String::new();
+        for key in [None, Some("state_dict"), Some("model")] {
+            // candle's unpickler can panic on malformed input; a bad file must be an error, not a crash.
+            let r = std::panic::catch_unwind(|| candle_core::pickle::read_all_with_key(path, key));
+            match r {
+                Ok(Ok(t)) if !t.is_empty() => {
+                    found = t;
+                    break;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => last_err = e.to_string(),
+                Err(_) => last_err = "malformed pickle".into(),
+            }
+        }
+        if found.is_empty() {
+            return Err(file_err(path, format!("no tensors found as a PyTorch state dict (bare, 'state_dict' or 'model'): {last_err}")));
+        }
+        found
+    };
+    Ok(tensors.into_iter().map(|(k, t)| (k.strip_prefix("module.").map(str::to_string).unwrap_or(k), t)).collect())
+}
+
+/// What loading did besides copying tensors.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    pub loaded: usize,
+    pub ignored: Vec<String>,
+    /// Keys left at their initial values because the caller allowed it (e.g. a new head).
+    pub skipped: Vec<String>,
+}
+
+/// A model whose weights live in a `VarMap` (trainable, saveable).
+pub struct UnetrWeights {
+    pub model: Unetr,
+    pub varmap: VarMap,
+}
+
+impl UnetrWeights {
+    /// A freshly initialised model (MONAI's/PyTorch's default init).
+    pub fn init(cfg: &UnetrConfig, device: &Device) -> Result<Self> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let model = Unetr::new(cfg, vb)?;
+        Ok(Self { model, varmap })
+    }
+
+    /// A model with the weights of a MONAI checkpoint. Every expected key must be present with the right
+    /// shape, and every key of the file must be expected or known-unused; otherwise the error lists them all.
+    pub fn load(cfg: &UnetrConfig, path: &Path, device: &Device) -> Result<Self> {
+        let w = Self::init(cfg, device)?;
+        w.load_from(path, |_| false)?;
+        Ok(w)
+    }
+
+    /// Copies a checkpoint's tensors in; keys for which `may_skip` is true may be missing or mis-shaped
+    /// (fine-tuning with a new head) and keep their initial values.
+    pub fn load_from(&self, path: &Path, may_skip: impl Fn(&str) -> bool) -> Result<LoadReport> {
+        let file: HashMap<String, Tensor> = load_state_dict(path)?.into_iter().collect();
+        let vars = self.varmap.data().lock().unwrap();
+        let mut missing = Vec::new();
+        let mut mismatched = Vec::new();
+        let mut report = LoadReport::default();
+        let mut assign = Vec::new();
+        let expected: BTreeMap<_, _> = vars.iter().collect();
+        for (name, var) in &expected {
+            match file.get(name.as_str()) {
+                None if may_skip(name) => report.skipped.push(name.to_string()),
+                None => missing.push(name.to_string()),
+                Some(t) if t.dims() != var.dims() => {
+                    if may_skip(name) {
+                        report.skipped.push(name.to_string());
+                    } else {
+                        mismatched.push(format!("{name}: file {:?}, model {:?}", t.dims(), var.dims()));
+                    }
+                }
+                Some(t) => assign.push((var, t)),
+            }
+        }
+        let mut unexpected = Vec::new();
+        for k in file.keys() {
+            if !expected.contains_key(k) {
+                if known_unused(k) {
+                    report.ignored.push(k.clone());
+                } else {
+                    unexpected.push(k.clone());
+                }
+            }
+        }
+        if !(missing.is_empty() && mismatched.is_empty() && unexpected.is_empty()) {
+            unexpected.sort();
+            let mut d = String::new();
+            for (title, list) in [("missing", &missing), ("wrong shape", &mismatched), ("unexpected", &unexpected)] {
+                if !list.is_empty() {
+                    d += &format!("  {} {title} key(s):\n", list.len());
+                    for k in list.iter() {
+                        d += &format!("    {k}\n");
+                    }
+                }
+            }
+            d += "  (check the config: feature_size, hidden_size, norm_name, res_block, proj_type, qkv_bias, channels, img_size)";
+            return Err(ModelError::Checkpoint { path: path.to_path_buf(), details: d });
+        }
+        for (var, t) in assign {
+            if !t.dtype().is_float() {
+                return Err(file_err(path, format!("tensor of shape {:?} has non-float dtype {:?}", t.dims(), t.dtype())));
+            }
+            var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+            report.loaded += 1;
+        }
+        report.ignored.sort();
+        Ok(report)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        save_safetensors(&self.varmap, path)
+    }
+}
+
+/// Saves with MONAI's names, atomically (temporary file + rename). Batch norms get the
+/// `num_batches_tracked` buffer PyTorch's state dict carries.
+pub fn save_safetensors(varmap: &VarMap, path: &Path) -> Result<()> {
+    let vars = varmap.data().lock().unwrap();
+    let mut tensors: BTreeMap<String, Tensor> = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    let bn: Vec<String> = tensors.keys().filter_map(|k| k.strip_suffix(".running_mean").map(str::to_string)).collect();
+    for prefix in bn {
+        tensors.insert(format!("{prefix}.num_batches_tracked"), Tensor::new(0i64, &Device::Cpu)?);
+    }
+    drop(vars);
+    let tmp = path.with_extension("safetensors.tmp");
+    candle_core::safetensors::save(&tensors.into_iter().collect::<HashMap<_, _>>(), &tmp)
+        .map_err(|e| file_err(&tmp, format!("writing: {e}")))?;
+    std::fs::rename(&tmp, path).map_err(|e| file_err(path, format!("renaming {}: {e}", tmp.display())))?;
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! Small layers shared by the encoder: LayerNorm with a real backward, and dropout.
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// `nn.LayerNorm(dim)` (eps 1e-5, affine) on our `layer_norm`, whose gradients reach weight, bias and input
+/// (candle_nn's fused LayerNorm drops them).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(dim, "weight", candle_nn::Init::Const(1.0))?;
+        let bias = vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.0))?;
+        Ok(Self { weight, bias, eps })
+    }
+}
+
+impl candle_core::Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        unetr_ops::layer_norm(x, Some(&self.weight), Some(&self.bias), self.eps)
+    }
+}
+
+/// Inverted dropout as `nn.Dropout`: identity unless training with p > 0.
+pub fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
+    if !train || p <= 0.0 {
+        return Ok(x.clone());
+    }
+    candle_nn::ops::dropout(x, p as f32)
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Proves `cargo build --release --features cuda --workspace` compiles on a machine without a GPU,
+# with the CUDA 13 toolchain from PyPI wheels (../shared/tools/cuda-toolchain.sh, see ../shared/docs/gpu.md).
+# Nothing built here runs here: libcuda comes with an NVIDIA driver.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo fetch -q
+# shellcheck disable=SC1091
+source ../shared/tools/cuda-toolchain.sh
+CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda} cargo build --release --features cuda --workspace
+echo "cuda build: ok"
