@@ -2,6 +2,7 @@
 
 mod bench_ops;
 mod docs;
+mod forward;
 mod python;
 
 use anyhow::{bail, Context, Result};
@@ -29,8 +30,10 @@ enum Cmd {
         #[command(subcommand)]
         what: BenchCmd,
     },
-    /// Regenerate the PyTorch parity fixtures (needs a Python with torch; see README).
+    /// Regenerate the PyTorch / MONAI parity fixtures (needs a Python with torch and monai; see README).
     Fixtures,
+    /// One UNETR forward pass: MONAI config + weights + input file -> logits file.
+    Forward(forward::Args),
 }
 
 #[derive(Subcommand)]
@@ -61,8 +64,11 @@ fn main() -> Result<()> {
         Cmd::Bench { what: BenchCmd::Ops(args) } => bench_ops::run(args),
         Cmd::Fixtures => {
             let py = python::find_torch().context("regenerating fixtures needs PyTorch")?;
-            python::run_script(&py, &repo_root().join("scripts/gen_ops_fixtures.py"), &[])?;
+            for s in ["scripts/gen_ops_fixtures.py", "scripts/gen_model_fixtures.py"] {
+                python::run_script(&py, &repo_root().join(s), &[])?;
+            }
             Ok(())
         }
+        Cmd::Forward(a) => forward::run(a),
     }
 }

@@ -164,9 +164,31 @@ pub fn save_safetensors(varmap: &VarMap, path: &Path) -> Result<()> {
         tensors.insert(format!("{prefix}.num_batches_tracked"), Tensor::new(0i64, &Device::Cpu)?);
     }
     drop(vars);
-    let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(&tensors.into_iter().collect::<HashMap<_, _>>(), &tmp)
-        .map_err(|e| file_err(&tmp, format!("writing: {e}")))?;
-    std::fs::rename(&tmp, path).map_err(|e| file_err(path, format!("renaming {}: {e}", tmp.display())))?;
+    write_safetensors(&tensors.into_iter().collect(), path)
+}
+
+/// Writes tensors to a .safetensors file atomically: a crash leaves either the old file or the new one.
+pub fn write_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    candle_core::safetensors::save(tensors, &tmp).map_err(|e| file_err(&tmp, format!("writing: {e}")))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        file_err(path, format!("renaming {}: {e}", tmp.display()))
+    })?;
     Ok(())
+}
+
+/// Reads one named tensor from a .safetensors file, with errors that name the file and the problem.
+pub fn read_tensor(path: &Path, name: &str, device: &Device) -> Result<Tensor> {
+    if !path.exists() {
+        return Err(file_err(path, "no such file"));
+    }
+    let mut all = candle_core::safetensors::load(path, device).map_err(|e| file_err(path, format!("not a readable safetensors file: {e}")))?;
+    all.remove(name).ok_or_else(|| {
+        let mut keys: Vec<_> = all.keys().cloned().collect();
+        keys.sort();
+        file_err(path, format!("no tensor named {name:?} (found: {keys:?})"))
+    })
 }
