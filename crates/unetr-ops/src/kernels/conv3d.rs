@@ -1,4 +1,7 @@
-//! 3D convolution on the CPU as tiled implicit GEMM.
+//! 3D convolution on the CPU: dispatch, the 1x1x1 and the general (strided) paths.
+//! Stride-1 convolutions (UNETR's 3x3x3) take the channels-last implicit GEMM of `conv3d_s1`.
+//!
+//! General path: tiled im2col + GEMM.
 //!
 //! A plain im2col of a 32-channel 3x3x3 conv at 96^3 is 884,736 x 864 floats (3 GB). Here the output is
 //! cut into tiles of whole output rows; each tile's im2col block is built in a buffer of a few MB that
@@ -6,7 +9,7 @@
 //! Tiles run in parallel on rayon with single-threaded GEMMs; reductions (weight gradients) use a static
 //! partition of tiles over threads, so results are bit-identical from run to run.
 
-use super::{matmul, threads, Elem, Mat, SyncPtr};
+use super::{matmul, threads, with_scratch, zeros_written, Elem, Mat, SyncPtr};
 use rayon::prelude::*;
 
 /// Geometry of one convolution: NCDHW input, weight [co, ci, kd, kh, kw], no dilation, no groups.
@@ -170,21 +173,26 @@ pub fn conv3d_fwd<T: Elem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
     let (iv, ov, k) = (g.in_vol(), g.out_vol(), g.k());
     assert_eq!(x.len(), g.n * g.ci * iv);
     assert_eq!(w.len(), g.co * k);
+    if !g.is_pointwise() && super::conv3d_s1::applies(g) {
+        return super::conv3d_s1::fwd(x, w, g);
+    }
     let mut y = vec![T::zero(); g.n * g.co * ov];
     let yp = SyncPtr(y.as_mut_ptr());
     let wo = g.output[2];
-    g.tiles().par_iter().for_each_init(Vec::new, |col: &mut Vec<T>, &(n, r0, r1)| {
+    g.tiles().par_iter().for_each(|&(n, r0, r1)| {
         let xs = &x[n * g.ci * iv..(n + 1) * g.ci * iv];
         let (c0, pt) = (r0 * wo, (r1 - r0) * wo);
-        let b = if g.is_pointwise() {
-            Mat::rows(xs[c0..].as_ptr(), iv)
+        let a = Mat::rows(w.as_ptr(), k);
+        // SAFETY (both): tile (n, r0..r1) owns columns c0..c0+pt of sample n's output rows.
+        let dst = unsafe { yp.ptr().add(n * g.co * ov + c0) };
+        if g.is_pointwise() {
+            unsafe { matmul(g.co, pt, k, dst, ov, a, Mat::rows(xs[c0..].as_ptr(), iv), false) }
         } else {
-            col.resize(k * pt, T::zero());
-            im2col(xs, g, r0, r1, col);
-            Mat::rows(col.as_ptr(), pt)
-        };
-        // SAFETY: tile (n, r0..r1) owns columns c0..c0+pt of sample n's output rows.
-        unsafe { matmul(g.co, pt, k, yp.ptr().add(n * g.co * ov + c0), ov, Mat::rows(w.as_ptr(), k), b, false) }
+            with_scratch(k * pt, |col: &mut [T]| {
+                im2col(xs, g, r0, r1, col);
+                unsafe { matmul(g.co, pt, k, dst, ov, a, Mat::rows(col.as_ptr(), pt), false) }
+            })
+        }
     });
     y
 }
@@ -194,6 +202,9 @@ pub fn conv3d_bwd_weight<T: Elem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
     let (iv, ov, k) = (g.in_vol(), g.out_vol(), g.k());
     assert_eq!(x.len(), g.n * g.ci * iv);
     assert_eq!(dy.len(), g.n * g.co * ov);
+    if !g.is_pointwise() && super::conv3d_s1::applies(g) {
+        return super::conv3d_s1::bwd_weight(x, dy, g);
+    }
     let tiles = g.tiles();
     let nt = threads().min(tiles.len()).max(1);
     let wo = g.output[2];
@@ -202,19 +213,18 @@ pub fn conv3d_bwd_weight<T: Elem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
         .into_par_iter()
         .map(|t| {
             let mut dw = vec![T::zero(); g.co * k];
-            let mut col = Vec::new();
             for &(n, r0, r1) in tiles.iter().skip(t).step_by(nt) {
                 let xs = &x[n * g.ci * iv..(n + 1) * g.ci * iv];
                 let (c0, pt) = (r0 * wo, (r1 - r0) * wo);
-                let bt = if g.is_pointwise() {
-                    Mat::t(xs[c0..].as_ptr(), iv)
-                } else {
-                    col.resize(k * pt, T::zero());
-                    im2col(xs, g, r0, r1, &mut col);
-                    Mat::t(col.as_ptr(), pt)
-                };
                 let a = Mat::rows(dy[n * g.co * ov + c0..].as_ptr(), ov);
-                unsafe { matmul(g.co, k, pt, dw.as_mut_ptr(), k, a, bt, true) }
+                if g.is_pointwise() {
+                    unsafe { matmul(g.co, k, pt, dw.as_mut_ptr(), k, a, Mat::t(xs[c0..].as_ptr(), iv), true) }
+                } else {
+                    with_scratch(k * pt, |col: &mut [T]| {
+                        im2col(xs, g, r0, r1, col);
+                        unsafe { matmul(g.co, k, pt, dw.as_mut_ptr(), k, a, Mat::t(col.as_ptr(), pt), true) }
+                    })
+                }
             }
             dw
         })
@@ -254,31 +264,27 @@ pub fn conv3d_bwd_input<T: Elem>(dy: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
         let ga = ConvGeom { ci: g.co, co: g.ci, input: g.output, output: g.input, padding: pad, ..*g };
         return conv3d_fwd(dy, &wt, &ga);
     }
-    let mut dx = vec![T::zero(); g.n * g.ci * iv];
+    let mut dx = zeros_written(g.n * g.ci * iv);
     let dxp = SyncPtr(dx.as_mut_ptr());
     let wo = g.output[2];
     let wt = Mat::t(w.as_ptr(), k);
-    let tile = |col: &mut Vec<T>, (n, r0, r1): (usize, usize, usize)| {
+    let tile = |(n, r0, r1): (usize, usize, usize)| {
         let (c0, pt) = (r0 * wo, (r1 - r0) * wo);
-        col.resize(k * pt, T::zero());
-        let b = Mat::rows(dy[n * g.co * ov + c0..].as_ptr(), ov);
-        unsafe { matmul(k, pt, g.co, col.as_mut_ptr(), pt, wt, b, false) };
-        // SAFETY: see the two call sites: no other thread writes the part of sample n this tile touches.
-        let dxs = unsafe { dxp.slice(n * g.ci * iv, g.ci * iv) };
-        col2im_add(col, g, r0, r1, dxs);
+        with_scratch(k * pt, |col: &mut [T]| {
+            let b = Mat::rows(dy[n * g.co * ov + c0..].as_ptr(), ov);
+            unsafe { matmul(k, pt, g.co, col.as_mut_ptr(), pt, wt, b, false) };
+            // SAFETY: see the two call sites: no other thread writes the part of sample n this tile touches.
+            let dxs = unsafe { dxp.slice(n * g.ci * iv, g.ci * iv) };
+            col2im_add(col, g, r0, r1, dxs);
+        })
     };
     if (0..3).all(|i| g.kernel[i] <= g.stride[i]) {
         // Non-overlapping windows (UNETR's k2 s2 up-sampling, patch embeddings): tiles touch disjoint inputs.
-        g.tiles().into_par_iter().for_each_init(Vec::new, |col, t| tile(col, t));
+        g.tiles().into_par_iter().for_each(tile);
     } else {
         // Overlapping strided windows: samples in parallel, tiles of a sample in order.
         let tiles = g.tiles();
-        (0..g.n).into_par_iter().for_each(|n| {
-            let mut col = Vec::new();
-            for &t in tiles.iter().filter(|t| t.0 == n) {
-                tile(&mut col, t);
-            }
-        });
+        (0..g.n).into_par_iter().for_each(|n| tiles.iter().filter(|t| t.0 == n).for_each(|&t| tile(t)));
     }
     dx
 }

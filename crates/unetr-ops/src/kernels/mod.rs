@@ -2,6 +2,8 @@
 //! check shapes, make inputs contiguous and dispatch here.
 
 pub mod conv3d;
+mod conv3d_s1;
+mod direct_avx512;
 pub mod norm;
 pub mod softmax;
 
@@ -107,6 +109,80 @@ pub(crate) unsafe fn matmul<T: Elem>(
         gemm::Parallelism::None,
     );
 }
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a per-thread buffer of `len` elements with unspecified contents (callers write before
+/// reading). Tile buffers are MBs: allocating them per tile makes glibc mmap/munmap each one, and the
+/// TLB shootdowns of those unmaps cost more than the tile's arithmetic.
+pub(crate) fn with_scratch<T: Elem, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    SCRATCH.with(|cell| {
+        let mut v = cell.borrow_mut();
+        let words = (len * std::mem::size_of::<T>()).div_ceil(8);
+        if v.len() < words {
+            v.resize(words, 0.0);
+        }
+        // SAFETY: f64 storage is aligned for f32 and f64 and holds at least len elements of T;
+        // every bit pattern is a valid float.
+        let s = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut T, len) };
+        f(s)
+    })
+}
+
+/// A zero-filled buffer whose pages were first touched by writes. `vec![0; n]` of a large n maps
+/// the kernel's shared zero page; a kernel that then reads before writing (accumulation) takes a
+/// copy-on-write fault per page, each with a TLB shootdown to the other cores: slower than the math.
+pub(crate) fn zeros_written<T: Elem>(n: usize) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    v.spare_capacity_mut().par_chunks_mut(1 << 16).for_each(|c| {
+        c.iter_mut().for_each(|e| {
+            e.write(T::zero());
+        })
+    });
+    // SAFETY: all n elements were initialised above.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// Whether the running CPU has AVX-512F (checked once). `UNETR_NO_AVX512=1` forces the portable paths,
+/// which is how the tests cover them on an AVX-512 machine.
+pub fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OK.get_or_init(|| std::is_x86_feature_detected!("avx512f") && std::env::var_os("UNETR_NO_AVX512").is_none())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Defines `$name` that runs `$imp` compiled for AVX-512 when the CPU has it, else the baseline build:
+/// the release target is generic x86-64, so without this the element-wise loops get SSE2 only.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident<T: Elem>($($a:ident: $t:ty),* $(,)?) -> $r:ty => $imp:ident) => {
+        $(#[$m])*
+        $vis fn $name<T: Elem>($($a: $t),*) -> $r {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
+                unsafe fn v4<T: Elem>($($a: $t),*) -> $r {
+                    $imp($($a),*)
+                }
+                if $crate::kernels::avx512() {
+                    // SAFETY: the CPU has the features v4 was compiled for.
+                    return unsafe { v4($($a),*) };
+                }
+            }
+            $imp($($a),*)
+        }
+    };
+}
+pub(crate) use multiversion;
 
 /// Number of worker threads the kernels split work over.
 pub(crate) fn threads() -> usize {
