@@ -20,6 +20,9 @@ pub struct Args {
     /// Receives a tensor "output" (the logits).
     #[arg(long)]
     output: PathBuf,
+    /// Run the forward pass this many times and report each time (the output is the last one's).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -36,9 +39,14 @@ pub fn run(a: Args) -> Result<()> {
     if nonfinite > 0 {
         bail!("{}: \"input\" holds {nonfinite} NaN/Inf value(s)", a.input.display());
     }
-    let t = std::time::Instant::now();
-    let y = w.model.forward_t(&x, false).with_context(|| format!("{}", a.input.display()))?;
-    eprintln!("forward {:?} -> {:?} in {:.3} s", x.dims(), y.dims(), t.elapsed().as_secs_f64());
+    let mut y = None;
+    for _ in 0..a.repeat.max(1) {
+        let t = std::time::Instant::now();
+        let out = w.model.forward_t(&x, false).with_context(|| format!("{}", a.input.display()))?;
+        eprintln!("forward {:?} -> {:?} in {:.3} s", x.dims(), out.dims(), t.elapsed().as_secs_f64());
+        y = Some(out);
+    }
+    let y = y.expect("at least one run");
     write_safetensors(&HashMap::from([("output".to_string(), y)]), &a.output)?;
     Ok(())
 }

@@ -96,7 +96,14 @@ impl Unetr {
 
     fn run(&self, x: &Tensor, train: bool, mut sink: Option<&mut Features>) -> Result<Tensor> {
         self.check_input(x)?;
+        // UNETR_PROFILE=1 prints the wall time of each top-level module to stderr.
+        let profile = std::env::var_os("UNETR_PROFILE").is_some();
+        let mut last = std::time::Instant::now();
         let mut keep = |name: &str, t: &Tensor| {
+            if profile && !name.starts_with("vit.blocks") {
+                eprintln!("  {name:<10} {:8.1} ms", last.elapsed().as_secs_f64() * 1e3);
+                last = std::time::Instant::now();
+            }
             if let Some(s) = sink.as_mut() {
                 s.push((name.to_string(), t.clone()));
             }
