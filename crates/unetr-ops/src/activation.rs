@@ -12,7 +12,10 @@ impl CustomOp1 for LeakyRelu {
         "leaky_relu"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        dispatch!(data(self.name(), s, l)?, |x| out(leaky_relu_fwd(x, self.0), l.shape().clone()))
+        dispatch!(data(self.name(), s, l)?, |x| out(
+            leaky_relu_fwd(x, self.0),
+            l.shape().clone()
+        ))
     }
     fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         // As PyTorch: slope where x <= 0.
@@ -34,7 +37,10 @@ impl CustomOp1 for Softmax {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = l.dims().last().copied().unwrap_or(1);
-        dispatch!(data(self.name(), s, l)?, |x| out(softmax_fwd(x, d), l.shape().clone()))
+        dispatch!(data(self.name(), s, l)?, |x| out(
+            softmax_fwd(x, d),
+            l.shape().clone()
+        ))
     }
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         // dx = y * (g - sum(g * y)); written with candle ops, so it is itself differentiable.
@@ -47,7 +53,12 @@ impl CustomOp1 for Softmax {
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     check_float("softmax_last_dim", x.dtype())?;
     if x.rank() == 0 {
-        return Err(OpsError::Rank { op: "softmax_last_dim", expected: "rank >= 1", got: vec![] }.into());
+        return Err(OpsError::Rank {
+            op: "softmax_last_dim",
+            expected: "rank >= 1",
+            got: vec![],
+        }
+        .into());
     }
     x.contiguous()?.apply_op1(Softmax)
 }

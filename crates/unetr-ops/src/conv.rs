@@ -19,13 +19,19 @@ pub struct Conv3dParams {
 
 impl Default for Conv3dParams {
     fn default() -> Self {
-        Self { stride: [1; 3], padding: [0; 3] }
+        Self {
+            stride: [1; 3],
+            padding: [0; 3],
+        }
     }
 }
 
 impl Conv3dParams {
     pub fn new(stride: usize, padding: usize) -> Self {
-        Self { stride: [stride; 3], padding: [padding; 3] }
+        Self {
+            stride: [stride; 3],
+            padding: [padding; 3],
+        }
     }
 }
 
@@ -52,7 +58,8 @@ struct ConvOp {
 }
 
 fn dims5(op: &'static str, what: &str, l: &Layout) -> Result<[usize; 5]> {
-    <[usize; 5]>::try_from(l.dims()).map_err(|_| shape_err(op, format!("{what} must have rank 5"), &[l.dims()]))
+    <[usize; 5]>::try_from(l.dims())
+        .map_err(|_| shape_err(op, format!("{what} must have rank 5"), &[l.dims()]))
 }
 
 impl ConvOp {
@@ -68,8 +75,17 @@ impl ConvOp {
     fn geom(&self, l1: &Layout, l2: &Layout) -> Result<(ConvGeom, Shape)> {
         let op = Self::name_of(self.kind);
         let sp = self.sp;
-        let (a, b) = (dims5(op, "first operand", l1)?, dims5(op, "second operand", l2)?);
-        let bad = || shape_err(op, "operands do not fit the convolution geometry", &[l1.dims(), l2.dims()]);
+        let (a, b) = (
+            dims5(op, "first operand", l1)?,
+            dims5(op, "second operand", l2)?,
+        );
+        let bad = || {
+            shape_err(
+                op,
+                "operands do not fit the convolution geometry",
+                &[l1.dims(), l2.dims()],
+            )
+        };
         let g = |n, ci, co| ConvGeom {
             n,
             ci,
@@ -111,7 +127,8 @@ impl ConvOp {
 
 fn apply(kind: Kind, sp: Spatial, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     // The kernels read plain row-major slices; copying a strided view here is cheaper than strided kernels.
-    a.contiguous()?.apply_op2(&b.contiguous()?, ConvOp { kind, sp })
+    a.contiguous()?
+        .apply_op2(&b.contiguous()?, ConvOp { kind, sp })
 }
 
 impl CustomOp2 for ConvOp {
@@ -119,7 +136,13 @@ impl CustomOp2 for ConvOp {
         Self::name_of(self.kind)
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (g, shape) = self.geom(l1, l2)?;
         dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |a, b| {
             let v = match self.kind {
@@ -131,34 +154,74 @@ impl CustomOp2 for ConvOp {
         })
     }
 
-    fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let sp = self.sp;
         let (ga, gb) = match self.kind {
             // y = F(x, w): dx = B_in(dy, w), dw = B_w(x, dy)
-            Kind::Fwd => (apply(Kind::BwdInput, sp, g, b)?, apply(Kind::BwdWeight, sp, a, g)?),
+            Kind::Fwd => (
+                apply(Kind::BwdInput, sp, g, b)?,
+                apply(Kind::BwdWeight, sp, a, g)?,
+            ),
             // dx = B_in(dy, w): d(dy) = F(g, w), dw = B_w(g, dy)
-            Kind::BwdInput => (apply(Kind::Fwd, sp, g, b)?, apply(Kind::BwdWeight, sp, g, a)?),
+            Kind::BwdInput => (
+                apply(Kind::Fwd, sp, g, b)?,
+                apply(Kind::BwdWeight, sp, g, a)?,
+            ),
             // dw = B_w(x, dy): dx = B_in(dy, g), d(dy) = F(x, g)
-            Kind::BwdWeight => (apply(Kind::BwdInput, sp, b, g)?, apply(Kind::Fwd, sp, a, g)?),
+            Kind::BwdWeight => (
+                apply(Kind::BwdInput, sp, b, g)?,
+                apply(Kind::Fwd, sp, a, g)?,
+            ),
         };
         Ok((Some(ga), Some(gb)))
     }
 }
 
-fn check_pair(op: &'static str, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, co: usize) -> Result<()> {
+fn check_pair(
+    op: &'static str,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    co: usize,
+) -> Result<()> {
     crate::error::check_float(op, x.dtype())?;
     if x.dtype() != w.dtype() {
-        return Err(OpsError::DTypeMismatch { op, a: x.dtype(), b: w.dtype() }.into());
+        return Err(OpsError::DTypeMismatch {
+            op,
+            a: x.dtype(),
+            b: w.dtype(),
+        }
+        .into());
     }
     if x.rank() != 5 {
-        return Err(OpsError::Rank { op, expected: "input of rank 5 (N, C, D, H, W)", got: x.dims().to_vec() }.into());
+        return Err(OpsError::Rank {
+            op,
+            expected: "input of rank 5 (N, C, D, H, W)",
+            got: x.dims().to_vec(),
+        }
+        .into());
     }
     if w.rank() != 5 {
-        return Err(OpsError::Rank { op, expected: "weight of rank 5", got: w.dims().to_vec() }.into());
+        return Err(OpsError::Rank {
+            op,
+            expected: "weight of rank 5",
+            got: w.dims().to_vec(),
+        }
+        .into());
     }
     if let Some(b) = bias {
         if b.dims() != [co] || b.dtype() != x.dtype() {
-            return Err(shape_err(op, format!("bias must be [{co}] of dtype {:?}", x.dtype()), &[b.dims()]));
+            return Err(shape_err(
+                op,
+                format!("bias must be [{co}] of dtype {:?}", x.dtype()),
+                &[b.dims()],
+            ));
         }
     }
     if x.dims().iter().any(|&d| d == 0) || w.dims().iter().any(|&d| d == 0) {
@@ -181,14 +244,31 @@ pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv3dParams) ->
     check_pair(OP, x, w, bias, w.dims().first().copied().unwrap_or(0))?;
     let (xd, wd) = (x.dims(), w.dims());
     if xd[1] != wd[1] {
-        return Err(shape_err(OP, format!("input has {} channels, weight expects {}", xd[1], wd[1]), &[xd, wd]));
+        return Err(shape_err(
+            OP,
+            format!("input has {} channels, weight expects {}", xd[1], wd[1]),
+            &[xd, wd],
+        ));
     }
     let input = [xd[2], xd[3], xd[4]];
     let kernel = [wd[2], wd[3], wd[4]];
     let output = ConvGeom::out_size(input, kernel, p.stride, p.padding).ok_or_else(|| {
-        shape_err(OP, format!("kernel {kernel:?} does not fit the input padded by {:?} (stride {:?})", p.padding, p.stride), &[xd, wd])
+        shape_err(
+            OP,
+            format!(
+                "kernel {kernel:?} does not fit the input padded by {:?} (stride {:?})",
+                p.padding, p.stride
+            ),
+            &[xd, wd],
+        )
     })?;
-    let sp = Spatial { input, kernel, stride: p.stride, padding: p.padding, output };
+    let sp = Spatial {
+        input,
+        kernel,
+        stride: p.stride,
+        padding: p.padding,
+        output,
+    };
     add_bias(apply(Kind::Fwd, sp, x, w)?, bias)
 }
 
@@ -205,21 +285,42 @@ pub fn conv_transpose3d(
     check_pair(OP, x, w, bias, w.dims().get(1).copied().unwrap_or(0))?;
     let (xd, wd) = (x.dims(), w.dims());
     if xd[1] != wd[0] {
-        return Err(shape_err(OP, format!("input has {} channels, weight expects {}", xd[1], wd[0]), &[xd, wd]));
+        return Err(shape_err(
+            OP,
+            format!("input has {} channels, weight expects {}", xd[1], wd[0]),
+            &[xd, wd],
+        ));
     }
     let kernel = [wd[2], wd[3], wd[4]];
     let mut full = [0; 3];
     for i in 0..3 {
         if p.stride[i] == 0 || output_padding[i] >= p.stride[i] {
-            return Err(OpsError::Param { op: OP, msg: format!("output_padding {output_padding:?} must be smaller than stride {:?}", p.stride) }.into());
+            return Err(OpsError::Param {
+                op: OP,
+                msg: format!(
+                    "output_padding {output_padding:?} must be smaller than stride {:?}",
+                    p.stride
+                ),
+            }
+            .into());
         }
         let span = (xd[2 + i] - 1) * p.stride[i] + kernel[i] + output_padding[i];
         if span <= 2 * p.padding[i] {
-            return Err(shape_err(OP, format!("padding {:?} leaves an empty output", p.padding), &[xd, wd]));
+            return Err(shape_err(
+                OP,
+                format!("padding {:?} leaves an empty output", p.padding),
+                &[xd, wd],
+            ));
         }
         full[i] = span - 2 * p.padding[i];
     }
     // The transposed convolution is the input-adjoint of the convolution from `full` back to x's size.
-    let sp = Spatial { input: full, kernel, stride: p.stride, padding: p.padding, output: [xd[2], xd[3], xd[4]] };
+    let sp = Spatial {
+        input: full,
+        kernel,
+        stride: p.stride,
+        padding: p.padding,
+        output: [xd[2], xd[3], xd[4]],
+    };
     add_bias(apply(Kind::BwdInput, sp, x, w)?, bias)
 }

@@ -6,13 +6,25 @@ use candle_core::DType;
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
     #[error("{op}: expected {expected}, got shape {got:?}")]
-    Rank { op: &'static str, expected: &'static str, got: Vec<usize> },
+    Rank {
+        op: &'static str,
+        expected: &'static str,
+        got: Vec<usize>,
+    },
     #[error("{op}: {msg} (shapes: {shapes})")]
-    Shape { op: &'static str, msg: String, shapes: String },
+    Shape {
+        op: &'static str,
+        msg: String,
+        shapes: String,
+    },
     #[error("{op}: unsupported dtype {dtype:?} (supported: f32, f64)")]
     DType { op: &'static str, dtype: DType },
     #[error("{op}: dtype mismatch: {a:?} vs {b:?}")]
-    DTypeMismatch { op: &'static str, a: DType, b: DType },
+    DTypeMismatch {
+        op: &'static str,
+        a: DType,
+        b: DType,
+    },
     #[error("{op}: {msg}")]
     Param { op: &'static str, msg: String },
 }
@@ -23,9 +35,22 @@ impl From<OpsError> for candle_core::Error {
     }
 }
 
-pub(crate) fn shape_err(op: &'static str, msg: impl Into<String>, shapes: &[&[usize]]) -> candle_core::Error {
-    let shapes = shapes.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
-    OpsError::Shape { op, msg: msg.into(), shapes }.into()
+pub(crate) fn shape_err(
+    op: &'static str,
+    msg: impl Into<String>,
+    shapes: &[&[usize]],
+) -> candle_core::Error {
+    let shapes = shapes
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    OpsError::Shape {
+        op,
+        msg: msg.into(),
+        shapes,
+    }
+    .into()
 }
 
 /// Checks that a tensor's dtype is one the CPU kernels implement.

@@ -33,17 +33,38 @@ impl NormOp {
         match self.kind {
             Kind::Instance | Kind::Batch => {
                 if dims.len() < 3 {
-                    return Err(OpsError::Rank { op, expected: "rank >= 3 (N, C, spatial...)", got: dims.to_vec() }.into());
+                    return Err(OpsError::Rank {
+                        op,
+                        expected: "rank >= 3 (N, C, spatial...)",
+                        got: dims.to_vec(),
+                    }
+                    .into());
                 }
                 let (n, c, len) = (dims[0], dims[1], dims[2..].iter().product());
                 Ok(match self.kind {
-                    Kind::Instance => Groups { groups: n * c, segs: 1, len },
-                    _ => Groups { groups: c, segs: n, len },
+                    Kind::Instance => Groups {
+                        groups: n * c,
+                        segs: 1,
+                        len,
+                    },
+                    _ => Groups {
+                        groups: c,
+                        segs: n,
+                        len,
+                    },
                 })
             }
             Kind::Layer => {
-                let d = *dims.last().ok_or_else(|| OpsError::Rank { op, expected: "rank >= 1", got: vec![] })?;
-                Ok(Groups { groups: dims.iter().product::<usize>() / d.max(1), segs: 1, len: d })
+                let d = *dims.last().ok_or_else(|| OpsError::Rank {
+                    op,
+                    expected: "rank >= 1",
+                    got: vec![],
+                })?;
+                Ok(Groups {
+                    groups: dims.iter().product::<usize>() / d.max(1),
+                    segs: 1,
+                    len: d,
+                })
             }
         }
     }
@@ -63,10 +84,16 @@ impl CustomOp1 for NormOp {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let gs = self.groups(l.dims())?;
-        dispatch!(data(self.name(), s, l)?, |x| out(norm_fwd(x, &gs, self.eps, self.slope, None).0, l.shape().clone()))
+        dispatch!(data(self.name(), s, l)?, |x| out(
+            norm_fwd(x, &gs, self.eps, self.slope, None).0,
+            l.shape().clone()
+        ))
     }
     fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(x.contiguous()?.apply_op2(&g.contiguous()?, NormBwd(*self))?))
+        Ok(Some(
+            x.contiguous()?
+                .apply_op2(&g.contiguous()?, NormBwd(*self))?,
+        ))
     }
 }
 
@@ -77,9 +104,19 @@ impl CustomOp2 for NormBwd {
     fn name(&self) -> &'static str {
         "norm_backward"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         if l1.dims() != l2.dims() {
-            return Err(shape_err(self.0.name_str(), "gradient shape differs from input shape", &[l1.dims(), l2.dims()]));
+            return Err(shape_err(
+                self.0.name_str(),
+                "gradient shape differs from input shape",
+                &[l1.dims(), l2.dims()],
+            ));
         }
         let gs = self.0.groups(l1.dims())?;
         dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |x, dy| out(
@@ -95,20 +132,33 @@ fn normalize(x: &Tensor, op: NormOp) -> Result<Tensor> {
         return Err(shape_err(op.name_str(), "empty input", &[x.dims()]));
     }
     if !(op.eps >= 0.0) {
-        return Err(OpsError::Param { op: op.name_str(), msg: format!("eps must be >= 0, got {}", op.eps) }.into());
+        return Err(OpsError::Param {
+            op: op.name_str(),
+            msg: format!("eps must be >= 0, got {}", op.eps),
+        }
+        .into());
     }
     x.contiguous()?.apply_op1(op)
 }
 
 /// y * weight + bias with weight/bias of shape [C] broadcast along axis 1 (norms of [N, C, ...]).
-fn channel_affine(op: &'static str, y: Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>) -> Result<Tensor> {
+fn channel_affine(
+    op: &'static str,
+    y: Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
     let c = y.dim(1)?;
     let mut shape = vec![1; y.rank()];
     shape[1] = c;
     let ydims = y.dims().to_vec();
     let param = |t: &Tensor, name: &str| -> Result<Tensor> {
         if t.dims() != [c] {
-            return Err(shape_err(op, format!("{name} must have shape [{c}]"), &[t.dims(), &ydims]));
+            return Err(shape_err(
+                op,
+                format!("{name} must have shape [{c}]"),
+                &[t.dims(), &ydims],
+            ));
         }
         t.reshape(shape.as_slice())
     };
@@ -124,14 +174,33 @@ fn channel_affine(op: &'static str, y: Tensor, weight: Option<&Tensor>, bias: Op
 
 /// `F.instance_norm(x, weight=weight, bias=bias, eps=eps)` without running statistics;
 /// x: [N, C, ...] (UNETR: N, C, D, H, W).
-pub fn instance_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-    let y = normalize(x, NormOp { kind: Kind::Instance, eps, slope: None })?;
+pub fn instance_norm(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let y = normalize(
+        x,
+        NormOp {
+            kind: Kind::Instance,
+            eps,
+            slope: None,
+        },
+    )?;
     channel_affine("instance_norm", y, weight, bias)
 }
 
 /// `leaky_relu(instance_norm(x), slope)` in one pass over memory (no affine, as in MONAI's UNETR blocks).
 pub fn instance_norm_leaky_relu(x: &Tensor, eps: f64, slope: f64) -> Result<Tensor> {
-    normalize(x, NormOp { kind: Kind::Instance, eps, slope: Some(slope) })
+    normalize(
+        x,
+        NormOp {
+            kind: Kind::Instance,
+            eps,
+            slope: Some(slope),
+        },
+    )
 }
 
 /// Running statistics of a batch norm after one training step.
@@ -159,12 +228,21 @@ pub fn batch_norm(
     const OP: &str = "batch_norm";
     check_float(OP, x.dtype())?;
     if x.rank() < 3 {
-        return Err(OpsError::Rank { op: OP, expected: "rank >= 3 (N, C, spatial...)", got: x.dims().to_vec() }.into());
+        return Err(OpsError::Rank {
+            op: OP,
+            expected: "rank >= 3 (N, C, spatial...)",
+            got: x.dims().to_vec(),
+        }
+        .into());
     }
     let c = x.dim(1)?;
     for (t, name) in [(running_mean, "running_mean"), (running_var, "running_var")] {
         if t.dims() != [c] {
-            return Err(shape_err(OP, format!("{name} must have shape [{c}]"), &[t.dims(), x.dims()]));
+            return Err(shape_err(
+                OP,
+                format!("{name} must have shape [{c}]"),
+                &[t.dims(), x.dims()],
+            ));
         }
     }
     let mut bshape = vec![1; x.rank()];
@@ -172,11 +250,26 @@ pub fn batch_norm(
     if training {
         let count = x.elem_count() / c;
         if count < 2 {
-            return Err(shape_err(OP, "training needs more than one value per channel", &[x.dims()]));
+            return Err(shape_err(
+                OP,
+                "training needs more than one value per channel",
+                &[x.dims()],
+            ));
         }
-        let y = normalize(x, NormOp { kind: Kind::Batch, eps, slope: None })?;
+        let y = normalize(
+            x,
+            NormOp {
+                kind: Kind::Batch,
+                eps,
+                slope: None,
+            },
+        )?;
         // Batch statistics for the running averages only: no gradient flows through them.
-        let xd = x.detach().transpose(0, 1)?.contiguous()?.reshape((c, count))?;
+        let xd = x
+            .detach()
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((c, count))?;
         let mean = xd.mean(1)?;
         let var = xd.broadcast_sub(&mean.unsqueeze(1)?)?.sqr()?.sum(1)? / (count as f64 - 1.0);
         let stats = RunningStats {
@@ -186,21 +279,40 @@ pub fn batch_norm(
         Ok((channel_affine(OP, y, weight, bias)?, Some(stats)))
     } else {
         let mean = running_mean.reshape(bshape.as_slice())?;
-        let rstd = (running_var + eps)?.sqrt()?.recip()?.reshape(bshape.as_slice())?;
+        let rstd = (running_var + eps)?
+            .sqrt()?
+            .recip()?
+            .reshape(bshape.as_slice())?;
         let y = x.broadcast_sub(&mean)?.broadcast_mul(&rstd)?;
         Ok((channel_affine(OP, y, weight, bias)?, None))
     }
 }
 
 /// `F.layer_norm(x, [D], weight, bias, eps)` over the last axis, with backward.
-pub fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+pub fn layer_norm(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
     const OP: &str = "layer_norm";
-    let y = normalize(x, NormOp { kind: Kind::Layer, eps, slope: None })?;
+    let y = normalize(
+        x,
+        NormOp {
+            kind: Kind::Layer,
+            eps,
+            slope: None,
+        },
+    )?;
     let d = y.dim(D::Minus1)?;
     let ydims = y.dims().to_vec();
     let check = |t: &Tensor, name: &str| -> Result<()> {
         if t.dims() != [d] {
-            return Err(shape_err(OP, format!("{name} must have shape [{d}]"), &[t.dims(), &ydims]));
+            return Err(shape_err(
+                OP,
+                format!("{name} must have shape [{d}]"),
+                &[t.dims(), &ydims],
+            ));
         }
         Ok(())
     };

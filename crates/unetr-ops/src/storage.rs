@@ -13,12 +13,19 @@ pub(crate) enum Data<'a> {
 pub(crate) fn data<'a>(op: &'static str, s: &'a CpuStorage, l: &Layout) -> Result<Data<'a>> {
     let (a, b) = l.contiguous_offsets().ok_or_else(|| OpsError::Param {
         op,
-        msg: format!("internal: non-contiguous layout {:?} reached the kernel", l.shape()),
+        msg: format!(
+            "internal: non-contiguous layout {:?} reached the kernel",
+            l.shape()
+        ),
     })?;
     match s {
         CpuStorage::F32(v) => Ok(Data::F32(&v[a..b])),
         CpuStorage::F64(v) => Ok(Data::F64(&v[a..b])),
-        other => Err(OpsError::DType { op, dtype: other.dtype() }.into()),
+        other => Err(OpsError::DType {
+            op,
+            dtype: other.dtype(),
+        }
+        .into()),
     }
 }
 
@@ -38,7 +45,12 @@ pub(crate) fn data2<'a>(
     match (data(op, s1, l1)?, data(op, s2, l2)?) {
         (Data::F32(a), Data::F32(b)) => Ok(Data2::F32(a, b)),
         (Data::F64(a), Data::F64(b)) => Ok(Data2::F64(a, b)),
-        (a, b) => Err(OpsError::DTypeMismatch { op, a: a.dtype(), b: b.dtype() }.into()),
+        (a, b) => Err(OpsError::DTypeMismatch {
+            op,
+            a: a.dtype(),
+            b: b.dtype(),
+        }
+        .into()),
     }
 }
 

@@ -17,46 +17,150 @@ fn err_contains<T: std::fmt::Debug>(r: candle_core::Result<T>, parts: &[&str]) {
 #[test]
 fn conv3d_rejects_bad_input() {
     let p = Conv3dParams::new(1, 1);
-    err_contains(conv3d(&t(&[1, 2, 4, 4]), &t(&[3, 2, 3, 3, 3]), None, p), &["conv3d", "rank 5", "[1, 2, 4, 4]"]);
-    err_contains(conv3d(&t(&[1, 2, 4, 4, 4]), &t(&[3, 5, 3, 3, 3]), None, p), &["conv3d", "2 channels", "[3, 5, 3, 3, 3]"]);
-    err_contains(conv3d(&t(&[1, 2, 2, 2, 2]), &t(&[3, 2, 5, 5, 5]), None, Conv3dParams::new(1, 0)), &["conv3d", "does not fit"]);
-    err_contains(conv3d(&t(&[1, 2, 4, 4, 4]), &t(&[3, 2, 3, 3, 3]), Some(&t(&[4])), p), &["conv3d", "bias"]);
-    err_contains(conv3d(&t(&[1, 2, 4, 4, 4]), &t(&[3, 2, 3, 3, 3]), None, Conv3dParams::new(0, 1)), &["conv3d"]);
+    err_contains(
+        conv3d(&t(&[1, 2, 4, 4]), &t(&[3, 2, 3, 3, 3]), None, p),
+        &["conv3d", "rank 5", "[1, 2, 4, 4]"],
+    );
+    err_contains(
+        conv3d(&t(&[1, 2, 4, 4, 4]), &t(&[3, 5, 3, 3, 3]), None, p),
+        &["conv3d", "2 channels", "[3, 5, 3, 3, 3]"],
+    );
+    err_contains(
+        conv3d(
+            &t(&[1, 2, 2, 2, 2]),
+            &t(&[3, 2, 5, 5, 5]),
+            None,
+            Conv3dParams::new(1, 0),
+        ),
+        &["conv3d", "does not fit"],
+    );
+    err_contains(
+        conv3d(
+            &t(&[1, 2, 4, 4, 4]),
+            &t(&[3, 2, 3, 3, 3]),
+            Some(&t(&[4])),
+            p,
+        ),
+        &["conv3d", "bias"],
+    );
+    err_contains(
+        conv3d(
+            &t(&[1, 2, 4, 4, 4]),
+            &t(&[3, 2, 3, 3, 3]),
+            None,
+            Conv3dParams::new(0, 1),
+        ),
+        &["conv3d"],
+    );
     let x64 = t(&[1, 2, 4, 4, 4]).to_dtype(DType::F64).unwrap();
-    err_contains(conv3d(&x64, &t(&[3, 2, 3, 3, 3]), None, p), &["conv3d", "F64", "F32"]);
+    err_contains(
+        conv3d(&x64, &t(&[3, 2, 3, 3, 3]), None, p),
+        &["conv3d", "F64", "F32"],
+    );
     let xu8 = t(&[1, 2, 4, 4, 4]).to_dtype(DType::U8).unwrap();
-    err_contains(conv3d(&xu8, &t(&[3, 2, 3, 3, 3]), None, p), &["conv3d", "U8"]);
+    err_contains(
+        conv3d(&xu8, &t(&[3, 2, 3, 3, 3]), None, p),
+        &["conv3d", "U8"],
+    );
     let xbf = t(&[1, 2, 4, 4, 4]).to_dtype(DType::BF16).unwrap();
-    err_contains(conv3d(&xbf, &t(&[3, 2, 3, 3, 3]).to_dtype(DType::BF16).unwrap(), None, p), &["conv3d", "BF16"]);
-    err_contains(conv3d(&t(&[1, 0, 4, 4, 4]), &t(&[3, 0, 3, 3, 3]), None, p), &["conv3d", "zero-sized"]);
+    err_contains(
+        conv3d(
+            &xbf,
+            &t(&[3, 2, 3, 3, 3]).to_dtype(DType::BF16).unwrap(),
+            None,
+            p,
+        ),
+        &["conv3d", "BF16"],
+    );
+    err_contains(
+        conv3d(&t(&[1, 0, 4, 4, 4]), &t(&[3, 0, 3, 3, 3]), None, p),
+        &["conv3d", "zero-sized"],
+    );
 }
 
 #[test]
 fn conv_transpose3d_rejects_bad_input() {
     let p = Conv3dParams::new(2, 0);
-    err_contains(conv_transpose3d(&t(&[1, 4, 3, 3, 3]), &t(&[2, 3, 2, 2, 2]), None, p, [0; 3]), &["conv_transpose3d", "4 channels"]);
-    err_contains(conv_transpose3d(&t(&[1, 2, 3, 3, 3]), &t(&[2, 3, 2, 2, 2]), None, p, [2, 0, 0]), &["output_padding"]);
-    err_contains(conv_transpose3d(&t(&[1, 2, 1, 1, 1]), &t(&[2, 3, 1, 1, 1]), None, Conv3dParams::new(1, 1), [0; 3]), &["empty output"]);
-    err_contains(conv_transpose3d(&t(&[2, 3, 3, 3]), &t(&[2, 3, 2, 2, 2]), None, p, [0; 3]), &["conv_transpose3d", "rank 5"]);
+    err_contains(
+        conv_transpose3d(&t(&[1, 4, 3, 3, 3]), &t(&[2, 3, 2, 2, 2]), None, p, [0; 3]),
+        &["conv_transpose3d", "4 channels"],
+    );
+    err_contains(
+        conv_transpose3d(
+            &t(&[1, 2, 3, 3, 3]),
+            &t(&[2, 3, 2, 2, 2]),
+            None,
+            p,
+            [2, 0, 0],
+        ),
+        &["output_padding"],
+    );
+    err_contains(
+        conv_transpose3d(
+            &t(&[1, 2, 1, 1, 1]),
+            &t(&[2, 3, 1, 1, 1]),
+            None,
+            Conv3dParams::new(1, 1),
+            [0; 3],
+        ),
+        &["empty output"],
+    );
+    err_contains(
+        conv_transpose3d(&t(&[2, 3, 3, 3]), &t(&[2, 3, 2, 2, 2]), None, p, [0; 3]),
+        &["conv_transpose3d", "rank 5"],
+    );
 }
 
 #[test]
 fn norms_reject_bad_input() {
-    err_contains(instance_norm(&t(&[4, 5]), None, None, 1e-5), &["instance_norm", "rank >= 3"]);
-    err_contains(instance_norm(&t(&[1, 4, 5, 5]), Some(&t(&[3])), None, 1e-5), &["instance_norm", "weight", "[3]"]);
-    err_contains(instance_norm(&t(&[1, 4, 5, 5]), None, None, f64::NAN), &["instance_norm", "eps"]);
-    err_contains(instance_norm_leaky_relu(&t(&[1, 0, 5, 5]), 1e-5, 0.01), &["instance_norm_leaky_relu", "empty"]);
-    err_contains(layer_norm(&t(&[2, 8]), Some(&t(&[7])), None, 1e-5), &["layer_norm", "weight"]);
+    err_contains(
+        instance_norm(&t(&[4, 5]), None, None, 1e-5),
+        &["instance_norm", "rank >= 3"],
+    );
+    err_contains(
+        instance_norm(&t(&[1, 4, 5, 5]), Some(&t(&[3])), None, 1e-5),
+        &["instance_norm", "weight", "[3]"],
+    );
+    err_contains(
+        instance_norm(&t(&[1, 4, 5, 5]), None, None, f64::NAN),
+        &["instance_norm", "eps"],
+    );
+    err_contains(
+        instance_norm_leaky_relu(&t(&[1, 0, 5, 5]), 1e-5, 0.01),
+        &["instance_norm_leaky_relu", "empty"],
+    );
+    err_contains(
+        layer_norm(&t(&[2, 8]), Some(&t(&[7])), None, 1e-5),
+        &["layer_norm", "weight"],
+    );
     let (rm, rv) = (t(&[3]), t(&[4]));
-    err_contains(batch_norm(&t(&[2, 4, 3, 3, 3]), &rm, &rv, None, None, true, 0.1, 1e-5), &["batch_norm", "running_mean"]);
+    err_contains(
+        batch_norm(&t(&[2, 4, 3, 3, 3]), &rm, &rv, None, None, true, 0.1, 1e-5),
+        &["batch_norm", "running_mean"],
+    );
     let (rm, rv) = (t(&[4]), t(&[4]));
-    err_contains(batch_norm(&t(&[1, 4, 1, 1, 1]), &rm, &rv, None, None, true, 0.1, 1e-5), &["batch_norm", "more than one value"]);
-    err_contains(leaky_relu(&t(&[3]).to_dtype(DType::U32).unwrap(), 0.1), &["leaky_relu", "U32"]);
+    err_contains(
+        batch_norm(&t(&[1, 4, 1, 1, 1]), &rm, &rv, None, None, true, 0.1, 1e-5),
+        &["batch_norm", "more than one value"],
+    );
+    err_contains(
+        leaky_relu(&t(&[3]).to_dtype(DType::U32).unwrap(), 0.1),
+        &["leaky_relu", "U32"],
+    );
 }
 
 #[test]
 fn attention_rejects_bad_input() {
-    err_contains(attention(&t(&[2, 3, 5]), &t(&[2, 3, 5]), &t(&[2, 3, 5]), 1.0), &["attention", "rank 4"]);
-    err_contains(attention(&t(&[2, 3, 5, 4]), &t(&[2, 3, 6, 8]), &t(&[2, 3, 6, 8]), 1.0), &["attention", "[2, 3, 6, 8]"]);
-    err_contains(attention(&t(&[2, 3, 5, 4]), &t(&[2, 3, 6, 4]), &t(&[2, 3, 7, 4]), 1.0), &["attention"]);
+    err_contains(
+        attention(&t(&[2, 3, 5]), &t(&[2, 3, 5]), &t(&[2, 3, 5]), 1.0),
+        &["attention", "rank 4"],
+    );
+    err_contains(
+        attention(&t(&[2, 3, 5, 4]), &t(&[2, 3, 6, 8]), &t(&[2, 3, 6, 8]), 1.0),
+        &["attention", "[2, 3, 6, 8]"],
+    );
+    err_contains(
+        attention(&t(&[2, 3, 5, 4]), &t(&[2, 3, 6, 4]), &t(&[2, 3, 7, 4]), 1.0),
+        &["attention"],
+    );
 }

@@ -6,7 +6,12 @@ use common::*;
 
 fn loss(f: &Fixture, inp: &std::collections::HashMap<String, Tensor>, gy: &Tensor) -> f64 {
     let (y, _) = run(f, inp).unwrap();
-    (y * gy).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+    (y * gy)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 #[test]
@@ -19,11 +24,25 @@ fn gradients_match_finite_differences() {
         let (y, _) = run(&f, &inp).unwrap();
         let grads = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
         for (name, var) in &vars {
-            let an = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let an = grads
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            let base = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
             let n = base.len();
             // A fixed spread of coordinates: first, last and a stride through the middle.
-            let picks: Vec<usize> = (0..12).map(|i| (i * 7919 + i * i * 31) % n).chain([0, n - 1]).collect();
+            let picks: Vec<usize> = (0..12)
+                .map(|i| (i * 7919 + i * i * 31) % n)
+                .chain([0, n - 1])
+                .collect();
             for &i in &picks {
                 if f.op == "leaky_relu" && base[i].abs() < 1e-3 {
                     continue; // the kink: finite differences average the two slopes
@@ -39,10 +58,18 @@ fn gradients_match_finite_differences() {
                 let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
                 let err = (fd - an[i]).abs() / (1.0 + an[i].abs());
                 if err > worst.0 {
-                    worst = (err, format!("{} d/d{name}[{i}]: fd {fd} analytic {}", f.name, an[i]));
+                    worst = (
+                        err,
+                        format!("{} d/d{name}[{i}]: fd {fd} analytic {}", f.name, an[i]),
+                    );
                 }
             }
         }
     }
-    assert!(worst.0 < 1e-6, "worst finite-difference mismatch {:.2e}: {}", worst.0, worst.1);
+    assert!(
+        worst.0 < 1e-6,
+        "worst finite-difference mismatch {:.2e}: {}",
+        worst.0,
+        worst.1
+    );
 }

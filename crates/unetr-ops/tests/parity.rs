@@ -23,7 +23,9 @@ fn forward_and_gradients_match_pytorch() {
         let loss = (&y * &f.t["gy"]).unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
         for (k, v) in &vars {
-            let reference = f.t.get(&format!("grad_{k}")).unwrap_or_else(|| panic!("{}: no grad_{k}", f.name));
+            let reference =
+                f.t.get(&format!("grad_{k}"))
+                    .unwrap_or_else(|| panic!("{}: no grad_{k}", f.name));
             match grads.get(v.as_tensor()) {
                 None => failures.push(format!("{}: no gradient reached {k}", f.name)),
                 Some(g) => {
@@ -35,7 +37,11 @@ fn forward_and_gradients_match_pytorch() {
             }
         }
     }
-    assert!(failures.is_empty(), "parity failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "parity failures:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// The same fixtures through non-contiguous views of the inputs (a permuted copy permuted back).

@@ -30,7 +30,11 @@ fn naive(
     // In both cases iterate over (small position o, kernel offset): large position = o * s + k - p.
     let (small, large) = if transposed { (inp, out) } else { (out, inp) };
     let (c_small, c_large) = if transposed { (ci, co) } else { (co, ci) };
-    let mut r = Naive { y: vec![0.0; n * co * out.iter().product::<usize>()], dx: vec![0.0; x.len()], dw: vec![0.0; w.len()] };
+    let mut r = Naive {
+        y: vec![0.0; n * co * out.iter().product::<usize>()],
+        dx: vec![0.0; x.len()],
+        dw: vec![0.0; w.len()],
+    };
     let sv: usize = small.iter().product();
     let lv: usize = large.iter().product();
     let kv: usize = k.iter().product();
@@ -49,7 +53,8 @@ fn naive(
                         if (0..3).any(|i| l[i] < p[i] || l[i] - p[i] >= large[i]) {
                             continue;
                         }
-                        let li = ((l[0] - p[0]) * large[1] + (l[1] - p[1])) * large[2] + (l[2] - p[2]);
+                        let li =
+                            ((l[0] - p[0]) * large[1] + (l[1] - p[1])) * large[2] + (l[2] - p[2]);
                         let wi = (cs * c_large + cl) * kv + kk; // [co, ci, k] conv or [ci, co, k] transposed
                         let si = (b * c_small + cs) * sv + o;
                         let lidx = (b * c_large + cl) * lv + li;
@@ -73,29 +78,58 @@ fn naive(
 }
 
 fn rand(n: usize, seed: u64) -> Vec<f64> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
         })
         .collect()
 }
 
 fn max_rel(a: &[f64], b: &[f64]) -> f64 {
-    let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let d = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
     d / b.iter().map(|v| v.abs()).fold(1e-30, f64::max)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn check(n: usize, ci: usize, co: usize, inp: [usize; 3], k: [usize; 3], s: [usize; 3], p: [usize; 3], op: [usize; 3], transposed: bool) {
+fn check(
+    n: usize,
+    ci: usize,
+    co: usize,
+    inp: [usize; 3],
+    k: [usize; 3],
+    s: [usize; 3],
+    p: [usize; 3],
+    op: [usize; 3],
+    transposed: bool,
+) {
     let dev = Device::Cpu;
     let xv = rand(n * ci * inp.iter().product::<usize>(), 1);
-    let wshape = if transposed { [ci, co, k[0], k[1], k[2]] } else { [co, ci, k[0], k[1], k[2]] };
+    let wshape = if transposed {
+        [ci, co, k[0], k[1], k[2]]
+    } else {
+        [co, ci, k[0], k[1], k[2]]
+    };
     let wv = rand(wshape.iter().product(), 2);
-    let x = Var::from_tensor(&Tensor::from_vec(xv.clone(), (n, ci, inp[0], inp[1], inp[2]), &dev).unwrap()).unwrap();
-    let w = Var::from_tensor(&Tensor::from_vec(wv.clone(), wshape.to_vec(), &dev).unwrap()).unwrap();
-    let prm = Conv3dParams { stride: s, padding: p };
+    let x = Var::from_tensor(
+        &Tensor::from_vec(xv.clone(), (n, ci, inp[0], inp[1], inp[2]), &dev).unwrap(),
+    )
+    .unwrap();
+    let w =
+        Var::from_tensor(&Tensor::from_vec(wv.clone(), wshape.to_vec(), &dev).unwrap()).unwrap();
+    let prm = Conv3dParams {
+        stride: s,
+        padding: p,
+    };
     let y = if transposed {
         conv_transpose3d(x.as_tensor(), w.as_tensor(), None, prm, op).unwrap()
     } else {
@@ -106,24 +140,87 @@ fn check(n: usize, ci: usize, co: usize, inp: [usize; 3], k: [usize; 3], s: [usi
     let gy = Tensor::from_vec(gyv.clone(), y.shape(), &dev).unwrap();
     let grads = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
     let r = naive(&xv, &wv, &gyv, n, ci, co, inp, k, s, p, out, transposed);
-    let v = |t: &Tensor| t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let v = |t: &Tensor| {
+        t.to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+    };
     let tag = format!("transposed={transposed} in={inp:?} k={k:?} s={s:?} p={p:?}");
     assert!(max_rel(&v(&y), &r.y) < 1e-12, "y {tag}");
-    assert!(max_rel(&v(grads.get(x.as_tensor()).unwrap()), &r.dx) < 1e-12, "dx {tag}");
-    assert!(max_rel(&v(grads.get(w.as_tensor()).unwrap()), &r.dw) < 1e-12, "dw {tag}");
+    assert!(
+        max_rel(&v(grads.get(x.as_tensor()).unwrap()), &r.dx) < 1e-12,
+        "dx {tag}"
+    );
+    assert!(
+        max_rel(&v(grads.get(w.as_tensor()).unwrap()), &r.dw) < 1e-12,
+        "dw {tag}"
+    );
 }
 
 #[test]
 fn conv3d_matches_direct_loops() {
-    check(2, 5, 7, [11, 13, 17], [3, 3, 3], [1; 3], [1; 3], [0; 3], false);
-    check(1, 6, 4, [9, 10, 11], [1, 1, 1], [1; 3], [0; 3], [0; 3], false);
-    check(2, 3, 5, [12, 11, 14], [2, 3, 4], [2, 1, 3], [1, 1, 2], [0; 3], false);
-    check(1, 2, 6, [16, 16, 32], [8, 8, 8], [8, 8, 8], [0; 3], [0; 3], false);
+    check(
+        2,
+        5,
+        7,
+        [11, 13, 17],
+        [3, 3, 3],
+        [1; 3],
+        [1; 3],
+        [0; 3],
+        false,
+    );
+    check(
+        1,
+        6,
+        4,
+        [9, 10, 11],
+        [1, 1, 1],
+        [1; 3],
+        [0; 3],
+        [0; 3],
+        false,
+    );
+    check(
+        2,
+        3,
+        5,
+        [12, 11, 14],
+        [2, 3, 4],
+        [2, 1, 3],
+        [1, 1, 2],
+        [0; 3],
+        false,
+    );
+    check(
+        1,
+        2,
+        6,
+        [16, 16, 32],
+        [8, 8, 8],
+        [8, 8, 8],
+        [0; 3],
+        [0; 3],
+        false,
+    );
 }
 
 #[test]
 fn conv_transpose3d_matches_direct_loops() {
     check(2, 6, 4, [5, 6, 7], [2, 2, 2], [2; 3], [0; 3], [0; 3], true);
     check(1, 3, 5, [6, 7, 5], [3, 3, 3], [1; 3], [1; 3], [0; 3], true);
-    check(1, 4, 3, [5, 4, 6], [3, 3, 3], [2; 3], [1; 3], [1, 0, 1], true);
+    check(
+        1,
+        4,
+        3,
+        [5, 4, 6],
+        [3, 3, 3],
+        [2; 3],
+        [1; 3],
+        [1, 0, 1],
+        true,
+    );
 }

@@ -31,7 +31,12 @@ const TILE_BUDGET: usize = 1 << 19;
 
 impl ConvGeom {
     /// Output size of a convolution, `None` when the kernel does not fit the padded input.
-    pub fn out_size(input: [usize; 3], kernel: [usize; 3], stride: [usize; 3], padding: [usize; 3]) -> Option<[usize; 3]> {
+    pub fn out_size(
+        input: [usize; 3],
+        kernel: [usize; 3],
+        stride: [usize; 3],
+        padding: [usize; 3],
+    ) -> Option<[usize; 3]> {
         let mut o = [0; 3];
         for i in 0..3 {
             let padded = input[i] + 2 * padding[i];
@@ -86,7 +91,11 @@ impl ConvGeom {
 /// Output positions `o` in [lo, hi) whose input index `o * s + k - p` falls inside [0, len).
 fn valid_range(out_len: usize, s: usize, k: usize, p: usize, len: usize) -> (usize, usize) {
     let lo = if p > k { (p - k).div_ceil(s) } else { 0 };
-    let hi = if len + p > k { (len + p - k).div_ceil(s).min(out_len) } else { 0 };
+    let hi = if len + p > k {
+        (len + p - k).div_ceil(s).min(out_len)
+    } else {
+        0
+    };
     (lo.min(hi), hi)
 }
 
@@ -186,7 +195,18 @@ pub fn conv3d_fwd<T: Elem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
         // SAFETY (both): tile (n, r0..r1) owns columns c0..c0+pt of sample n's output rows.
         let dst = unsafe { yp.ptr().add(n * g.co * ov + c0) };
         if g.is_pointwise() {
-            unsafe { matmul(g.co, pt, k, dst, ov, a, Mat::rows(xs[c0..].as_ptr(), iv), false) }
+            unsafe {
+                matmul(
+                    g.co,
+                    pt,
+                    k,
+                    dst,
+                    ov,
+                    a,
+                    Mat::rows(xs[c0..].as_ptr(), iv),
+                    false,
+                )
+            }
         } else {
             with_scratch(k * pt, |col: &mut [T]| {
                 im2col(xs, g, r0, r1, col);
@@ -218,11 +238,33 @@ pub fn conv3d_bwd_weight<T: Elem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
                 let (c0, pt) = (r0 * wo, (r1 - r0) * wo);
                 let a = Mat::rows(dy[n * g.co * ov + c0..].as_ptr(), ov);
                 if g.is_pointwise() {
-                    unsafe { matmul(g.co, k, pt, dw.as_mut_ptr(), k, a, Mat::t(xs[c0..].as_ptr(), iv), true) }
+                    unsafe {
+                        matmul(
+                            g.co,
+                            k,
+                            pt,
+                            dw.as_mut_ptr(),
+                            k,
+                            a,
+                            Mat::t(xs[c0..].as_ptr(), iv),
+                            true,
+                        )
+                    }
                 } else {
                     with_scratch(k * pt, |col: &mut [T]| {
                         im2col(xs, g, r0, r1, col);
-                        unsafe { matmul(g.co, k, pt, dw.as_mut_ptr(), k, a, Mat::t(col.as_ptr(), pt), true) }
+                        unsafe {
+                            matmul(
+                                g.co,
+                                k,
+                                pt,
+                                dw.as_mut_ptr(),
+                                k,
+                                a,
+                                Mat::t(col.as_ptr(), pt),
+                                true,
+                            )
+                        }
                     })
                 }
             }
@@ -261,7 +303,14 @@ pub fn conv3d_bwd_input<T: Elem>(dy: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
         // parallelises over tiles without write conflicts.
         let wt = flip_transpose(w, g.co, g.ci, g.kvol());
         let pad = [0, 1, 2].map(|i| g.kernel[i] - 1 - g.padding[i]);
-        let ga = ConvGeom { ci: g.co, co: g.ci, input: g.output, output: g.input, padding: pad, ..*g };
+        let ga = ConvGeom {
+            ci: g.co,
+            co: g.ci,
+            input: g.output,
+            output: g.input,
+            padding: pad,
+            ..*g
+        };
         return conv3d_fwd(dy, &wt, &ga);
     }
     let mut dx = zeros_written(g.n * g.ci * iv);
@@ -284,7 +333,9 @@ pub fn conv3d_bwd_input<T: Elem>(dy: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
     } else {
         // Overlapping strided windows: samples in parallel, tiles of a sample in order.
         let tiles = g.tiles();
-        (0..g.n).into_par_iter().for_each(|n| tiles.iter().filter(|t| t.0 == n).for_each(|&t| tile(t)));
+        (0..g.n)
+            .into_par_iter()
+            .for_each(|n| tiles.iter().filter(|t| t.0 == n).for_each(|&t| tile(t)));
     }
     dx
 }

@@ -40,7 +40,13 @@ fn plan(g: &ConvGeom) -> Plan {
     let cols = rows * wp;
     // Over-reads: the last tile's columns rounded up to the microkernel's block (< 16), plus the taps.
     let slack = ((g.kernel[1] - 1) * wp + g.kernel[2] + cols + 16) * g.ci;
-    Plan { hp, wp, xp_len: vp * g.ci + slack, q, cols }
+    Plan {
+        hp,
+        wp,
+        xp_len: vp * g.ci + slack,
+        q,
+        cols,
+    }
 }
 
 /// Channels-last, zero-padded copy of one sample: xp[((z * hp) + y) * wp + x][c].
@@ -51,17 +57,20 @@ fn pad_channels_last<T: Elem>(x: &[T], g: &ConvGeom, p: &Plan) -> Vec<T> {
     let mut xp = vec![T::zero(); p.xp_len];
     let plane = p.hp * p.wp * ci;
     // Padded planes z + pd are disjoint: fill them in parallel.
-    xp[pd * plane..(pd + d) * plane].par_chunks_mut(plane).enumerate().for_each(|(z, dst)| {
-        for y in 0..h {
-            let row = &mut dst[((y + ph) * p.wp + pw) * ci..][..w * ci];
-            for c in 0..ci {
-                let src = &x[((c * d + z) * h + y) * w..][..w];
-                for (xi, &v) in src.iter().enumerate() {
-                    row[xi * ci + c] = v;
+    xp[pd * plane..(pd + d) * plane]
+        .par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(z, dst)| {
+            for y in 0..h {
+                let row = &mut dst[((y + ph) * p.wp + pw) * ci..][..w * ci];
+                for c in 0..ci {
+                    let src = &x[((c * d + z) * h + y) * w..][..w];
+                    for (xi, &v) in src.iter().enumerate() {
+                        row[xi * ci + c] = v;
+                    }
                 }
             }
-        }
-    });
+        });
     xp
 }
 
@@ -75,7 +84,8 @@ fn weight_taps<T: Elem>(w: &[T], g: &ConvGeom) -> Vec<T> {
             for kz in 0..kd {
                 for ky in 0..kh {
                     for kx in 0..kw {
-                        out[((kz * kh + ky) * co + o) * kw * ci + kx * ci + i] = w[(((o * ci + i) * kd + kz) * kh + ky) * kw + kx];
+                        out[((kz * kh + ky) * co + o) * kw * ci + kx * ci + i] =
+                            w[(((o * ci + i) * kd + kz) * kh + ky) * kw + kx];
                     }
                 }
             }
@@ -94,7 +104,8 @@ fn taps_to_weight<T: Elem>(t: &[T], g: &ConvGeom) -> Vec<T> {
             for kz in 0..kd {
                 for ky in 0..kh {
                     for kx in 0..kw {
-                        out[(((o * ci + i) * kd + kz) * kh + ky) * kw + kx] = t[((kz * kh + ky) * co + o) * kw * ci + kx * ci + i];
+                        out[(((o * ci + i) * kd + kz) * kh + ky) * kw + kx] =
+                            t[((kz * kh + ky) * co + o) * kw * ci + kx * ci + i];
                     }
                 }
             }
@@ -117,7 +128,13 @@ fn tiles(g: &ConvGeom, p: &Plan) -> Vec<(usize, usize, usize)> {
 }
 
 /// Calls `f(row_in_tile, oz, oy)` for every valid output row inside the tile's columns.
-fn valid_rows(g: &ConvGeom, p: &Plan, q0: usize, cols: usize, mut f: impl FnMut(usize, usize, usize)) {
+fn valid_rows(
+    g: &ConvGeom,
+    p: &Plan,
+    q0: usize,
+    cols: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) {
     for j in 0..cols / p.wp {
         let r = q0 / p.wp + j;
         let (oz, oy) = (r / p.hp, r % p.hp);
@@ -136,17 +153,29 @@ pub fn fwd<T: Elem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
     let p = plan(g);
     let [kd, kh, kw] = g.kernel;
     let (iv, ov, kk) = (g.in_vol(), g.out_vol(), kw * g.ci);
-    let taps = if direct_avx512::available() && as_f32(w).is_some() { Vec::new() } else { weight_taps(w, g) };
-    let xps: Vec<Vec<T>> = (0..g.n).map(|n| pad_channels_last(&x[n * g.ci * iv..(n + 1) * g.ci * iv], g, &p)).collect();
+    let taps = if direct_avx512::available() && as_f32(w).is_some() {
+        Vec::new()
+    } else {
+        weight_taps(w, g)
+    };
+    let xps: Vec<Vec<T>> = (0..g.n)
+        .map(|n| pad_channels_last(&x[n * g.ci * iv..(n + 1) * g.ci * iv], g, &p))
+        .collect();
     let mut y = vec![T::zero(); g.n * g.co * ov];
     let yp = SyncPtr(y.as_mut_ptr());
     let [_, ho, wo] = g.output;
-    let offs: Vec<usize> = (0..kd * kh).map(|t| ((t / kh) * p.hp * p.wp + (t % kh) * p.wp) * g.ci).collect();
+    let offs: Vec<usize> = (0..kd * kh)
+        .map(|t| ((t / kh) * p.hp * p.wp + (t % kh) * p.wp) * g.ci)
+        .collect();
     // f32 on an AVX-512 CPU: the direct microkernel; otherwise GEMMs over the same views.
     let direct = as_f32(w).filter(|_| direct_avx512::available()).map(|w32| {
         let co_pad = g.co.next_multiple_of(16);
         let (pb, nb) = direct_avx512::blocking(co_pad);
-        (direct_avx512::pack_weights(w32, g.co, g.ci, g.kernel, co_pad, nb), co_pad, pb)
+        (
+            direct_avx512::pack_weights(w32, g.co, g.ci, g.kernel, co_pad, nb),
+            co_pad,
+            pb,
+        )
     });
     tiles(g, &p).into_par_iter().for_each(|(n, q0, cols)| {
         let xs = &xps[n][q0 * g.ci..];
@@ -159,13 +188,25 @@ pub fn fwd<T: Elem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
                 let cols_pad = cols.next_multiple_of(*pb);
                 // SAFETY: T is f32 here (as_f32 succeeded); bounds: see `plan`'s slack.
                 unsafe {
-                    direct_avx512::tile(xs.as_ptr() as *const f32, g.ci, &offs, kk, packed, *co_pad, cols_pad, acc.as_mut_ptr() as *mut f32, *co_pad)
+                    direct_avx512::tile(
+                        xs.as_ptr() as *const f32,
+                        g.ci,
+                        &offs,
+                        kk,
+                        packed,
+                        *co_pad,
+                        cols_pad,
+                        acc.as_mut_ptr() as *mut f32,
+                        *co_pad,
+                    )
                 };
                 // acc is channels-last [col][co_pad]: transpose the valid rows into NCDHW.
                 valid_rows(g, &p, q0, cols, |j, oz, oy| {
                     let src = &acc[j * p.wp * co_pad..];
                     for c in 0..g.co {
-                        let dst = unsafe { yp.slice(((n * g.co + c) * g.output[0] + oz) * ho * wo + oy * wo, wo) };
+                        let dst = unsafe {
+                            yp.slice(((n * g.co + c) * g.output[0] + oz) * ho * wo + oy * wo, wo)
+                        };
                         for (x, d) in dst.iter_mut().enumerate() {
                             *d = src[x * co_pad + c];
                         }
@@ -175,13 +216,19 @@ pub fn fwd<T: Elem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
             None => {
                 for (t, &off) in offs.iter().enumerate() {
                     let a = Mat::rows(taps[t * g.co * kk..].as_ptr(), kk);
-                    let b = Mat { ptr: xs[off..].as_ptr(), rs: 1, cs: g.ci as isize };
+                    let b = Mat {
+                        ptr: xs[off..].as_ptr(),
+                        rs: 1,
+                        cs: g.ci as isize,
+                    };
                     unsafe { matmul(g.co, cols, kk, acc.as_mut_ptr(), cols, a, b, t > 0) };
                 }
                 valid_rows(g, &p, q0, cols, |j, oz, oy| {
                     for c in 0..g.co {
                         // SAFETY: each valid output row belongs to exactly one tile.
-                        let dst = unsafe { yp.slice(((n * g.co + c) * g.output[0] + oz) * ho * wo + oy * wo, wo) };
+                        let dst = unsafe {
+                            yp.slice(((n * g.co + c) * g.output[0] + oz) * ho * wo + oy * wo, wo)
+                        };
                         dst.copy_from_slice(&acc[c * cols + j * p.wp..][..wo]);
                     }
                 });
@@ -203,7 +250,9 @@ pub fn bwd_weight<T: Elem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
     let [kd, kh, kw] = g.kernel;
     let (iv, ov, kk) = (g.in_vol(), g.out_vol(), kw * g.ci);
     let [_, ho, wo] = g.output;
-    let xps: Vec<Vec<T>> = (0..g.n).map(|n| pad_channels_last(&x[n * g.ci * iv..(n + 1) * g.ci * iv], g, &p)).collect();
+    let xps: Vec<Vec<T>> = (0..g.n)
+        .map(|n| pad_channels_last(&x[n * g.ci * iv..(n + 1) * g.ci * iv], g, &p))
+        .collect();
     let tiles = tiles(g, &p);
     let nt = threads().min(tiles.len()).max(1);
     let wlen = kd * kh * g.co * kk;
@@ -219,16 +268,32 @@ pub fn bwd_weight<T: Elem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
                 dyt.resize(g.co * cols, T::zero());
                 valid_rows(g, &p, q0, cols, |j, oz, oy| {
                     for c in 0..g.co {
-                        let src = &dy[((n * g.co + c) * g.output[0] + oz) * ho * wo + oy * wo..][..wo];
+                        let src =
+                            &dy[((n * g.co + c) * g.output[0] + oz) * ho * wo + oy * wo..][..wo];
                         dyt[c * cols + j * p.wp..][..wo].copy_from_slice(src);
                     }
                 });
                 for kz in 0..kd {
                     for ky in 0..kh {
                         let off = (q0 + kz * p.hp * p.wp + ky * p.wp) * g.ci;
-                        let bt = Mat { ptr: xps[n][off..].as_ptr(), rs: g.ci as isize, cs: 1 };
+                        let bt = Mat {
+                            ptr: xps[n][off..].as_ptr(),
+                            rs: g.ci as isize,
+                            cs: 1,
+                        };
                         let dst = dw[(kz * kh + ky) * g.co * kk..].as_mut_ptr();
-                        unsafe { matmul(g.co, kk, cols, dst, kk, Mat::rows(dyt.as_ptr(), cols), bt, true) };
+                        unsafe {
+                            matmul(
+                                g.co,
+                                kk,
+                                cols,
+                                dst,
+                                kk,
+                                Mat::rows(dyt.as_ptr(), cols),
+                                bt,
+                                true,
+                            )
+                        };
                     }
                 }
             }

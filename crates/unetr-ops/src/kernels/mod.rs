@@ -10,7 +10,10 @@ pub mod softmax;
 use num_traits::Float;
 
 /// Element types the CPU kernels are written for (f32, f64); conversions come from `WithDType`.
-pub trait Elem: Float + candle_core::WithDType + Send + Sync + Copy + std::iter::Sum + std::fmt::Debug + 'static {}
+pub trait Elem:
+    Float + candle_core::WithDType + Send + Sync + Copy + std::iter::Sum + std::fmt::Debug + 'static
+{
+}
 impl Elem for f32 {}
 impl Elem for f64 {}
 
@@ -53,11 +56,19 @@ unsafe impl<T> Send for Mat<T> {}
 unsafe impl<T> Sync for Mat<T> {}
 impl<T> Mat<T> {
     pub fn rows(ptr: *const T, row_stride: usize) -> Self {
-        Mat { ptr, rs: row_stride as isize, cs: 1 }
+        Mat {
+            ptr,
+            rs: row_stride as isize,
+            cs: 1,
+        }
     }
     /// The transpose of a row-major matrix with the given row stride.
     pub fn t(ptr: *const T, row_stride: usize) -> Self {
-        Mat { ptr, rs: 1, cs: row_stride as isize }
+        Mat {
+            ptr,
+            rs: 1,
+            cs: row_stride as isize,
+        }
     }
 }
 
@@ -137,11 +148,13 @@ pub(crate) fn with_scratch<T: Elem, R>(len: usize, f: impl FnOnce(&mut [T]) -> R
 pub(crate) fn zeros_written<T: Elem>(n: usize) -> Vec<T> {
     use rayon::prelude::*;
     let mut v: Vec<T> = Vec::with_capacity(n);
-    v.spare_capacity_mut().par_chunks_mut(1 << 16).for_each(|c| {
-        c.iter_mut().for_each(|e| {
-            e.write(T::zero());
-        })
-    });
+    v.spare_capacity_mut()
+        .par_chunks_mut(1 << 16)
+        .for_each(|c| {
+            c.iter_mut().for_each(|e| {
+                e.write(T::zero());
+            })
+        });
     // SAFETY: all n elements were initialised above.
     unsafe { v.set_len(n) };
     v
@@ -153,7 +166,10 @@ pub fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *OK.get_or_init(|| std::is_x86_feature_detected!("avx512f") && std::env::var_os("UNETR_NO_AVX512").is_none())
+        *OK.get_or_init(|| {
+            std::is_x86_feature_detected!("avx512f")
+                && std::env::var_os("UNETR_NO_AVX512").is_none()
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -75,7 +75,11 @@ fn stats<T: Elem>(x: &[T], gs: &Groups, g: usize) -> (f64, f64) {
 
 /// Per-group mean and biased variance.
 pub fn group_stats<T: Elem>(x: &[T], gs: &Groups) -> Vec<(f64, f64)> {
-    (0..gs.groups).into_par_iter().with_min_len(gs.min_len()).map(|g| stats(x, gs, g)).collect()
+    (0..gs.groups)
+        .into_par_iter()
+        .with_min_len(gs.min_len())
+        .map(|g| stats(x, gs, g))
+        .collect()
 }
 
 #[inline(always)]
@@ -104,15 +108,18 @@ pub fn norm_fwd<T: Elem>(
     let mut y = Vec::with_capacity(x.len());
     let yp = SyncPtr(y.as_mut_ptr());
     let (act, sl) = (slope.is_some(), of_f64::<T>(slope.unwrap_or(1.0)));
-    (0..gs.groups).into_par_iter().with_min_len(gs.min_len()).for_each(|g| {
-        let (mean, var) = st[g];
-        let rstd = of_f64::<T>(1.0 / (var + eps).sqrt());
-        for o in gs.offsets(g) {
-            // SAFETY: segments of different groups are disjoint, and together cover y.
-            let ys = unsafe { yp.slice(o, gs.len) };
-            normalize(&x[o..o + gs.len], ys, of_f64::<T>(mean), rstd, sl, act);
-        }
-    });
+    (0..gs.groups)
+        .into_par_iter()
+        .with_min_len(gs.min_len())
+        .for_each(|g| {
+            let (mean, var) = st[g];
+            let rstd = of_f64::<T>(1.0 / (var + eps).sqrt());
+            for o in gs.offsets(g) {
+                // SAFETY: segments of different groups are disjoint, and together cover y.
+                let ys = unsafe { yp.slice(o, gs.len) };
+                normalize(&x[o..o + gs.len], ys, of_f64::<T>(mean), rstd, sl, act);
+            }
+        });
     // SAFETY: every element was written above.
     unsafe { y.set_len(x.len()) };
     (y, st)
@@ -127,7 +134,11 @@ fn bwd_sums_imp<T: Elem>(x: &[T], dy: &[T], mean: T, rstd: T, slope: T, act: boo
         for (i, (&xv, &dv)) in xc.iter().zip(dc).enumerate() {
             let l = i % LANES;
             let xh = (xv - mean) * rstd;
-            let d = if act && xh < T::zero() { dv * slope } else { dv };
+            let d = if act && xh < T::zero() {
+                dv * slope
+            } else {
+                dv
+            };
             a[l] = a[l] + d;
             b[l] = b[l] + d * xh;
         }
@@ -140,10 +151,24 @@ multiversion!(fn bwd_sums<T: Elem>(x: &[T], dy: &[T], mean: T, rstd: T, slope: T
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn bwd_apply_imp<T: Elem>(x: &[T], dy: &[T], dx: &mut [T], mean: T, rstd: T, slope: T, act: bool, m1: T, m2: T) {
+fn bwd_apply_imp<T: Elem>(
+    x: &[T],
+    dy: &[T],
+    dx: &mut [T],
+    mean: T,
+    rstd: T,
+    slope: T,
+    act: bool,
+    m1: T,
+    m2: T,
+) {
     for ((o, &xv), &dv) in dx.iter_mut().zip(x).zip(dy) {
         let xh = (xv - mean) * rstd;
-        let d = if act && xh < T::zero() { dv * slope } else { dv };
+        let d = if act && xh < T::zero() {
+            dv * slope
+        } else {
+            dv
+        };
         *o = rstd * (d - m1 - xh * m2);
     }
 }
@@ -154,25 +179,38 @@ pub fn norm_bwd<T: Elem>(x: &[T], dy: &[T], gs: &Groups, eps: f64, slope: Option
     let mut dx = Vec::with_capacity(x.len());
     let dxp = SyncPtr(dx.as_mut_ptr());
     let (act, sl) = (slope.is_some(), of_f64::<T>(slope.unwrap_or(1.0)));
-    (0..gs.groups).into_par_iter().with_min_len(gs.min_len()).for_each(|g| {
-        let (mean, var) = stats(x, gs, g);
-        let rstd = 1.0 / (var + eps).sqrt();
-        let (mt, rt) = (of_f64::<T>(mean), of_f64::<T>(rstd));
-        // dx = rstd * (d - mean(d) - xhat * mean(d * xhat)).
-        let (mut s1, mut s2) = (0f64, 0f64);
-        for o in gs.offsets(g) {
-            let (a, b) = bwd_sums(&x[o..o + gs.len], &dy[o..o + gs.len], mt, rt, sl, act);
-            s1 += a;
-            s2 += b;
-        }
-        let n = gs.count() as f64;
-        let (m1, m2) = (of_f64::<T>(s1 / n), of_f64::<T>(s2 / n));
-        for o in gs.offsets(g) {
-            // SAFETY: segments of different groups are disjoint, and together cover dx.
-            let dxs = unsafe { dxp.slice(o, gs.len) };
-            bwd_apply(&x[o..o + gs.len], &dy[o..o + gs.len], dxs, mt, rt, sl, act, m1, m2);
-        }
-    });
+    (0..gs.groups)
+        .into_par_iter()
+        .with_min_len(gs.min_len())
+        .for_each(|g| {
+            let (mean, var) = stats(x, gs, g);
+            let rstd = 1.0 / (var + eps).sqrt();
+            let (mt, rt) = (of_f64::<T>(mean), of_f64::<T>(rstd));
+            // dx = rstd * (d - mean(d) - xhat * mean(d * xhat)).
+            let (mut s1, mut s2) = (0f64, 0f64);
+            for o in gs.offsets(g) {
+                let (a, b) = bwd_sums(&x[o..o + gs.len], &dy[o..o + gs.len], mt, rt, sl, act);
+                s1 += a;
+                s2 += b;
+            }
+            let n = gs.count() as f64;
+            let (m1, m2) = (of_f64::<T>(s1 / n), of_f64::<T>(s2 / n));
+            for o in gs.offsets(g) {
+                // SAFETY: segments of different groups are disjoint, and together cover dx.
+                let dxs = unsafe { dxp.slice(o, gs.len) };
+                bwd_apply(
+                    &x[o..o + gs.len],
+                    &dy[o..o + gs.len],
+                    dxs,
+                    mt,
+                    rt,
+                    sl,
+                    act,
+                    m1,
+                    m2,
+                );
+            }
+        });
     // SAFETY: every element was written above.
     unsafe { dx.set_len(x.len()) };
     dx

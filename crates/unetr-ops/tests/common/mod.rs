@@ -20,9 +20,15 @@ pub fn fixture_dir() -> PathBuf {
 
 pub fn fixtures() -> Vec<Fixture> {
     let mut out = Vec::new();
-    let mut paths: Vec<_> = std::fs::read_dir(fixture_dir()).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut paths: Vec<_> = std::fs::read_dir(fixture_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     paths.sort();
-    for p in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "safetensors")) {
+    for p in paths
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+    {
         let bytes = std::fs::read(&p).unwrap();
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
         let meta = meta.metadata().clone().expect("fixture without metadata");
@@ -33,7 +39,10 @@ pub fn fixtures() -> Vec<Fixture> {
             t: candle_core::safetensors::load(&p, &Device::Cpu).unwrap(),
         });
     }
-    assert!(out.len() >= 20, "fixtures missing: run scripts/gen_ops_fixtures.py");
+    assert!(
+        out.len() >= 20,
+        "fixtures missing: run scripts/gen_ops_fixtures.py"
+    );
     out
 }
 
@@ -44,35 +53,56 @@ fn arr3(v: &serde_json::Value) -> [usize; 3] {
 
 /// Names of the inputs that take a gradient.
 pub fn grad_inputs(f: &Fixture) -> Vec<String> {
-    let mut v: Vec<String> = f
-        .t
-        .keys()
-        .filter(|k| ["x", "w", "b", "weight", "bias", "q", "k", "v"].contains(&k.as_str()))
-        .cloned()
-        .collect();
+    let mut v: Vec<String> =
+        f.t.keys()
+            .filter(|k| ["x", "w", "b", "weight", "bias", "q", "k", "v"].contains(&k.as_str()))
+            .cloned()
+            .collect();
     v.sort();
     v
 }
 
 /// Runs the fixture's op on `inp` (same names as the fixture's inputs). Returns y and extra outputs.
-pub fn run(f: &Fixture, inp: &HashMap<String, Tensor>) -> Result<(Tensor, HashMap<String, Tensor>)> {
+pub fn run(
+    f: &Fixture,
+    inp: &HashMap<String, Tensor>,
+) -> Result<(Tensor, HashMap<String, Tensor>)> {
     let p = &f.params;
     let g = |k: &str| inp.get(k);
     let x = g("x");
     let mut extra = HashMap::new();
     let y = match f.op.as_str() {
         "conv3d" => {
-            let prm = Conv3dParams { stride: arr3(&p["stride"]), padding: arr3(&p["padding"]) };
+            let prm = Conv3dParams {
+                stride: arr3(&p["stride"]),
+                padding: arr3(&p["padding"]),
+            };
             conv3d(x.unwrap(), g("w").unwrap(), g("b"), prm)?
         }
         "conv_transpose3d" => {
-            let prm = Conv3dParams { stride: arr3(&p["stride"]), padding: arr3(&p["padding"]) };
-            conv_transpose3d(x.unwrap(), g("w").unwrap(), g("b"), prm, arr3(&p["output_padding"]))?
+            let prm = Conv3dParams {
+                stride: arr3(&p["stride"]),
+                padding: arr3(&p["padding"]),
+            };
+            conv_transpose3d(
+                x.unwrap(),
+                g("w").unwrap(),
+                g("b"),
+                prm,
+                arr3(&p["output_padding"]),
+            )?
         }
-        "instance_norm" => instance_norm(x.unwrap(), g("weight"), g("bias"), p["eps"].as_f64().unwrap())?,
-        "instance_norm_leaky_relu" => {
-            instance_norm_leaky_relu(x.unwrap(), p["eps"].as_f64().unwrap(), p["slope"].as_f64().unwrap())?
-        }
+        "instance_norm" => instance_norm(
+            x.unwrap(),
+            g("weight"),
+            g("bias"),
+            p["eps"].as_f64().unwrap(),
+        )?,
+        "instance_norm_leaky_relu" => instance_norm_leaky_relu(
+            x.unwrap(),
+            p["eps"].as_f64().unwrap(),
+            p["slope"].as_f64().unwrap(),
+        )?,
         "batch_norm" => {
             let (y, st) = batch_norm(
                 x.unwrap(),
@@ -90,16 +120,29 @@ pub fn run(f: &Fixture, inp: &HashMap<String, Tensor>) -> Result<(Tensor, HashMa
                     extra.insert("new_running_var".into(), st.var);
                 }
                 None => {
-                    extra.insert("new_running_mean".into(), g("running_mean").unwrap().clone());
+                    extra.insert(
+                        "new_running_mean".into(),
+                        g("running_mean").unwrap().clone(),
+                    );
                     extra.insert("new_running_var".into(), g("running_var").unwrap().clone());
                 }
             }
             y
         }
-        "layer_norm" => layer_norm(x.unwrap(), g("weight"), g("bias"), p["eps"].as_f64().unwrap())?,
+        "layer_norm" => layer_norm(
+            x.unwrap(),
+            g("weight"),
+            g("bias"),
+            p["eps"].as_f64().unwrap(),
+        )?,
         "leaky_relu" => leaky_relu(x.unwrap(), p["slope"].as_f64().unwrap())?,
         "softmax_last_dim" => softmax_last_dim(x.unwrap())?,
-        "attention" => attention(g("q").unwrap(), g("k").unwrap(), g("v").unwrap(), p["scale"].as_f64().unwrap())?,
+        "attention" => attention(
+            g("q").unwrap(),
+            g("k").unwrap(),
+            g("v").unwrap(),
+            p["scale"].as_f64().unwrap(),
+        )?,
         op => panic!("unknown op {op} in fixture {}", f.name),
     };
     Ok((y, extra))
@@ -129,9 +172,25 @@ pub fn vars(f: &Fixture, dtype: DType) -> (HashMap<String, Tensor>, HashMap<Stri
 /// max |a - b| / max |b| (or the absolute difference when b is all zeros).
 pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let a = a
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let b = b
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
     let scale = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
     if scale > 0.0 {
         diff / scale
