@@ -29,7 +29,7 @@ pub fn run(a: Args) -> Result<()> {
     let dev = Device::Cpu;
     let text = std::fs::read_to_string(&a.config).with_context(|| format!("{}: cannot read", a.config.display()))?;
     let cfg = UnetrConfig::from_json(&text).with_context(|| format!("{}", a.config.display()))?;
-    let w = UnetrWeights::load(&cfg, &a.weights, &dev)?;
+    let model = UnetrWeights::load(&cfg, &a.weights, &dev)?.inference_model()?;
     let x = read_tensor(&a.input, "input", &dev)?;
     if !x.dtype().is_float() {
         bail!("{}: \"input\" has dtype {:?}, expected a float type", a.input.display(), x.dtype());
@@ -42,7 +42,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut y = None;
     for _ in 0..a.repeat.max(1) {
         let t = std::time::Instant::now();
-        let out = w.model.forward_t(&x, false).with_context(|| format!("{}", a.input.display()))?;
+        let out = model.forward_t(&x, false).with_context(|| format!("{}", a.input.display()))?;
         eprintln!("forward {:?} -> {:?} in {:.3} s", x.dims(), out.dims(), t.elapsed().as_secs_f64());
         y = Some(out);
     }

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's command line. It orchestrates; the logic lives in the library crates.
 
+mod bench_model;
 mod bench_ops;
 mod docs;
 mod forward;
@@ -25,11 +26,17 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Benchmarks.
+    /// Parameters, FLOPs, CPU latency and memory of UNETR against the paper and PyTorch + MONAI;
+    /// `bench ops` times the individual ops.
     Bench {
         #[command(subcommand)]
-        what: BenchCmd,
+        what: Option<BenchCmd>,
+        #[command(flatten)]
+        model: bench_model::Args,
     },
+    /// The measuring process of `bench` (own process, so its peak memory is its own).
+    #[command(hide = true)]
+    BenchChild(bench_model::Args),
     /// Regenerate the PyTorch / MONAI parity fixtures (needs a Python with torch and monai; see README).
     Fixtures,
     /// One UNETR forward pass: MONAI config + weights + input file -> logits file.
@@ -61,7 +68,9 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { what: BenchCmd::Ops(args) } => bench_ops::run(args),
+        Cmd::Bench { what: Some(BenchCmd::Ops(args)), .. } => bench_ops::run(args),
+        Cmd::Bench { what: None, model } => bench_model::run(model),
+        Cmd::BenchChild(a) => bench_model::child(a),
         Cmd::Fixtures => {
             let py = python::find_torch().context("regenerating fixtures needs PyTorch")?;
             for s in ["scripts/gen_ops_fixtures.py", "scripts/gen_model_fixtures.py"] {

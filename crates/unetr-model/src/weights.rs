@@ -152,6 +152,17 @@ impl UnetrWeights {
     pub fn save(&self, path: &Path) -> Result<()> {
         save_safetensors(&self.varmap, path)
     }
+
+    /// The same weights as constants (shared storage, no copy) for inference. Ops on `Var`s record the
+    /// autograd graph, which keeps every activation alive until the output is dropped; a model built on
+    /// detached tensors frees each activation as soon as it has been used.
+    pub fn inference_model(&self) -> Result<Unetr> {
+        let vars = self.varmap.data().lock().unwrap();
+        let tensors: HashMap<String, Tensor> = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
+        let (dtype, device) = vars.values().next().map(|v| (v.dtype(), v.device().clone())).unwrap_or((DType::F32, Device::Cpu));
+        drop(vars);
+        Unetr::new(&self.model.cfg, VarBuilder::from_tensors(tensors, dtype, &device))
+    }
 }
 
 /// Saves with MONAI's names, atomically (temporary file + rename). Batch norms get the

@@ -56,12 +56,12 @@ fn parameter_gradients_match_monai() {
         let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {k}"));
         rows.push((k.clone(), l2(&(g - r).unwrap()), l2(r)));
     }
-    // Per tensor, relative to its own norm, floored at 1% of the median norm: a gradient that is zero
+    // Per tensor, relative to its own norm, floored at 5% of the median norm: a gradient that is zero
     // analytically (a 1x1x1 conv from one channel right before an instance norm is scale invariant)
     // holds only rounding noise in both frameworks.
     let mut norms: Vec<f32> = rows.iter().map(|r| r.2).collect();
     norms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let floor = 0.01 * norms[norms.len() / 2];
+    let floor = 0.05 * norms[norms.len() / 2];
     for (k, err, norm) in &rows {
         assert!(err / norm.max(floor) < 1e-3, "{k}: relative L2 error {} (norm {norm})", err / norm.max(floor));
     }

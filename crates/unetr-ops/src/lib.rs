@@ -1,6 +1,6 @@
 //! The tensor ops UNETR needs and candle 0.11 lacks, as candle ops with backward:
 //! 3D convolution and transposed convolution, instance/batch/layer norm (optionally fused with
-//! LeakyReLU), LeakyReLU, softmax and multi-head attention. f32 and f64 on the CPU; NCDHW layout.
+//! LeakyReLU), LeakyReLU, softmax, linear and multi-head attention. f32 and f64 on the CPU; NCDHW layout.
 //!
 //! Every function checks ranks, shapes and dtypes first and returns a `candle_core::Error` wrapping an
 //! [`OpsError`] that names the op and the shapes, instead of panicking.
@@ -10,6 +10,7 @@ pub mod attention;
 pub mod conv;
 pub mod error;
 pub mod kernels;
+pub mod linear;
 pub mod norm;
 mod storage;
 
@@ -17,4 +18,5 @@ pub use activation::{leaky_relu, softmax_last_dim};
 pub use attention::attention;
 pub use conv::{conv3d, conv_transpose3d, Conv3dParams};
 pub use error::OpsError;
+pub use linear::linear;
 pub use norm::{batch_norm, instance_norm, instance_norm_leaky_relu, layer_norm, RunningStats};

@@ -33,3 +33,22 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
     }
     candle_nn::ops::dropout(x, p as f32)
 }
+
+/// `nn.Linear` on our parallel `linear` op; keys `weight` [out, in] and `bias` [out].
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+}
+
+impl candle_core::Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        unetr_ops::linear(x, &self.weight, self.bias.as_ref())
+    }
+}

@@ -1,6 +1,6 @@
-use crate::layers::{dropout, LayerNorm};
+use crate::layers::{dropout, LayerNorm, Linear};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 
 /// How patches become tokens (MONAI's `proj_type`, called `pos_embed` before MONAI 1.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""PyTorch + MONAI side of `cargo xtask bench`: UNETR forward latency and peak memory, in its own process.
+
+Usage: model_pytorch.py --size D,H,W --repeats N [--in-channels 1 --out-channels 14 --feature-size 16]
+Prints one JSON line: {"forward_s": [...], "peak_rss_kb": ..., "torch": ..., "monai": ..., "threads": ...}.
+"""
+import argparse
+import json
+import os
+import resource
+import time
+
+import torch
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--size", default="96,96,96")
+ap.add_argument("--repeats", type=int, default=5)
+ap.add_argument("--in-channels", type=int, default=1)
+ap.add_argument("--out-channels", type=int, default=14)
+ap.add_argument("--feature-size", type=int, default=16)
+args = ap.parse_args()
+
+torch.set_num_threads(int(os.environ.get("RAYON_NUM_THREADS", os.cpu_count() or 1)))
+import monai  # noqa: E402
+from monai.networks.nets import UNETR  # noqa: E402
+
+size = [int(s) for s in args.size.split(",")]
+net = UNETR(in_channels=args.in_channels, out_channels=args.out_channels, img_size=size,
+            feature_size=args.feature_size).eval()
+x = torch.randn(1, args.in_channels, *size)
+times = []
+with torch.inference_mode():
+    net(x)  # warm-up
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        net(x)
+        times.append(time.perf_counter() - t)
+print(json.dumps({
+    "forward_s": times,
+    "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    "torch": torch.__version__, "monai": monai.__version__, "threads": torch.get_num_threads(),
+}))

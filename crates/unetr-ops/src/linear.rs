@@ -1,0 +1,75 @@
+//! `linear(x, w, b)` = x W^T + b (PyTorch's `F.linear`), with the forward GEMM split over threads
+//! by output features. candle's matmul hands gemm's own threading a 216 x 3072 x 768 problem (the ViT's
+//! MLP) and gets one core's speed; a split along N gives each core an independent half.
+
+use crate::error::{check_float, shape_err, OpsError};
+use crate::kernels::{matmul, threads, Elem, Mat, SyncPtr};
+use crate::storage::{data2, dispatch2, out};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+/// y[m, n] = sum_k x[m, k] * w[n, k].
+fn linear_fwd<T: Elem>(x: &[T], w: &[T], m: usize, n: usize, k: usize) -> Vec<T> {
+    let mut y = vec![T::zero(); m * n];
+    let yp = SyncPtr(y.as_mut_ptr());
+    // Column blocks of at least 64 features, a few per thread for balance.
+    let block = (n.div_ceil(2 * threads())).next_multiple_of(64).max(64);
+    (0..n.div_ceil(block)).into_par_iter().for_each(|b| {
+        let (n0, nb) = (b * block, block.min(n - b * block));
+        // SAFETY: each block writes its own columns n0..n0+nb.
+        unsafe { matmul(m, nb, k, yp.ptr().add(n0), n, Mat::rows(x.as_ptr(), k), Mat::t(w[n0 * k..].as_ptr(), k), false) }
+    });
+    y
+}
+
+struct LinearOp;
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (n, k2) = l2.shape().dims2()?;
+        if k != k2 {
+            return Err(shape_err("linear", "input features differ from the weight's", &[l1.dims(), l2.dims()]));
+        }
+        dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |x, w| out(linear_fwd(x, w, m, n, k), (m, n)))
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // dx = g W, dW = g^T x (candle matmuls, so these are differentiable too).
+        Ok((Some(g.matmul(w)?), Some(g.t()?.matmul(x)?)))
+    }
+}
+
+/// x: [..., K], w: [N, K], b: [N] -> [..., N].
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    const OP: &str = "linear";
+    check_float(OP, x.dtype())?;
+    if w.rank() != 2 || x.rank() == 0 {
+        return Err(OpsError::Rank { op: OP, expected: "x of rank >= 1 and weight [N, K]", got: w.dims().to_vec() }.into());
+    }
+    if x.dtype() != w.dtype() {
+        return Err(OpsError::DTypeMismatch { op: OP, a: x.dtype(), b: w.dtype() }.into());
+    }
+    let k = x.dim(D::Minus1)?;
+    let (n, kw) = w.dims2()?;
+    if k != kw {
+        return Err(shape_err(OP, format!("input has {k} features, weight expects {kw}"), &[x.dims(), w.dims()]));
+    }
+    let lead = &x.dims()[..x.rank() - 1];
+    let m: usize = lead.iter().product();
+    let y = x.contiguous()?.reshape((m, k))?.apply_op2(&w.contiguous()?, LinearOp)?;
+    let mut shape = lead.to_vec();
+    shape.push(n);
+    let y = y.reshape(shape)?;
+    match b {
+        Some(b) => {
+            if b.dims() != [n] {
+                return Err(shape_err(OP, format!("bias must be [{n}]"), &[b.dims()]));
+            }
+            y.broadcast_add(b)
+        }
+        None => Ok(y),
+    }
+}

@@ -1,0 +1,193 @@
+//! `cargo xtask bench`: UNETR's parameters and FLOPs against the paper, and CPU forward latency and
+//! peak memory against PyTorch + MONAI in the same run, each side in its own process.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::process::Command;
+use std::time::Instant;
+use unetr_model::{count_macs, count_params, layer_costs, OpKind, UnetrConfig, UnetrWeights};
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// Published config: btcv (default), spleen, brats.
+    #[arg(long, default_value = "btcv")]
+    config: String,
+    /// Input size D,H,W (default: the config's img_size).
+    #[arg(long)]
+    size: Option<String>,
+    /// Timed forward passes after one warm-up.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Skip the PyTorch side.
+    #[arg(long)]
+    no_pytorch: bool,
+    /// Write the report into docs/benchmarks.md.
+    #[arg(long)]
+    write_docs: bool,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+/// What one measuring process reports.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Measured {
+    pub forward_s: Vec<f64>,
+    pub peak_rss_kb: u64,
+}
+
+fn config(a: &Args) -> Result<UnetrConfig> {
+    let mut c = match a.config.as_str() {
+        "btcv" => UnetrConfig::btcv(),
+        "spleen" => UnetrConfig::msd_spleen(),
+        "brats" => UnetrConfig::msd_brats(),
+        other => bail!("unknown config {other:?} (btcv, spleen, brats)"),
+    };
+    if let Some(s) = &a.size {
+        let v: Vec<usize> = s.split(',').map(|x| x.trim().parse()).collect::<std::result::Result<_, _>>().context("--size D,H,W")?;
+        let [d, h, w] = v[..] else { bail!("--size takes three numbers D,H,W") };
+        c.img_size = [d, h, w];
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// The measuring process (`xtask bench-child`): forward passes of a randomly initialised model.
+pub fn child(a: Args) -> Result<()> {
+    let cfg = config(&a)?;
+    let dev = Device::Cpu;
+    let model = UnetrWeights::init(&cfg, &dev)?.inference_model()?;
+    let [d, h, ww] = cfg.img_size;
+    let x = Tensor::randn(0f32, 1.0, (1, cfg.in_channels, d, h, ww), &dev)?.to_dtype(DType::F32)?;
+    drop(model.forward_t(&x, false)?); // warm-up
+    let mut forward_s = Vec::new();
+    for _ in 0..a.repeats.max(1) {
+        let t = Instant::now();
+        drop(model.forward_t(&x, false)?);
+        forward_s.push(t.elapsed().as_secs_f64());
+    }
+    println!("{}", serde_json::to_string(&Measured { forward_s, peak_rss_kb: peak_rss_kb() })?);
+    Ok(())
+}
+
+fn stats(v: &[f64]) -> (f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (s[0], s[s.len() / 2])
+}
+
+fn last_json<T: for<'de> Deserialize<'de>>(out: &[u8]) -> Result<T> {
+    let text = String::from_utf8_lossy(out);
+    let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).context("no JSON line in the output")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let cfg = config(&a)?;
+    let size = cfg.img_size.map(|s| s.to_string()).join(",");
+    eprintln!("measuring ours ({size}) ...");
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["bench-child", "--config", &a.config, "--size", &size, "--repeats", &a.repeats.to_string()]);
+    let out = cmd.output().context("running the measuring process")?;
+    if !out.status.success() {
+        bail!("measuring process failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let ours: Measured = last_json(&out.stdout)?;
+    let torch: Option<(Measured, serde_json::Value)> = if a.no_pytorch {
+        None
+    } else {
+        match crate::python::find_torch() {
+            Err(e) => {
+                eprintln!("note: PyTorch side skipped: {e}");
+                None
+            }
+            Ok(py) => {
+                eprintln!("measuring PyTorch + MONAI ...");
+                let script = crate::repo_root().join("benches/model_pytorch.py");
+                let args = [
+                    "--size".to_string(),
+                    size.clone(),
+                    "--repeats".into(),
+                    a.repeats.to_string(),
+                    "--in-channels".into(),
+                    cfg.in_channels.to_string(),
+                    "--out-channels".into(),
+                    cfg.out_channels.to_string(),
+                    "--feature-size".into(),
+                    cfg.feature_size.to_string(),
+                ];
+                let out = Command::new(py).arg(script).args(&args).output()?;
+                if !out.status.success() {
+                    eprintln!("note: PyTorch side failed (is MONAI installed? {}): {}", crate::python::HOW_TO, String::from_utf8_lossy(&out.stderr));
+                    None
+                } else {
+                    let v: serde_json::Value = last_json(&out.stdout)?;
+                    Some((serde_json::from_value(v.clone())?, v))
+                }
+            }
+        }
+    };
+    let report = render(&a, &cfg, &ours, torch.as_ref());
+    println!("{report}");
+    if let Some(p) = &a.json {
+        let j = serde_json::json!({
+            "config": a.config, "size": cfg.img_size, "params": count_params(&cfg), "macs": count_macs(&cfg),
+            "ours": ours, "pytorch": torch.as_ref().map(|t| &t.1), "machine": crate::bench_ops::machine(),
+        });
+        std::fs::write(p, serde_json::to_string_pretty(&j)?)?;
+    }
+    if a.write_docs {
+        crate::docs::replace_section("model", &report)?;
+    }
+    Ok(())
+}
+
+fn render(a: &Args, cfg: &UnetrConfig, ours: &Measured, torch: Option<&(Measured, serde_json::Value)>) -> String {
+    let params = count_params(cfg);
+    let costs = layer_costs(cfg);
+    let macs = count_macs(cfg) as f64;
+    let norm_macs: f64 = costs.iter().filter(|c| c.kind == OpKind::Norm).map(|c| c.macs as f64).sum();
+    let mut s = String::new();
+    let size = cfg.img_size.map(|v| v.to_string()).join(",");
+    s += &format!(
+        "Command: `cargo xtask bench --config {} --size {size} --repeats {}`  \nMachine: {}  \nPyTorch: {}\n\n",
+        a.config,
+        a.repeats,
+        crate::bench_ops::machine(),
+        torch.map_or("skipped".to_string(), |t| format!("torch {}, MONAI {}, {} threads, `benches/model_pytorch.py`", t.1["torch"], t.1["monai"], t.1["threads"]))
+    );
+    s += &format!(
+        "Parameters used by the forward pass: {params} ({:.2} M); the paper reports 92.58 M, MONAI's model 92,784,046.  \n",
+        params as f64 / 1e6
+    );
+    s += &format!(
+        "Multiply-accumulates (conv, transposed conv, linear, attention): {:.2} G = {:.2} GFLOP; with norms {:.2} G (fvcore counts 73.68 G); the paper reports 41.19 GFLOPs (see docs/flops.md).\n\n",
+        macs / 1e9,
+        2.0 * macs / 1e9,
+        (macs + norm_macs) / 1e9
+    );
+    s += "| measure | ours | PyTorch + MONAI | ratio |\n|---|---:|---:|---:|\n";
+    let (omin, omed) = stats(&ours.forward_s);
+    let t = torch.map(|t| (stats(&t.0.forward_s), t.0.peak_rss_kb));
+    let cell = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);
+    let ratio = |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.2}", a / b));
+    s += &format!("| forward, median (s) | {omed:.3} | {} | {} |\n", cell(t.map(|t| t.0 .1), &|v| format!("{v:.3}")), ratio(omed, t.map(|t| t.0 .1)));
+    s += &format!("| forward, min (s) | {omin:.3} | {} | {} |\n", cell(t.map(|t| t.0 .0), &|v| format!("{v:.3}")), ratio(omin, t.map(|t| t.0 .0)));
+    s += &format!(
+        "| forward, GFLOP/s (median) | {:.0} | {} | |\n",
+        2.0 * macs / 1e9 / omed,
+        cell(t.map(|t| t.0 .1), &|v| format!("{:.0}", 2.0 * macs / 1e9 / v))
+    );
+    let (om, tm) = (ours.peak_rss_kb as f64 / 1e6, t.map(|t| t.1 as f64 / 1e6));
+    s += &format!("| peak RSS of the process, inference (GB) | {om:.2} | {} | {} |\n", cell(tm, &|v| format!("{v:.2}")), ratio(om, tm));
+    s
+}
