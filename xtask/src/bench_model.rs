@@ -175,7 +175,26 @@ fn render(a: &Args, cfg: &UnetrConfig, ours: &Measured, torch: Option<&(Measured
         2.0 * macs / 1e9,
         (macs + norm_macs) / 1e9
     );
-    s += "| measure | ours | PyTorch + MONAI | ratio |\n|---|---:|---:|---:|\n";
+    let mut kinds: std::collections::BTreeMap<OpKind, (usize, f64)> = Default::default();
+    let mut modules: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
+    for c in &costs {
+        let e = kinds.entry(c.kind).or_default();
+        e.0 += c.params;
+        e.1 += c.macs as f64;
+        let top = c.module.split('.').next().unwrap_or("").to_string();
+        let m = modules.entry(top).or_default();
+        m.0 += c.params;
+        m.1 += c.macs as f64;
+    }
+    s += "| op kind | params | GMACs |\n|---|---:|---:|\n";
+    for (k, (p, m)) in &kinds {
+        s += &format!("| {k:?} | {p} | {:.3} |\n", m / 1e9);
+    }
+    s += "\n| module | params | GMACs (incl. norms) |\n|---|---:|---:|\n";
+    for (k, (p, m)) in &modules {
+        s += &format!("| {k} | {p} | {:.3} |\n", m / 1e9);
+    }
+    s += "\n| measure | ours | PyTorch + MONAI | ratio |\n|---|---:|---:|---:|\n";
     let (omin, omed) = stats(&ours.forward_s);
     let t = torch.map(|t| (stats(&t.0.forward_s), t.0.peak_rss_kb));
     let cell = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);

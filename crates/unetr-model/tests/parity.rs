@@ -184,3 +184,53 @@ fn configs_validate_with_helpful_errors() {
     assert_eq!(c.proj_type, ProjType::Perceptron);
     assert_eq!(UnetrConfig::from_json(r#"{"in_channels":1,"out_channels":14,"img_size":96}"#).unwrap(), UnetrConfig::btcv());
 }
+
+/// Beyond MONAI: patch 32 (the paper's ablation), non-cubic inputs, other depths; shapes, parameter
+/// counts and gradients flow end to end.
+#[test]
+fn other_patch_sizes_and_depths_run() {
+    let dev = Device::Cpu;
+    for (patch, img, layers) in [([32, 32, 32], [64, 32, 96], 12), ([16, 32, 8], [32, 64, 16], 8), ([8, 8, 8], [16, 16, 24], 4)] {
+        let mut cfg = UnetrConfig::monai(2, 3, img);
+        cfg.feature_size = 2;
+        cfg.hidden_size = 16;
+        cfg.mlp_dim = 32;
+        cfg.num_heads = 2;
+        cfg.patch_size = patch;
+        cfg.num_layers = layers;
+        let w = UnetrWeights::init(&cfg, &dev).unwrap();
+        let n: usize = w.varmap.data().lock().unwrap().iter().filter(|(k, _)| !k.contains("running_")).map(|(_, v)| v.elem_count()).sum();
+        assert_eq!(count_params(&cfg), n, "{patch:?}");
+        let x = Tensor::randn(0f32, 1.0, (1, 2, img[0], img[1], img[2]), &dev).unwrap();
+        let y = w.model.forward_t(&x, true).unwrap();
+        assert_eq!(y.dims(), [1, 3, img[0], img[1], img[2]]);
+        let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        for (k, v) in w.varmap.data().lock().unwrap().iter() {
+            let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{patch:?}: no gradient for {k}"));
+            assert!(g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().is_finite());
+        }
+    }
+}
+
+#[test]
+fn batch_norm_training_updates_running_stats() {
+    let (_, w, io) = case("tiny_perceptron_batch");
+    let key = "encoder1.layer.norm1.running_mean";
+    let before = w.varmap.data().lock().unwrap()[key].as_tensor().to_vec1::<f32>().unwrap();
+    w.model.forward_t(&io["input"], true).unwrap();
+    let after = w.varmap.data().lock().unwrap()[key].as_tensor().to_vec1::<f32>().unwrap();
+    assert_ne!(before, after, "training-mode batch norm must update its running mean");
+    // Evaluation mode leaves them alone.
+    w.model.forward_t(&io["input"], false).unwrap();
+    let again = w.varmap.data().lock().unwrap()[key].as_tensor().to_vec1::<f32>().unwrap();
+    assert_eq!(after, again);
+}
+
+#[test]
+fn inference_model_matches_and_keeps_no_graph() {
+    let (_, w, io) = case("tiny_conv_instance");
+    let m = w.inference_model().unwrap();
+    let a = m.forward_t(&io["input"], false).unwrap();
+    assert!(!a.track_op(), "inference outputs must not carry an autograd graph");
+    assert_eq!(max_abs(&a, &io["output"]) < 1e-4, true);
+}
