@@ -99,8 +99,9 @@ impl UnetrBasicBlock {
     }
 }
 
-/// `UnetrPrUpBlock` (encoders 2-4): a transposed conv from the hidden size, then `num_layer` x
-/// [transposed conv + conv block] (`blocks.i.0`, `blocks.i.1`), each doubling the resolution.
+/// `UnetrPrUpBlock` (encoders 2-4): a transposed conv from the hidden size (up-sampling by `up_init`,
+/// MONAI: 2), then `num_layer` x [transposed conv + conv block] (`blocks.i.0`, `blocks.i.1`), each doubling
+/// the resolution.
 #[derive(Debug, Clone)]
 pub struct UnetrPrUpBlock {
     pub transp_conv_init: TransConvLayer,
@@ -108,15 +109,14 @@ pub struct UnetrPrUpBlock {
 }
 
 impl UnetrPrUpBlock {
-    /// `up` gives the up-sampling factor per axis of every step (MONAI: 2).
-    pub fn new(ci: usize, co: usize, num_layer: usize, up: [usize; 3], norm: NormKind, res: bool, vb: VarBuilder) -> Result<Self> {
+    pub fn new(ci: usize, co: usize, num_layer: usize, up_init: [usize; 3], norm: NormKind, res: bool, vb: VarBuilder) -> Result<Self> {
         let blocks = (0..num_layer)
             .map(|i| {
                 let vb = vb.pp(format!("blocks.{i}"));
-                Ok((TransConvLayer::new(co, co, up, vb.pp("0"))?, ConvBlock::new(co, co, norm, res, vb.pp("1"))?))
+                Ok((TransConvLayer::new(co, co, [2; 3], vb.pp("0"))?, ConvBlock::new(co, co, norm, res, vb.pp("1"))?))
             })
             .collect::<Result<_>>()?;
-        Ok(Self { transp_conv_init: TransConvLayer::new(ci, co, up, vb.pp("transp_conv_init"))?, blocks })
+        Ok(Self { transp_conv_init: TransConvLayer::new(ci, co, up_init, vb.pp("transp_conv_init"))?, blocks })
     }
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = self.transp_conv_init.forward(x)?;
