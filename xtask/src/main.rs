@@ -2,6 +2,7 @@
 
 mod bench_model;
 mod bench_ops;
+mod compare;
 mod docs;
 mod forward;
 mod python;
@@ -41,6 +42,8 @@ enum Cmd {
     Fixtures,
     /// One UNETR forward pass: MONAI config + weights + input file -> logits file.
     Forward(forward::Args),
+    /// Max-abs difference of two tensors stored in .safetensors files.
+    Compare(compare::Args),
 }
 
 #[derive(Subcommand)]
@@ -79,5 +82,6 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Forward(a) => forward::run(a),
+        Cmd::Compare(a) => compare::run(a),
     }
 }
