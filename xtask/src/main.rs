@@ -3,6 +3,7 @@
 mod bench_model;
 mod bench_ops;
 mod compare;
+mod data;
 mod docs;
 mod forward;
 mod python;
@@ -44,6 +45,10 @@ enum Cmd {
     Forward(forward::Args),
     /// Max-abs difference of two tensors stored in .safetensors files.
     Compare(compare::Args),
+    /// Shape, data type, spacing, orientation, affine and intensity range of NIfTI volumes.
+    Inspect(data::InspectArgs),
+    /// Write the built-in phantom dataset (NIfTI + dataset.json).
+    Phantom(data::PhantomArgs),
 }
 
 #[derive(Subcommand)]
@@ -57,8 +62,19 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the repo").to_path_buf()
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().cmd {
+fn main() -> std::process::ExitCode {
+    // Errors print as one readable chain ("context: cause"), without a backtrace.
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
         Cmd::Test { args } => {
             let status = Command::new(env!("CARGO"))
                 .current_dir(repo_root())
@@ -83,5 +99,7 @@ fn main() -> Result<()> {
         }
         Cmd::Forward(a) => forward::run(a),
         Cmd::Compare(a) => compare::run(a),
+        Cmd::Inspect(a) => data::inspect(a),
+        Cmd::Phantom(a) => data::phantom(a),
     }
 }

@@ -1,0 +1,12 @@
+//! Volumetric data for UNETR, with MONAI's conventions: NIfTI volumes loaded channel-first as
+//! [C, i, j, k] (the last voxel axis fastest, as nibabel's array indexed in C order), their affine
+//! (voxel -> RAS+ world, sform else qform else pixdim), Decathlon datalists, and built-in phantom data.
+
+pub mod datalist;
+pub mod error;
+pub mod nifti;
+pub mod phantom;
+
+pub use datalist::{Datalist, Item};
+pub use error::DataError;
+pub use nifti::{read_nifti, write_nifti, Affine, Header, ReadOptions, Volume};

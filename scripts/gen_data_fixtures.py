@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""NIfTI reader fixtures for crates/unetr-data/tests, written by nibabel (what MONAI's LoadImage uses).
+
+Per case NAME.nii[.gz] plus NAME.expect.safetensors with nibabel's view: "data" (get_fdata(): scaled, array
+indexed [i, j, k(, c)]), "affine" (img.affine, float64 4x4) and "zooms".
+Run from the repo root: python scripts/gen_data_fixtures.py   (needs nibabel, numpy, torch, safetensors)
+"""
+import os
+
+import nibabel as nib
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "crates", "unetr-data", "tests", "fixtures")
+rng = np.random.default_rng(0)
+
+
+def rot(ax, deg):
+    t = np.deg2rad(deg)
+    c, s = np.cos(t), np.sin(t)
+    m = np.eye(3)
+    i, j = [(1, 2), (0, 2), (0, 1)][ax]
+    m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+    return m
+
+
+def case(name, arr, affine, dtype, slope=None, inter=None, qform_only=False, big_endian=False):
+    hdr = nib.Nifti1Header()
+    if big_endian:
+        hdr = hdr.as_byteswapped(">")
+    img = nib.Nifti1Image(arr, affine, hdr)
+    img.set_data_dtype(np.dtype(dtype).newbyteorder(">" if big_endian else "<"))
+    if qform_only:
+        img.set_qform(affine, code=1)
+        img.set_sform(None, code=0)
+    if slope is not None:
+        img.header.set_slope_inter(slope, inter)
+    path = os.path.join(OUT, name)
+    nib.save(img, path)
+    back = nib.load(path)
+    data = np.asarray(back.get_fdata(), dtype=np.float32)
+    save_file({"data": torch.from_numpy(np.ascontiguousarray(data)),
+               "affine": torch.from_numpy(np.ascontiguousarray(back.affine, dtype=np.float64)),
+               "zooms": torch.tensor([float(z) for z in back.header.get_zooms()[:3]], dtype=torch.float64)},
+              os.path.join(OUT, name.split(".")[0] + ".expect.safetensors"))
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    shape = (7, 6, 5)
+    ras = np.diag([1.0, 1.0, 1.0, 1.0])
+    ras[:3, 3] = [-3, -2.5, -2]
+    case("u8_ras.nii", rng.integers(0, 255, shape).astype(np.uint8), ras, np.uint8)
+    a = np.eye(4)
+    a[:3, :3] = rot(2, 30) @ rot(0, 10) @ np.diag([0.8, 1.2, 2.5])
+    a[:3, 3] = [10, -20, 5]
+    case("i16_scaled_qform.nii.gz", rng.integers(-300, 300, shape).astype(np.int16), a, np.int16, slope=0.5, inter=-10.0,
+         qform_only=True)
+    lps = np.diag([-1.5, -1.5, 2.0, 1.0])
+    case("u16_lps.nii.gz", rng.integers(0, 60000, shape).astype(np.uint16), lps, np.uint16)
+    case("i32.nii.gz", rng.integers(-100000, 100000, shape).astype(np.int32), ras, np.int32)
+    case("f64_big_endian.nii", rng.normal(size=shape), ras, np.float64, big_endian=True)
+    case("f32_4d.nii.gz", rng.normal(size=shape + (2,)).astype(np.float32), lps, np.float32)
+    case("i8.nii.gz", rng.integers(-100, 100, shape).astype(np.int8), ras, np.int8)
+    print("fixtures written to", os.path.normpath(OUT))
+
+
+if __name__ == "__main__":
+    main()
