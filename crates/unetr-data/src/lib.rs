@@ -6,6 +6,7 @@ pub mod datalist;
 pub mod error;
 pub mod nifti;
 pub mod phantom;
+pub mod transforms;
 
 pub use datalist::{Datalist, Item};
 pub use error::DataError;

@@ -1,0 +1,308 @@
+//! Transforms on channel-first samples, as MONAI's dictionary transforms on {"image", "label"}:
+//! deterministic ones (orientation, intensity scaling, padding) and random ones driven by a seeded RNG
+//! (crops, flips, intensity jitter). Spatial transforms record what they did, so a prediction on the
+//! transformed grid maps back to the original one ([`Sample::invert`]).
+
+use crate::datalist::Item;
+use crate::error::{ferr, DataError, Result};
+use crate::nifti::{read_nifti, Affine, Header, ReadOptions, Volume};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+/// One spatial step, enough to undo it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// new axis a = old axis perm[a], flipped when flip[a]; `dims` = the old spatial size.
+    Orient { perm: [usize; 3], flip: [bool; 3], dims: [usize; 3] },
+    /// The sample is old[start .. start + new dims]; negative starts mean padding.
+    Crop { start: [isize; 3], dims: [usize; 3] },
+}
+
+/// Image [C, i, j, k] and optional label [1, i, j, k] on the same grid.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub image: Vec<f32>,
+    pub channels: usize,
+    pub label: Option<Vec<f32>>,
+    pub dims: [usize; 3],
+    pub affine: Affine,
+    pub applied: Vec<Applied>,
+    /// The original header (for writing predictions with the input's geometry).
+    pub header: Header,
+}
+
+fn vol(d: [usize; 3]) -> usize {
+    d[0] * d[1] * d[2]
+}
+
+/// Loads an item: modalities stacked as channels, the label checked against the image grid.
+pub fn load_item(item: &Item, opts: &ReadOptions) -> Result<Sample> {
+    let mut header: Option<Header> = None;
+    let mut image = Vec::new();
+    let mut channels = 0;
+    for p in &item.image {
+        let v = read_nifti(p, opts)?;
+        if let Some(h) = &header {
+            if h.dims != v.header.dims || !affine_close(&h.affine, &v.header.affine) {
+                return Err(ferr(p, format!("modality grid {:?} / affine differs from {} ({:?})", v.header.dims, item.image[0].display(), h.dims)));
+            }
+        } else {
+            header = Some(v.header.clone());
+        }
+        let bad = v.data.iter().filter(|x| !x.is_finite()).count();
+        if bad > 0 {
+            return Err(ferr(p, format!("{bad} NaN/Inf voxel(s)")));
+        }
+        channels += v.header.channels;
+        image.extend_from_slice(&v.data);
+    }
+    let header = header.ok_or_else(|| DataError::Invalid("item without image".into()))?;
+    let label = match &item.label {
+        None => None,
+        Some(p) => {
+            let l = read_nifti(p, opts)?;
+            if l.header.dims != header.dims || l.header.channels != 1 {
+                return Err(ferr(p, format!("label shape {:?} x {} does not match image shape {:?}", l.header.dims, l.header.channels, header.dims)));
+            }
+            if !affine_close(&l.header.affine, &header.affine) {
+                return Err(ferr(p, "label affine differs from the image's: not on the same grid"));
+            }
+            if let Some(x) = l.data.iter().find(|x| !(x.fract() == 0.0 && **x >= 0.0)) {
+                return Err(ferr(p, format!("label holds {x}: labels must be non-negative integers")));
+            }
+            Some(l.data)
+        }
+    };
+    Ok(Sample { image, channels, label, dims: header.dims, affine: header.affine, applied: Vec::new(), header })
+}
+
+fn affine_close(a: &Affine, b: &Affine) -> bool {
+    a.iter().flatten().zip(b.iter().flatten()).all(|(x, y)| (x - y).abs() <= 1e-3 * (1.0 + x.abs()))
+}
+
+/// Copies [c, d] -> [c, d'] with new axis a = old axis perm[a] (flipped when flip[a]).
+fn permute_flip(src: &[f32], c: usize, dims: [usize; 3], perm: [usize; 3], flip: [bool; 3]) -> (Vec<f32>, [usize; 3]) {
+    let nd = [dims[perm[0]], dims[perm[1]], dims[perm[2]]];
+    let ostride = [dims[1] * dims[2], dims[2], 1];
+    let mut out = vec![0f32; src.len()];
+    let n = vol(dims);
+    for ch in 0..c {
+        let (s, d) = (&src[ch * n..(ch + 1) * n], &mut out[ch * n..(ch + 1) * n]);
+        let mut o = 0;
+        for a in 0..nd[0] {
+            for b in 0..nd[1] {
+                for e in 0..nd[2] {
+                    let idx = [a, b, e];
+                    let mut off = 0;
+                    for ax in 0..3 {
+                        let v = if flip[ax] { nd[ax] - 1 - idx[ax] } else { idx[ax] };
+                        off += v * ostride[perm[ax]];
+                    }
+                    d[o] = s[off];
+                    o += 1;
+                }
+            }
+        }
+    }
+    (out, nd)
+}
+
+impl Sample {
+    pub fn label_ref(&self) -> Option<&[f32]> {
+        self.label.as_deref()
+    }
+
+    /// Reorients the voxel axes to RAS+ (MONAI's `Orientation(axcodes="RAS")`): axes permuted and flipped,
+    /// affine updated so every voxel keeps its world position.
+    pub fn orient_ras(mut self) -> Self {
+        let a = self.affine;
+        let mut perm = [0; 3];
+        let mut flip = [false; 3];
+        let mut used = [false; 3];
+        for w in 0..3 {
+            // The voxel axis pointing most along world axis w.
+            let v = (0..3).filter(|&v| !used[v]).max_by(|&x, &y| a[w][x].abs().partial_cmp(&a[w][y].abs()).unwrap()).unwrap();
+            used[v] = true;
+            perm[w] = v;
+            flip[w] = a[w][v] < 0.0;
+        }
+        if perm == [0, 1, 2] && flip == [false; 3] {
+            return self;
+        }
+        let old = self.dims;
+        let (img, nd) = permute_flip(&self.image, self.channels, old, perm, flip);
+        self.image = img;
+        self.label = self.label.map(|l| permute_flip(&l, 1, old, perm, flip).0);
+        // new voxel index n_a maps to old index perm[a] = flip ? (d-1-n_a) : n_a.
+        let mut na = [[0.0; 4]; 3];
+        for r in 0..3 {
+            na[r][3] = a[r][3];
+            for ax in 0..3 {
+                let col = a[r][perm[ax]];
+                if flip[ax] {
+                    na[r][ax] = -col;
+                    na[r][3] += col * (old[perm[ax]] as f64 - 1.0);
+                } else {
+                    na[r][ax] = col;
+                }
+            }
+        }
+        self.affine = na;
+        self.dims = nd;
+        self.applied.push(Applied::Orient { perm, flip, dims: old });
+        self
+    }
+
+    /// MONAI's `ScaleIntensityRange(a_min, a_max, b_min, b_max, clip)` on the image.
+    pub fn scale_intensity_range(mut self, a_min: f32, a_max: f32, b_min: f32, b_max: f32, clip: bool) -> Self {
+        let s = (b_max - b_min) / (a_max - a_min);
+        for x in self.image.iter_mut() {
+            let mut v = (*x - a_min) * s + b_min;
+            if clip {
+                v = v.clamp(b_min.min(b_max), b_max.max(b_min));
+            }
+            *x = v;
+        }
+        self
+    }
+
+    /// Crops (or pads with zeros where the box leaves the volume) the box starting at `start` of size `size`.
+    pub fn crop(mut self, start: [isize; 3], size: [usize; 3]) -> Self {
+        let old = self.dims;
+        let cut = |src: &[f32], c: usize| {
+            let mut out = vec![0f32; c * vol(size)];
+            for ch in 0..c {
+                for a in 0..size[0] {
+                    let ia = start[0] + a as isize;
+                    if ia < 0 || ia >= old[0] as isize {
+                        continue;
+                    }
+                    for b in 0..size[1] {
+                        let ib = start[1] + b as isize;
+                        if ib < 0 || ib >= old[1] as isize {
+                            continue;
+                        }
+                        let lo = (-start[2]).max(0) as usize;
+                        let hi = ((old[2] as isize - start[2]).max(0) as usize).min(size[2]);
+                        if lo >= hi {
+                            continue;
+                        }
+                        let so = ((ch * old[0] + ia as usize) * old[1] + ib as usize) * old[2];
+                        let dof = ((ch * size[0] + a) * size[1] + b) * size[2];
+                        let s0 = (start[2] + lo as isize) as usize;
+                        out[dof + lo..dof + hi].copy_from_slice(&src[so + s0..so + s0 + (hi - lo)]);
+                    }
+                }
+            }
+            out
+        };
+        self.image = cut(&self.image, self.channels);
+        self.label = self.label.as_ref().map(|l| cut(l, 1));
+        for r in 0..3 {
+            self.affine[r][3] += (0..3).map(|c| self.affine[r][c] * start[c] as f64).sum::<f64>();
+        }
+        self.dims = size;
+        self.applied.push(Applied::Crop { start, dims: old });
+        self
+    }
+
+    /// MONAI's `SpatialPad`: pads (centred, zeros) every axis shorter than `size`.
+    pub fn pad_to(self, size: [usize; 3]) -> Self {
+        if (0..3).all(|a| self.dims[a] >= size[a]) {
+            return self;
+        }
+        let new = [0, 1, 2].map(|a| self.dims[a].max(size[a]));
+        let start = [0, 1, 2].map(|a| -(((new[a] - self.dims[a]) / 2) as isize));
+        self.crop(start, new)
+    }
+
+    /// `RandCropByPosNegLabel(roi, pos, neg, num_samples)`: each crop is centred on a foreground voxel with
+    /// probability pos / (pos + neg), else on a background voxel, and kept inside the volume.
+    pub fn rand_crop_pos_neg(&self, roi: [usize; 3], pos: f64, neg: f64, num: usize, rng: &mut ChaCha8Rng) -> Result<Vec<Sample>> {
+        let base = self.clone().pad_to(roi);
+        let label = base.label.as_ref().ok_or_else(|| DataError::Invalid("RandCropByPosNegLabel needs a label".into()))?;
+        let fg: Vec<usize> = label.iter().enumerate().filter(|(_, &l)| l > 0.0).map(|(i, _)| i).collect();
+        let bg: Vec<usize> = label.iter().enumerate().filter(|(_, &l)| l == 0.0).map(|(i, _)| i).collect();
+        let d = base.dims;
+        let mut out = Vec::with_capacity(num);
+        for _ in 0..num {
+            let use_fg = !fg.is_empty() && (bg.is_empty() || rng.random::<f64>() < pos / (pos + neg));
+            let pool = if use_fg { &fg } else { &bg };
+            let idx = pool[rng.random_range(0..pool.len())];
+            let c = [idx / (d[1] * d[2]), (idx / d[2]) % d[1], idx % d[2]];
+            let start = [0, 1, 2].map(|a| (c[a] as isize - (roi[a] / 2) as isize).clamp(0, (d[a] - roi[a]) as isize));
+            out.push(base.clone().crop(start, roi));
+        }
+        Ok(out)
+    }
+
+    /// `RandFlip(spatial_axis=axis, prob)`: a data augmentation (not recorded for inversion).
+    pub fn rand_flip(mut self, axis: usize, prob: f64, rng: &mut ChaCha8Rng) -> Self {
+        if rng.random::<f64>() >= prob {
+            return self;
+        }
+        let mut flip = [false; 3];
+        flip[axis] = true;
+        self.image = permute_flip(&self.image, self.channels, self.dims, [0, 1, 2], flip).0;
+        self.label = self.label.map(|l| permute_flip(&l, 1, self.dims, [0, 1, 2], flip).0);
+        self
+    }
+
+    /// `RandScaleIntensity(factors, prob)` and `RandShiftIntensity(offsets, prob)` in one.
+    pub fn rand_intensity(mut self, scale: f32, shift: f32, prob: f64, rng: &mut ChaCha8Rng) -> Self {
+        if rng.random::<f64>() < prob {
+            let f = 1.0 + rng.random_range(-scale..=scale);
+            self.image.iter_mut().for_each(|x| *x *= f);
+        }
+        if rng.random::<f64>() < prob {
+            let o = rng.random_range(-shift..=shift);
+            self.image.iter_mut().for_each(|x| *x += o);
+        }
+        self
+    }
+
+    /// Maps a prediction [c, dims] on this sample's grid back to the original grid, undoing crops, pads and
+    /// orientation in reverse order; voxels outside every crop get `fill`.
+    pub fn invert(&self, pred: &[f32], c: usize, fill: f32) -> Volume {
+        let mut data = pred.to_vec();
+        let mut dims = self.dims;
+        for step in self.applied.iter().rev() {
+            match step {
+                Applied::Crop { start, dims: old } => {
+                    let mut out = vec![fill; c * vol(*old)];
+                    for ch in 0..c {
+                        for a in 0..dims[0] {
+                            for b in 0..dims[1] {
+                                for e in 0..dims[2] {
+                                    let o = [start[0] + a as isize, start[1] + b as isize, start[2] + e as isize];
+                                    if (0..3).all(|x| o[x] >= 0 && (o[x] as usize) < old[x]) {
+                                        out[((ch * old[0] + o[0] as usize) * old[1] + o[1] as usize) * old[2] + o[2] as usize] =
+                                            data[((ch * dims[0] + a) * dims[1] + b) * dims[2] + e];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    data = out;
+                    dims = *old;
+                }
+                Applied::Orient { perm, flip, dims: old } => {
+                    // Inverse: old axis perm[a] = new axis a (flipped back).
+                    let mut inv = [0; 3];
+                    let mut iflip = [false; 3];
+                    for a in 0..3 {
+                        inv[perm[a]] = a;
+                        iflip[perm[a]] = flip[a];
+                    }
+                    let (d, nd) = permute_flip(&data, c, dims, inv, iflip);
+                    debug_assert_eq!(nd, *old);
+                    data = d;
+                    dims = *old;
+                }
+            }
+        }
+        let mut header = self.header.clone();
+        header.channels = c;
+        Volume { data, header }
+    }
+}
