@@ -7,6 +7,7 @@ mod data;
 mod docs;
 mod forward;
 mod python;
+mod train;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Train UNETR (default: a small model on the built-in phantom data, data/presets/phantom.toml).
+    Train(train::Args),
     /// Run the whole test suite (release-optimised, CPU).
     Test {
         /// Extra arguments passed to `cargo test`.
@@ -99,6 +102,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Forward(a) => forward::run(a),
         Cmd::Compare(a) => compare::run(a),
+        Cmd::Train(a) => train::run(a),
         Cmd::Inspect(a) => data::inspect(a),
         Cmd::Phantom(a) => data::phantom(a),
     }

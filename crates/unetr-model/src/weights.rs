@@ -6,6 +6,8 @@ use crate::error::{ModelError, Result};
 use crate::unetr::Unetr;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -74,10 +76,17 @@ pub struct UnetrWeights {
 }
 
 impl UnetrWeights {
-    /// A freshly initialised model (MONAI's/PyTorch's default init).
+    /// A freshly initialised model (MONAI's/PyTorch's default init), seed 0.
     pub fn init(cfg: &UnetrConfig, device: &Device) -> Result<Self> {
+        Self::init_seeded(cfg, device, 0)
+    }
+
+    /// A freshly initialised model whose initial weights depend only on `seed` (candle's CPU random
+    /// generator cannot be seeded, so the draws come from our own ChaCha generator, in construction order).
+    pub fn init_seeded(cfg: &UnetrConfig, device: &Device, seed: u64) -> Result<Self> {
         let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let backend = SeededInit { varmap: varmap.clone(), rng: std::sync::Mutex::new(ChaCha8Rng::seed_from_u64(seed)) };
+        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
         let model = Unetr::new(cfg, vb)?;
         Ok(Self { model, varmap })
     }
@@ -162,6 +171,51 @@ impl UnetrWeights {
         let (dtype, device) = vars.values().next().map(|v| (v.dtype(), v.device().clone())).unwrap_or((DType::F32, Device::Cpu));
         drop(vars);
         Unetr::new(&self.model.cfg, VarBuilder::from_tensors(tensors, dtype, &device))
+    }
+}
+
+/// A VarBuilder backend that creates variables in a VarMap with seeded initial values.
+struct SeededInit {
+    varmap: VarMap,
+    rng: std::sync::Mutex<ChaCha8Rng>,
+}
+
+impl candle_nn::var_builder::SimpleBackend for SeededInit {
+    fn get(&self, s: candle_core::Shape, name: &str, h: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let mut data = self.varmap.data().lock().unwrap();
+        if let Some(v) = data.get(name) {
+            if v.shape() != &s {
+                candle_core::bail!("{name}: created with shape {:?}, requested {:?}", v.shape(), s);
+            }
+            return Ok(v.as_tensor().clone());
+        }
+        let n = s.elem_count();
+        let mut rng = self.rng.lock().unwrap();
+        let vals: Vec<f32> = match h {
+            candle_nn::Init::Const(c) => vec![c as f32; n],
+            candle_nn::Init::Uniform { lo, up } => (0..n).map(|_| rng.random_range(lo..up) as f32).collect(),
+            candle_nn::Init::Randn { mean, stdev } => (0..n)
+                .map(|_| {
+                    let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
+                    (mean + stdev * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+                })
+                .collect(),
+            other => candle_core::bail!("{name}: init {other:?} is not used by UNETR"),
+        };
+        let t = Tensor::from_vec(vals, s, dev)?.to_dtype(dtype)?;
+        let v = candle_core::Var::from_tensor(&t)?;
+        let out = v.as_tensor().clone();
+        data.insert(name.to_string(), v);
+        Ok(out)
+    }
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+        match self.varmap.data().lock().unwrap().get(name) {
+            Some(v) => Ok(v.as_tensor().clone()),
+            None => candle_core::bail!("{name}: no such variable"),
+        }
+    }
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.varmap.data().lock().unwrap().contains_key(name)
     }
 }
 

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""MONAI reference values for crates/unetr-train/tests: DiceCELoss / DiceLoss values and gradients, and
+sliding_window_inference outputs. Run from the repo root: python scripts/gen_train_fixtures.py
+"""
+import json
+import os
+
+import torch
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss, DiceLoss
+from safetensors.torch import save_file
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "crates", "unetr-train", "tests", "fixtures")
+torch.manual_seed(0)
+
+
+def losses():
+    t = {}
+    meta = []
+    logits = torch.randn(2, 4, 5, 6, 3) * 2
+    labels = torch.randint(0, 4, (2, 1, 5, 6, 3)).float()
+    labels[1][labels[1] == 2] = 0  # a class absent from one sample
+    t["logits"], t["labels"] = logits, labels
+    combos = [
+        dict(include_background=True, squared_pred=False, smooth_nr=1e-5, smooth_dr=1e-5, lambda_dice=1.0, lambda_ce=1.0),
+        dict(include_background=True, squared_pred=True, smooth_nr=0.0, smooth_dr=1e-6, lambda_dice=1.0, lambda_ce=1.0),
+        dict(include_background=False, squared_pred=False, smooth_nr=1e-5, smooth_dr=1e-5, lambda_dice=0.7, lambda_ce=0.3),
+    ]
+    for i, c in enumerate(combos):
+        x = logits.clone().requires_grad_()
+        f = DiceCELoss(to_onehot_y=True, softmax=True, **c)
+        v = f(x, labels)
+        v.backward()
+        d = DiceLoss(to_onehot_y=True, softmax=True, include_background=c["include_background"], squared_pred=c["squared_pred"],
+                     smooth_nr=c["smooth_nr"], smooth_dr=c["smooth_dr"])(logits, labels)
+        t[f"dicece.{i}"] = v.detach().reshape(1)
+        t[f"dice.{i}"] = d.detach().reshape(1)
+        t[f"grad.{i}"] = x.grad
+        meta.append(c)
+    save_file({k: v.contiguous() for k, v in t.items()}, os.path.join(OUT, "losses.safetensors"), metadata={"combos": json.dumps(meta)})
+
+
+def sliding():
+    t = {}
+    meta = []
+
+    def predictor(x):  # window-dependent, so blending weights matter
+        m = x.mean(dim=(2, 3, 4), keepdim=True)
+        return torch.cat([x - m, x * x + m], dim=1)
+
+    for i, (shape, roi, overlap, mode, swb) in enumerate([
+        ((1, 1, 11, 9, 7), (4, 5, 3), 0.5, "gaussian", 3),
+        ((1, 1, 11, 9, 7), (4, 5, 3), 0.25, "constant", 2),
+        ((1, 1, 5, 4, 6), (8, 8, 4), 0.5, "gaussian", 4),
+    ]):
+        x = torch.randn(*shape)
+        y = sliding_window_inference(x, roi, swb, predictor, overlap=overlap, mode=mode)
+        t[f"x.{i}"], t[f"y.{i}"] = x, y
+        meta.append(dict(roi=roi, overlap=overlap, mode=mode, sw_batch=swb))
+    save_file({k: v.contiguous() for k, v in t.items()}, os.path.join(OUT, "sliding_window.safetensors"), metadata={"cases": json.dumps(meta)})
+
+
+if __name__ == "__main__":
+    os.makedirs(OUT, exist_ok=True)
+    losses()
+    sliding()
+    print("fixtures written to", os.path.normpath(OUT))
