@@ -6,6 +6,7 @@ mod compare;
 mod data;
 mod docs;
 mod forward;
+mod infer;
 mod python;
 mod train;
 
@@ -25,6 +26,10 @@ struct Cli {
 enum Cmd {
     /// Train UNETR (default: a small model on the built-in phantom data, data/presets/phantom.toml).
     Train(train::Args),
+    /// Segment volumes with a trained checkpoint; label maps on each input's grid.
+    Infer(infer::InferArgs),
+    /// Dice and HD95 per class of a checkpoint on a datalist split.
+    Eval(infer::EvalArgs),
     /// Run the whole test suite (release-optimised, CPU).
     Test {
         /// Extra arguments passed to `cargo test`.
@@ -103,6 +108,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Forward(a) => forward::run(a),
         Cmd::Compare(a) => compare::run(a),
         Cmd::Train(a) => train::run(a),
+        Cmd::Infer(a) => infer::infer(a),
+        Cmd::Eval(a) => infer::eval(a),
         Cmd::Inspect(a) => data::inspect(a),
         Cmd::Phantom(a) => data::phantom(a),
     }

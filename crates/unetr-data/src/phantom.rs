@@ -3,8 +3,8 @@
 //!
 //! Liver and spleen share one intensity range (only shape and position tell them apart), the body
 //! overlaps both, kidneys and spine are brighter; every case varies sizes, positions and rotations, adds
-//! Gaussian noise and a smooth multiplicative bias field, uses anisotropic voxels (1.5 x 1.5 x 2 mm) and
-//! stores its voxel axes in one of several orientations (the affine says which), so a pipeline must
+//! Gaussian noise and a smooth multiplicative bias field, uses anisotropic voxels (2 x 2 x 2.5 mm by
+//! default) and stores its voxel axes in one of several orientations (the affine says which), so a pipeline must
 //! reorient to RAS to see consistent anatomy.
 
 use crate::error::{ferr, Result};
@@ -29,7 +29,7 @@ pub struct PhantomConfig {
 
 impl Default for PhantomConfig {
     fn default() -> Self {
-        Self { cases: 16, validation: 4, test: 2, size: [64, 64, 40], spacing: [1.5, 1.5, 2.0], seed: 0, noise_hu: 20.0 }
+        Self { cases: 16, validation: 4, test: 2, size: [48, 48, 32], spacing: [2.0, 2.0, 2.5], seed: 0, noise_hu: 20.0 }
     }
 }
 

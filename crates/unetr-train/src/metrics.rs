@@ -30,3 +30,56 @@ pub fn mean_dice(d: &[Option<f64>], include_background: bool) -> f64 {
         v.iter().sum::<f64>() / v.len() as f64
     }
 }
+
+/// Surface voxels of a binary mask: in the mask with a 6-neighbour outside it (or at the volume border),
+/// as MONAI's `get_mask_edges` (mask XOR binary_erosion).
+fn edges(mask: &[bool], d: [usize; 3]) -> Vec<[usize; 3]> {
+    let mut out = Vec::new();
+    let at = |i: usize, j: usize, k: usize| mask[(i * d[1] + j) * d[2] + k];
+    for i in 0..d[0] {
+        for j in 0..d[1] {
+            for k in 0..d[2] {
+                if !at(i, j, k) {
+                    continue;
+                }
+                let border = i == 0 || j == 0 || k == 0 || i + 1 == d[0] || j + 1 == d[1] || k + 1 == d[2];
+                if border || !at(i - 1, j, k) || !at(i + 1, j, k) || !at(i, j - 1, k) || !at(i, j + 1, k) || !at(i, j, k - 1) || !at(i, j, k + 1) {
+                    out.push([i, j, k]);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// numpy's default (linear) percentile.
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pos = q / 100.0 * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+/// MONAI's `HausdorffDistanceMetric(percentile=95)` for one class: the larger of the two directed 95th
+/// percentile surface distances, in voxels scaled by `spacing`. `None` when either mask is empty.
+pub fn hd95(pred: &[f32], label: &[f32], class: usize, d: [usize; 3], spacing: [f64; 3]) -> Option<f64> {
+    let a: Vec<bool> = pred.iter().map(|&p| p as usize == class).collect();
+    let b: Vec<bool> = label.iter().map(|&p| p as usize == class).collect();
+    let (ea, eb) = (edges(&a, d), edges(&b, d));
+    if ea.is_empty() || eb.is_empty() {
+        return None;
+    }
+    let directed = |from: &[[usize; 3]], to: &[[usize; 3]]| -> f64 {
+        let mut ds: Vec<f64> = from
+            .iter()
+            .map(|p| {
+                to.iter()
+                    .map(|q| (0..3).map(|x| ((p[x] as f64 - q[x] as f64) * spacing[x]).powi(2)).sum::<f64>())
+                    .fold(f64::INFINITY, f64::min)
+                    .sqrt()
+            })
+            .collect();
+        percentile(&mut ds, 95.0)
+    };
+    Some(directed(&ea, &eb).max(directed(&eb, &ea)))
+}

@@ -47,7 +47,10 @@ impl AdamW {
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);
         for (name, var) in &self.vars {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            // Detached: gradients can carry the autograd graph of their step (and with it every
+            // activation); moments built from them would keep each step's graph alive.
+            let Some(g) = grads.get(var.as_tensor()).map(|g| g.detach()) else { continue };
+            let g = &g;
             let m = match self.m.get(name) {
                 Some(m) => ((m * c.beta1)? + (g * (1.0 - c.beta1))?)?,
                 None => (g * (1.0 - c.beta1))?,
@@ -57,8 +60,8 @@ impl AdamW {
                 None => (g.sqr()? * (1.0 - c.beta2))?,
             };
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
-            let w = var.as_tensor();
-            let decayed = (w * (1.0 - c.lr * c.weight_decay))?;
+            let w = var.as_tensor().detach();
+            let decayed = (&w * (1.0 - c.lr * c.weight_decay))?;
             var.set(&(decayed - (update * c.lr)?)?)?;
             self.m.insert(name.clone(), m);
             self.v.insert(name.clone(), v);
@@ -117,7 +120,7 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[(String, Var)], max_norm: f
         let s = max_norm / (norm + 1e-6);
         for (_, v) in vars {
             if let Some(g) = grads.get(v.as_tensor()) {
-                let g = (g * s)?;
+                let g = (g.detach() * s)?;
                 grads.insert(v.as_tensor(), g);
             }
         }

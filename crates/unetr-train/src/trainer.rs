@@ -270,12 +270,25 @@ fn batch_tensors(crops: &[Sample], dev: &Device) -> Result<(Tensor, Tensor)> {
     Ok((Tensor::from_vec(img, (crops.len(), c, r[0], r[1], r[2]), dev)?, Tensor::from_vec(lab, (crops.len(), 1, r[0], r[1], r[2]), dev)?))
 }
 
-/// Sliding-window prediction (argmax labels on the sample's grid) with a detached copy of the model.
+/// Sliding-window prediction (argmax labels and logits on the sample's grid) with a detached model.
 pub fn predict_labels(model: &unetr_model::Unetr, s: &Sample, v: &ValidationConfig) -> Result<(Vec<f32>, Tensor)> {
+    predict(model, s, v, false)
+}
+
+/// As [`predict_labels`]; with `tta`, logits are averaged over the identity and a mirror flip of each axis.
+pub fn predict(model: &unetr_model::Unetr, s: &Sample, v: &ValidationConfig, tta: bool) -> Result<(Vec<f32>, Tensor)> {
     let d = s.dims;
     let x = Tensor::from_vec(s.image.clone(), (1, s.channels, d[0], d[1], d[2]), &Device::Cpu)?;
     let sw = SlidingWindow { roi: model.cfg.img_size, overlap: v.overlap, sw_batch: v.sw_batch, blend: v.blend };
-    let logits = sliding_window_inference(&x, &sw, |b| model.forward_t(b, false).map_err(candle_core::Error::wrap))?;
+    let run = |x: &Tensor| sliding_window_inference(x, &sw, |b| model.forward_t(b, false).map_err(candle_core::Error::wrap));
+    let mut logits = run(&x)?;
+    if tta {
+        for axis in 2..5 {
+            let flipped = x.flip(&[axis])?;
+            logits = (logits + run(&flipped)?.flip(&[axis])?)?;
+        }
+        logits = (logits / 4.0)?;
+    }
     let labels = logits.argmax(1)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     Ok((labels, logits))
 }
@@ -385,7 +398,7 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
                 Some(mut acc) => {
                     for (_, v) in &vars {
                         if let (Some(a), Some(b)) = (acc.get(v.as_tensor()), g.get(v.as_tensor())) {
-                            let s = (a + b)?;
+                            let s = (a.detach() + b.detach())?;
                             acc.insert(v.as_tensor(), s);
                         }
                     }
@@ -425,6 +438,7 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
                 std::fs::create_dir_all(out.join("best")).map_err(|e| ferr(&out.join("best"), e))?;
                 w.save(&out.join("best").join("model.safetensors"))?;
                 write_atomic(&out.join("best").join("config.json"), serde_json::to_string_pretty(&mcfg).unwrap().as_bytes())?;
+                write_atomic(&out.join("best").join("train_config.toml"), cfg.to_toml().as_bytes())?;
             }
             last_val = (md, per_class);
         }
@@ -444,6 +458,7 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
             state.rng_word_pos = rng.get_word_pos().to_string();
             write_atomic(&ckpt.join("state.json"), serde_json::to_string_pretty(&state).unwrap().as_bytes())?;
             write_atomic(&ckpt.join("config.json"), serde_json::to_string_pretty(&mcfg).unwrap().as_bytes())?;
+            write_atomic(&ckpt.join("train_config.toml"), cfg.to_toml().as_bytes())?;
         }
     }
     // Predictions for the validation volumes, on each input's original grid.
