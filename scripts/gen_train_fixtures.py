@@ -60,8 +60,31 @@ def sliding():
     save_file({k: v.contiguous() for k, v in t.items()}, os.path.join(OUT, "sliding_window.safetensors"), metadata={"cases": json.dumps(meta)})
 
 
+def metrics():
+    from monai.metrics import DiceMetric, compute_hausdorff_distance
+    from monai.networks.utils import one_hot
+
+    g = torch.Generator().manual_seed(1)
+    shape = (12, 10, 8)
+    zz, yy, xx = torch.meshgrid(*[torch.arange(n).float() for n in shape], indexing="ij")
+    def blobs(shift):
+        lab = torch.zeros(shape)
+        lab[((zz - 5 - shift) ** 2 / 9 + (yy - 4) ** 2 / 6 + (xx - 3) ** 2 / 4) <= 1] = 1
+        lab[((zz - 7) ** 2 / 4 + (yy - 6 + shift) ** 2 / 4 + (xx - 5) ** 2 / 3) <= 1] = 2
+        return lab
+    pred, lab = blobs(1.0), blobs(0.0)
+    noise = torch.rand(shape, generator=g) < 0.03
+    pred[noise] = 1
+    p1, l1 = one_hot(pred[None, None], 3), one_hot(lab[None, None], 3)
+    hd = compute_hausdorff_distance(p1, l1, include_background=True, percentile=95)
+    dm = DiceMetric(include_background=True, reduction="none")(p1, l1)
+    save_file({"pred": pred, "label": lab, "hd95": hd.reshape(-1).float(), "dice": dm.reshape(-1).float()}, os.path.join(OUT, "metrics.safetensors"),
+              metadata={"note": json.dumps("HausdorffDistance percentile 95 and DiceMetric, include_background=True")})
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     losses()
     sliding()
+    metrics()
     print("fixtures written to", os.path.normpath(OUT))

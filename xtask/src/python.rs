@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub const HOW_TO: &str = "python3 -m venv .venv && .venv/bin/pip install torch monai einops safetensors nibabel";
+pub const HOW_TO: &str = "python3 -m venv .venv && .venv/bin/pip install torch monai einops safetensors nibabel scipy";
 
 /// `$UNETR_PYTHON`, else the repo's `.venv`, else `python3`, whichever imports torch first.
 pub fn find_torch() -> Result<PathBuf> {

@@ -125,3 +125,18 @@ fn resume_continues_exactly_and_outputs_are_written() {
     assert_eq!(v.header.affine, img.header.affine);
     assert!(a.final_dice.is_finite());
 }
+
+#[test]
+fn dice_and_hd95_match_monai() {
+    let (t, _) = fixture("metrics.safetensors");
+    let v = |k: &str| t[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (pred, lab) = (v("pred"), v("label"));
+    let d = unetr_train::metrics::dice_per_class(&pred, &lab, 3);
+    for (c, want) in v("dice").iter().enumerate() {
+        assert!((d[c].unwrap() - *want as f64).abs() < 1e-6, "dice class {c}: {:?} vs {want}", d[c]);
+    }
+    for (c, want) in v("hd95").iter().enumerate() {
+        let h = unetr_train::metrics::hd95(&pred, &lab, c, [12, 10, 8], [1.0; 3]).unwrap();
+        assert!((h - *want as f64).abs() < 1e-4, "hd95 class {c}: {h} vs {want}");
+    }
+}
