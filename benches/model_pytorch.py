@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""PyTorch + MONAI side of `cargo xtask bench`: UNETR forward latency and peak memory, in its own process.
+"""PyTorch + MONAI side of `cargo xtask bench`: UNETR forward (or training step: forward + DiceCE + backward +
+AdamW) latency and peak memory, in its own process.
 
 Usage: model_pytorch.py --size D,H,W --repeats N [--in-channels 1 --out-channels 14 --feature-size 16]
-Prints one JSON line: {"forward_s": [...], "peak_rss_kb": ..., "torch": ..., "monai": ..., "threads": ...}.
+Prints one JSON line: {"forward_s": [...] (seconds per forward or per training step), "peak_rss_kb": ..., "torch": ..., "monai": ..., "threads": ...}.
 """
 import argparse
 import json
@@ -18,6 +19,7 @@ ap.add_argument("--repeats", type=int, default=5)
 ap.add_argument("--in-channels", type=int, default=1)
 ap.add_argument("--out-channels", type=int, default=14)
 ap.add_argument("--feature-size", type=int, default=16)
+ap.add_argument("--mode", choices=["forward", "train"], default="forward")
 args = ap.parse_args()
 
 torch.set_num_threads(int(os.environ.get("RAYON_NUM_THREADS", os.cpu_count() or 1)))
@@ -29,11 +31,29 @@ net = UNETR(in_channels=args.in_channels, out_channels=args.out_channels, img_si
             feature_size=args.feature_size).eval()
 x = torch.randn(1, args.in_channels, *size)
 times = []
-with torch.inference_mode():
-    net(x)  # warm-up
+if args.mode == "forward":
+    with torch.inference_mode():
+        net(x)  # warm-up
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            net(x)
+            times.append(time.perf_counter() - t)
+else:
+    from monai.losses import DiceCELoss
+    net.train()
+    y = torch.randint(0, args.out_channels, (1, 1, *size)).float()
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, smooth_nr=0.0, smooth_dr=1e-6)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-5)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(x), y).backward()
+        opt.step()
+
+    step()  # warm-up
     for _ in range(args.repeats):
         t = time.perf_counter()
-        net(x)
+        step()
         times.append(time.perf_counter() - t)
 print(json.dumps({
     "forward_s": times,

@@ -28,6 +28,12 @@ pub struct Args {
     /// Also write the figures as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Skip the training-step measurements.
+    #[arg(long)]
+    no_train: bool,
+    /// (measuring process) forward or train.
+    #[arg(long, default_value = "forward", hide = true)]
+    mode: String,
 }
 
 /// What one measuring process reports.
@@ -64,15 +70,36 @@ fn peak_rss_kb() -> u64 {
 pub fn child(a: Args) -> Result<()> {
     let cfg = config(&a)?;
     let dev = Device::Cpu;
-    let model = UnetrWeights::init(&cfg, &dev)?.inference_model()?;
     let [d, h, ww] = cfg.img_size;
     let x = Tensor::randn(0f32, 1.0, (1, cfg.in_channels, d, h, ww), &dev)?.to_dtype(DType::F32)?;
-    drop(model.forward_t(&x, false)?); // warm-up
     let mut forward_s = Vec::new();
-    for _ in 0..a.repeats.max(1) {
-        let t = Instant::now();
-        drop(model.forward_t(&x, false)?);
-        forward_s.push(t.elapsed().as_secs_f64());
+    if a.mode == "train" {
+        // forward + DiceCE (research settings) + backward + AdamW (lr 1e-4, wd 1e-5)
+        use unetr_train::losses::{dice_ce_loss, DiceCeOptions};
+        use unetr_train::optim::{AdamW, AdamWConfig};
+        let w = UnetrWeights::init(&cfg, &dev)?;
+        let y = Tensor::rand(0f32, cfg.out_channels as f32, (1, 1, d, h, ww), &dev)?.floor()?;
+        let vars: Vec<_> = w.varmap.data().lock().unwrap().iter().filter(|(k, _)| !k.contains("running_")).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut opt = AdamW::new(vars, AdamWConfig::default());
+        let mut step = || -> Result<()> {
+            let loss = dice_ce_loss(&w.model.forward_t(&x, true)?, &y, &DiceCeOptions::research())?;
+            opt.step(&loss.backward()?)?;
+            Ok(())
+        };
+        step()?; // warm-up
+        for _ in 0..a.repeats.max(1) {
+            let t = Instant::now();
+            step()?;
+            forward_s.push(t.elapsed().as_secs_f64());
+        }
+    } else {
+        let model = UnetrWeights::init(&cfg, &dev)?.inference_model()?;
+        drop(model.forward_t(&x, false)?); // warm-up
+        for _ in 0..a.repeats.max(1) {
+            let t = Instant::now();
+            drop(model.forward_t(&x, false)?);
+            forward_s.push(t.elapsed().as_secs_f64());
+        }
     }
     println!("{}", serde_json::to_string(&Measured { forward_s, peak_rss_kb: peak_rss_kb() })?);
     Ok(())
@@ -90,58 +117,66 @@ fn last_json<T: for<'de> Deserialize<'de>>(out: &[u8]) -> Result<T> {
     Ok(serde_json::from_str(line)?)
 }
 
-pub fn run(a: Args) -> Result<()> {
-    let cfg = config(&a)?;
+/// Runs one measuring process of ours and one of PyTorch's for `mode` (forward or train).
+fn measure(a: &Args, cfg: &UnetrConfig, mode: &str) -> Result<(Measured, Option<(Measured, serde_json::Value)>)> {
     let size = cfg.img_size.map(|s| s.to_string()).join(",");
-    eprintln!("measuring ours ({size}) ...");
+    eprintln!("measuring ours ({mode}, {size}) ...");
     let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["bench-child", "--config", &a.config, "--size", &size, "--repeats", &a.repeats.to_string()]);
-    let out = cmd.output().context("running the measuring process")?;
+    let out = Command::new(exe)
+        .args(["bench-child", "--config", &a.config, "--size", &size, "--repeats", &a.repeats.to_string(), "--mode", mode])
+        .output()
+        .context("running the measuring process")?;
     if !out.status.success() {
         bail!("measuring process failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let ours: Measured = last_json(&out.stdout)?;
-    let torch: Option<(Measured, serde_json::Value)> = if a.no_pytorch {
-        None
-    } else {
-        match crate::python::find_torch() {
-            Err(e) => {
-                eprintln!("note: PyTorch side skipped: {e}");
-                None
-            }
-            Ok(py) => {
-                eprintln!("measuring PyTorch + MONAI ...");
-                let script = crate::repo_root().join("benches/model_pytorch.py");
-                let args = [
-                    "--size".to_string(),
-                    size.clone(),
-                    "--repeats".into(),
-                    a.repeats.to_string(),
-                    "--in-channels".into(),
-                    cfg.in_channels.to_string(),
-                    "--out-channels".into(),
-                    cfg.out_channels.to_string(),
-                    "--feature-size".into(),
-                    cfg.feature_size.to_string(),
-                ];
-                let out = Command::new(py).arg(script).args(&args).output()?;
-                if !out.status.success() {
-                    eprintln!("note: PyTorch side failed (is MONAI installed? {}): {}", crate::python::HOW_TO, String::from_utf8_lossy(&out.stderr));
-                    None
-                } else {
-                    let v: serde_json::Value = last_json(&out.stdout)?;
-                    Some((serde_json::from_value(v.clone())?, v))
-                }
-            }
+    if a.no_pytorch {
+        return Ok((ours, None));
+    }
+    let py = match crate::python::find_torch() {
+        Err(e) => {
+            eprintln!("note: PyTorch side skipped: {e}");
+            return Ok((ours, None));
         }
+        Ok(py) => py,
     };
-    let report = render(&a, &cfg, &ours, torch.as_ref());
+    eprintln!("measuring PyTorch + MONAI ({mode}) ...");
+    let script = crate::repo_root().join("benches/model_pytorch.py");
+    let args = [
+        "--size".to_string(),
+        size,
+        "--repeats".into(),
+        a.repeats.to_string(),
+        "--in-channels".into(),
+        cfg.in_channels.to_string(),
+        "--out-channels".into(),
+        cfg.out_channels.to_string(),
+        "--feature-size".into(),
+        cfg.feature_size.to_string(),
+        "--mode".into(),
+        mode.to_string(),
+    ];
+    let out = Command::new(py).arg(script).args(&args).output()?;
+    if !out.status.success() {
+        eprintln!("note: PyTorch side failed (is MONAI installed? {}): {}", crate::python::HOW_TO, String::from_utf8_lossy(&out.stderr));
+        return Ok((ours, None));
+    }
+    let v: serde_json::Value = last_json(&out.stdout)?;
+    Ok((ours, Some((serde_json::from_value(v.clone())?, v))))
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let cfg = config(&a)?;
+    let fwd = measure(&a, &cfg, "forward")?;
+    let train = if a.no_train { None } else { Some(measure(&a, &cfg, "train")?) };
+    let report = render(&a, &cfg, &fwd, train.as_ref());
     println!("{report}");
     if let Some(p) = &a.json {
         let j = serde_json::json!({
             "config": a.config, "size": cfg.img_size, "params": count_params(&cfg), "macs": count_macs(&cfg),
-            "ours": ours, "pytorch": torch.as_ref().map(|t| &t.1), "machine": crate::bench_ops::machine(),
+            "forward": {"ours": fwd.0, "pytorch": fwd.1.as_ref().map(|t| &t.1)},
+            "train_step": train.as_ref().map(|t| serde_json::json!({"ours": t.0, "pytorch": t.1.as_ref().map(|t| &t.1)})),
+            "machine": crate::bench_ops::machine(),
         });
         std::fs::write(p, serde_json::to_string_pretty(&j)?)?;
     }
@@ -151,7 +186,10 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-fn render(a: &Args, cfg: &UnetrConfig, ours: &Measured, torch: Option<&(Measured, serde_json::Value)>) -> String {
+type Side = (Measured, Option<(Measured, serde_json::Value)>);
+
+fn render(a: &Args, cfg: &UnetrConfig, fwd: &Side, train: Option<&Side>) -> String {
+    let (ours, torch) = (&fwd.0, fwd.1.as_ref());
     let params = count_params(cfg);
     let costs = layer_costs(cfg);
     let macs = count_macs(cfg) as f64;
@@ -208,5 +246,14 @@ fn render(a: &Args, cfg: &UnetrConfig, ours: &Measured, torch: Option<&(Measured
     );
     let (om, tm) = (ours.peak_rss_kb as f64 / 1e6, t.map(|t| t.1 as f64 / 1e6));
     s += &format!("| peak RSS of the process, inference (GB) | {om:.2} | {} | {} |\n", cell(tm, &|v| format!("{v:.2}")), ratio(om, tm));
+    if let Some((o, tr)) = train {
+        let (omin, omed) = stats(&o.forward_s);
+        let t = tr.as_ref().map(|t| (stats(&t.0.forward_s), t.0.peak_rss_kb));
+        s += &format!("| training step, median (s) | {omed:.3} | {} | {} |\n", cell(t.map(|t| t.0 .1), &|v| format!("{v:.3}")), ratio(omed, t.map(|t| t.0 .1)));
+        s += &format!("| training step, min (s) | {omin:.3} | {} | {} |\n", cell(t.map(|t| t.0 .0), &|v| format!("{v:.3}")), ratio(omin, t.map(|t| t.0 .0)));
+        let (om, tm) = (o.peak_rss_kb as f64 / 1e6, t.map(|t| t.1 as f64 / 1e6));
+        s += &format!("| peak RSS of the process, training (GB) | {om:.2} | {} | {} |\n", cell(tm, &|v| format!("{v:.2}")), ratio(om, tm));
+        s += "\nTraining step: forward + DiceCE (squared_pred, smooth_dr 1e-6) + backward + AdamW (lr 1e-4, wd 1e-5), batch 1.\n";
+    }
     s
 }
