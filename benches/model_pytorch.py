@@ -19,7 +19,7 @@ ap.add_argument("--repeats", type=int, default=5)
 ap.add_argument("--in-channels", type=int, default=1)
 ap.add_argument("--out-channels", type=int, default=14)
 ap.add_argument("--feature-size", type=int, default=16)
-ap.add_argument("--mode", choices=["forward", "train"], default="forward")
+ap.add_argument("--mode", choices=["forward", "train", "profile", "sliding"], default="forward")
 args = ap.parse_args()
 
 torch.set_num_threads(int(os.environ.get("RAYON_NUM_THREADS", os.cpu_count() or 1)))
@@ -38,6 +38,31 @@ if args.mode == "forward":
             t = time.perf_counter()
             net(x)
             times.append(time.perf_counter() - t)
+elif args.mode == "profile":
+    # Wall time per top-level module (forward hooks), median over the repeats.
+    names = ["vit", "encoder1", "encoder2", "encoder3", "encoder4", "decoder5", "decoder4", "decoder3", "decoder2", "out"]
+    acc = {n: [] for n in names}
+    start = {}
+    for n in names:
+        m = getattr(net, n)
+        m.register_forward_pre_hook(lambda _m, _i, n=n: start.__setitem__(n, time.perf_counter()))
+        m.register_forward_hook(lambda _m, _i, _o, n=n: acc[n].append((time.perf_counter() - start[n]) * 1e3))
+    with torch.inference_mode():
+        net(x)
+        for n in names:
+            acc[n].clear()
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            net(x)
+            times.append(time.perf_counter() - t)
+    modules = {n: sorted(v)[len(v) // 2] for n, v in acc.items()}
+elif args.mode == "sliding":
+    from monai.inferers import sliding_window_inference
+    big = torch.randn(1, args.in_channels, 256, 256, 160)
+    with torch.inference_mode():
+        t = time.perf_counter()
+        sliding_window_inference(big, size, 4, net, overlap=0.5, mode="gaussian")
+        times.append(time.perf_counter() - t)
 else:
     from monai.losses import DiceCELoss
     net.train()
@@ -57,6 +82,7 @@ else:
         times.append(time.perf_counter() - t)
 print(json.dumps({
     "forward_s": times,
+    "modules": locals().get("modules", {}),
     "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     "torch": torch.__version__, "monai": monai.__version__, "threads": torch.get_num_threads(),
 }))

@@ -109,6 +109,8 @@ def act_cases():
     x[0, :5] = 0.0
     case("leaky_relu_001", "leaky_relu", {"slope": 0.01}, {"x": x}, lambda x: F.leaky_relu(x, 0.01))
     case("leaky_relu_02", "leaky_relu", {"slope": 0.2}, {"x": r(2, 3, 4)}, lambda x: F.leaky_relu(x, 0.2))
+    case("linear_bias", "linear", {}, {"x": r(2, 5, 7), "w": r(4, 7), "b": r(4)}, lambda x, w, b: F.linear(x, w, b))
+    case("linear", "linear", {}, {"x": r(3, 9), "w": r(6, 9)}, lambda x, w: F.linear(x, w))
     case("softmax", "softmax_last_dim", {}, {"x": r(2, 3, 9) * 4}, lambda x: F.softmax(x, dim=-1))
     q, k, v = r(2, 3, 5, 4), r(2, 3, 7, 4), r(2, 3, 7, 4)
     case("attention", "attention", {"scale": 0.5}, {"q": q, "k": k, "v": v},

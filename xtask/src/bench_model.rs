@@ -31,6 +31,9 @@ pub struct Args {
     /// Skip the training-step measurements.
     #[arg(long)]
     no_train: bool,
+    /// Also time sliding-window inference on a 256x256x160 volume (minutes per side).
+    #[arg(long)]
+    sliding: bool,
     /// (measuring process) forward or train.
     #[arg(long, default_value = "forward", hide = true)]
     mode: String,
@@ -41,6 +44,12 @@ pub struct Args {
 pub struct Measured {
     pub forward_s: Vec<f64>,
     pub peak_rss_kb: u64,
+    /// Per top-level module wall time in ms (profile mode).
+    #[serde(default)]
+    pub modules: std::collections::BTreeMap<String, f64>,
+    /// f32 GEMM GFLOP/s of this machine (ours only).
+    #[serde(default)]
+    pub gemm_gflops: f64,
 }
 
 fn config(a: &Args) -> Result<UnetrConfig> {
@@ -73,7 +82,39 @@ pub fn child(a: Args) -> Result<()> {
     let [d, h, ww] = cfg.img_size;
     let x = Tensor::randn(0f32, 1.0, (1, cfg.in_channels, d, h, ww), &dev)?.to_dtype(DType::F32)?;
     let mut forward_s = Vec::new();
-    if a.mode == "train" {
+    let mut modules = std::collections::BTreeMap::new();
+    let mut gemm_gflops = 0.0;
+    if a.mode == "profile" {
+        let model = UnetrWeights::init(&cfg, &dev)?.inference_model()?;
+        drop(model.forward_t(&x, false)?);
+        let mut per: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+        for _ in 0..a.repeats.max(1) {
+            let t = Instant::now();
+            let (_, times) = model.forward_profiled(&x)?;
+            forward_s.push(t.elapsed().as_secs_f64());
+            for (k, v) in times {
+                per.entry(k).or_default().push(v);
+            }
+        }
+        modules = per.into_iter().map(|(k, mut v)| (k, { v.sort_by(|a, b| a.partial_cmp(b).unwrap()); v[v.len() / 2] })).collect();
+        // The machine's f32 GEMM rate, with the same thread split as our linear layers.
+        let n = 2048;
+        let m1 = Tensor::randn(0f32, 1.0, (n, n), &dev)?;
+        drop(unetr_ops::linear(&m1, &m1, None)?);
+        let t = Instant::now();
+        for _ in 0..3 {
+            drop(unetr_ops::linear(&m1, &m1, None)?);
+        }
+        gemm_gflops = 3.0 * 2.0 * (n * n * n) as f64 / t.elapsed().as_secs_f64() / 1e9;
+    } else if a.mode == "sliding" {
+        use unetr_train::inferers::{sliding_window_inference, Blend, SlidingWindow};
+        let model = UnetrWeights::init(&cfg, &dev)?.inference_model()?;
+        let big = Tensor::randn(0f32, 1.0, (1, cfg.in_channels, 256, 256, 160), &dev)?;
+        let sw = SlidingWindow { roi: cfg.img_size, overlap: 0.5, sw_batch: 4, blend: Blend::Gaussian };
+        let t = Instant::now();
+        drop(sliding_window_inference(&big, &sw, |b| model.forward_t(b, false).map_err(candle_core::Error::wrap))?);
+        forward_s.push(t.elapsed().as_secs_f64());
+    } else if a.mode == "train" {
         // forward + DiceCE (research settings) + backward + AdamW (lr 1e-4, wd 1e-5)
         use unetr_train::losses::{dice_ce_loss, DiceCeOptions};
         use unetr_train::optim::{AdamW, AdamWConfig};
@@ -101,7 +142,7 @@ pub fn child(a: Args) -> Result<()> {
             forward_s.push(t.elapsed().as_secs_f64());
         }
     }
-    println!("{}", serde_json::to_string(&Measured { forward_s, peak_rss_kb: peak_rss_kb() })?);
+    println!("{}", serde_json::to_string(&Measured { forward_s, peak_rss_kb: peak_rss_kb(), modules, gemm_gflops })?);
     Ok(())
 }
 
@@ -169,7 +210,10 @@ pub fn run(a: Args) -> Result<()> {
     let cfg = config(&a)?;
     let fwd = measure(&a, &cfg, "forward")?;
     let train = if a.no_train { None } else { Some(measure(&a, &cfg, "train")?) };
-    let report = render(&a, &cfg, &fwd, train.as_ref());
+    let prof = measure(&a, &cfg, "profile")?;
+    let sliding = if a.sliding { Some(measure(&Args { repeats: 1, ..a.clone() }, &cfg, "sliding")?) } else { None };
+    let mut report = render(&a, &cfg, &fwd, train.as_ref());
+    report += &render_profile(&prof, sliding.as_ref(), &cfg);
     println!("{report}");
     if let Some(p) = &a.json {
         let j = serde_json::json!({
@@ -187,6 +231,47 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 type Side = (Measured, Option<(Measured, serde_json::Value)>);
+
+/// Where the forward time goes, module by module, and the sliding-window figure.
+fn render_profile(p: &Side, sliding: Option<&Side>, cfg: &UnetrConfig) -> String {
+    let (o, t) = (&p.0, p.1.as_ref().map(|t| &t.0));
+    let costs = layer_costs(cfg);
+    let mut s = String::from("\n| module (forward) | GMACs | ours ms | PyTorch ms | ratio | ours GFLOP/s |\n|---|---:|---:|---:|---:|---:|\n");
+    let order = ["vit", "encoder1", "encoder2", "encoder3", "encoder4", "decoder5", "decoder4", "decoder3", "decoder2", "out"];
+    for m in order {
+        let macs: f64 = costs.iter().filter(|c| c.module.split('.').next() == Some(m)).map(|c| c.macs as f64).sum();
+        let ours = o.modules.get(m).copied().unwrap_or(f64::NAN);
+        let theirs = t.and_then(|t| t.modules.get(m).copied());
+        s += &format!(
+            "| {m} | {:.2} | {ours:.1} | {} | {} | {:.0} |\n",
+            macs / 1e9,
+            theirs.map_or("-".into(), |v| format!("{v:.1}")),
+            theirs.map_or("-".into(), |v| format!("{:.2}", ours / v)),
+            2.0 * macs / 1e9 / (ours / 1e3)
+        );
+    }
+    let total = 2.0 * count_macs(cfg) as f64 / 1e9;
+    let med = stats(&o.forward_s).1;
+    s += &format!(
+        "\nf32 GEMM on this machine (2048^3, our thread split): {:.0} GFLOP/s; the forward reaches {:.0} GFLOP/s, {:.0}% of it.\n",
+        o.gemm_gflops,
+        total / med,
+        100.0 * total / med / o.gemm_gflops
+    );
+    if let Some((so, st)) = sliding {
+        let ours = so.forward_s[0];
+        let theirs = st.as_ref().map(|t| t.0.forward_s[0]);
+        s += &format!(
+            "\nSliding-window inference, 256x256x160 volume, roi {:?}, overlap 0.5, sw_batch 4, gaussian: ours {ours:.1} s, PyTorch + MONAI {} (ratio {}); peak RSS ours {:.2} GB{}.\n",
+            cfg.img_size,
+            theirs.map_or("-".into(), |v| format!("{v:.1} s")),
+            theirs.map_or("-".into(), |v| format!("{:.2}", ours / v)),
+            so.peak_rss_kb as f64 / 1e6,
+            st.as_ref().map_or(String::new(), |t| format!(", PyTorch {:.2} GB", t.0.peak_rss_kb as f64 / 1e6))
+        );
+    }
+    s
+}
 
 fn render(a: &Args, cfg: &UnetrConfig, fwd: &Side, train: Option<&Side>) -> String {
     let (ours, torch) = (&fwd.0, fwd.1.as_ref());

@@ -84,25 +84,33 @@ impl Unetr {
 
     /// Logits [B, out_channels, D, H, W]. `train` switches dropout and batch-norm statistics.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.run(x, train, None)
+        self.run(x, train, None, None)
     }
 
     /// Logits plus every named intermediate (as MONAI's module names).
     pub fn forward_features(&self, x: &Tensor) -> Result<(Tensor, Features)> {
         let mut f = Vec::new();
-        let y = self.run(x, false, Some(&mut f))?;
+        let y = self.run(x, false, Some(&mut f), None)?;
         Ok((y, f))
     }
 
-    fn run(&self, x: &Tensor, train: bool, mut sink: Option<&mut Features>) -> Result<Tensor> {
+    /// Inference logits plus the wall time (ms) of each top-level module, in forward order. The decoder
+    /// path interleaves encoders and decoders, so each time covers exactly that module's own work.
+    pub fn forward_profiled(&self, x: &Tensor) -> Result<(Tensor, Vec<(String, f64)>)> {
+        let mut t = Vec::new();
+        let y = self.run(x, false, None, Some(&mut t))?;
+        Ok((y, t))
+    }
+
+    fn run(&self, x: &Tensor, train: bool, mut sink: Option<&mut Features>, mut times: Option<&mut Vec<(String, f64)>>) -> Result<Tensor> {
         self.check_input(x)?;
-        // UNETR_PROFILE=1 prints the wall time of each top-level module to stderr.
-        let profile = std::env::var_os("UNETR_PROFILE").is_some();
         let mut last = std::time::Instant::now();
         let mut keep = |name: &str, t: &Tensor| {
-            if profile && !name.starts_with("vit.blocks") {
-                eprintln!("  {name:<10} {:8.1} ms", last.elapsed().as_secs_f64() * 1e3);
-                last = std::time::Instant::now();
+            if !name.starts_with("vit.blocks") {
+                if let Some(ts) = times.as_mut() {
+                    ts.push((name.to_string(), last.elapsed().as_secs_f64() * 1e3));
+                    last = std::time::Instant::now();
+                }
             }
             if let Some(s) = sink.as_mut() {
                 s.push((name.to_string(), t.clone()));

@@ -8,21 +8,48 @@ use crate::storage::{data2, dispatch2, out};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-/// y[m, n] = sum_k x[m, k] * w[n, k].
-fn linear_fwd<T: Elem>(x: &[T], w: &[T], m: usize, n: usize, k: usize) -> Vec<T> {
+/// y[m, n] = b[n] + sum_k x[m, k] * w[n, k]; the bias is written first and the GEMM accumulates onto it,
+/// which saves the separate broadcast pass (and its allocation) per layer.
+fn linear_fwd<T: Elem>(x: &[T], w: &[T], b: Option<&[T]>, m: usize, n: usize, k: usize) -> Vec<T> {
     let mut y = vec![T::zero(); m * n];
+    if let Some(b) = b {
+        y.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
+    }
+    let acc = b.is_some();
     let yp = SyncPtr(y.as_mut_ptr());
     // Column blocks of at least 64 features, a few per thread for balance.
     let block = (n.div_ceil(2 * threads())).next_multiple_of(64).max(64);
     (0..n.div_ceil(block)).into_par_iter().for_each(|b| {
         let (n0, nb) = (b * block, block.min(n - b * block));
         // SAFETY: each block writes its own columns n0..n0+nb.
-        unsafe { matmul(m, nb, k, yp.ptr().add(n0), n, Mat::rows(x.as_ptr(), k), Mat::t(w[n0 * k..].as_ptr(), k), false) }
+        unsafe { matmul(m, nb, k, yp.ptr().add(n0), n, Mat::rows(x.as_ptr(), k), Mat::t(w[n0 * k..].as_ptr(), k), acc) }
     });
     y
 }
 
 struct LinearOp;
+
+/// x W^T + b in one op; gradients of all three.
+struct LinearBiasOp;
+
+impl candle_core::CustomOp3 for LinearBiasOp {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (n, _) = l2.shape().dims2()?;
+        let b = crate::storage::data(self.name(), s3, l3)?;
+        match (data2(self.name(), s1, l1, s2, l2)?, b) {
+            (crate::storage::Data2::F32(x, w), crate::storage::Data::F32(b)) => out(linear_fwd(x, w, Some(b), m, n, k), (m, n)),
+            (crate::storage::Data2::F64(x, w), crate::storage::Data::F64(b)) => out(linear_fwd(x, w, Some(b), m, n, k), (m, n)),
+            _ => Err(OpsError::Param { op: "linear", msg: "bias dtype differs from the input's".into() }.into()),
+        }
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(g.matmul(w)?), Some(g.t()?.matmul(x)?), Some(g.sum(0)?)))
+    }
+}
 
 impl CustomOp2 for LinearOp {
     fn name(&self) -> &'static str {
@@ -34,7 +61,7 @@ impl CustomOp2 for LinearOp {
         if k != k2 {
             return Err(shape_err("linear", "input features differ from the weight's", &[l1.dims(), l2.dims()]));
         }
-        dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |x, w| out(linear_fwd(x, w, m, n, k), (m, n)))
+        dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |x, w| out(linear_fwd(x, w, None, m, n, k), (m, n)))
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // dx = g W, dW = g^T x (candle matmuls, so these are differentiable too).
@@ -59,17 +86,17 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     }
     let lead = &x.dims()[..x.rank() - 1];
     let m: usize = lead.iter().product();
-    let y = x.contiguous()?.reshape((m, k))?.apply_op2(&w.contiguous()?, LinearOp)?;
+    let x2 = x.contiguous()?.reshape((m, k))?;
+    let y = match b {
+        Some(b) => {
+            if b.dims() != [n] || b.dtype() != x.dtype() {
+                return Err(shape_err(OP, format!("bias must be [{n}] of the input's dtype"), &[b.dims()]));
+            }
+            x2.apply_op3(&w.contiguous()?, &b.contiguous()?, LinearBiasOp)?
+        }
+        None => x2.apply_op2(&w.contiguous()?, LinearOp)?,
+    };
     let mut shape = lead.to_vec();
     shape.push(n);
-    let y = y.reshape(shape)?;
-    match b {
-        Some(b) => {
-            if b.dims() != [n] {
-                return Err(shape_err(OP, format!("bias must be [{n}]"), &[b.dims()]));
-            }
-            y.broadcast_add(b)
-        }
-        None => Ok(y),
-    }
+    y.reshape(shape)
 }

@@ -89,6 +89,7 @@ fn fixtures_cover_every_op() {
         "layer_norm",
         "leaky_relu",
         "softmax_last_dim",
+        "linear",
         "attention",
     ] {
         assert!(ops.contains(op), "no fixture for {op}");

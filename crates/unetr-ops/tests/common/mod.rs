@@ -137,6 +137,7 @@ pub fn run(
         )?,
         "leaky_relu" => leaky_relu(x.unwrap(), p["slope"].as_f64().unwrap())?,
         "softmax_last_dim" => softmax_last_dim(x.unwrap())?,
+        "linear" => linear(x.unwrap(), g("w").unwrap(), g("b"))?,
         "attention" => attention(
             g("q").unwrap(),
             g("k").unwrap(),
