@@ -46,6 +46,26 @@ def case(name, arr, affine, dtype, slope=None, inter=None, qform_only=False, big
               os.path.join(OUT, name.split(".")[0] + ".expect.safetensors"))
 
 
+def transforms():
+    """MONAI transform outputs on a small two-channel volume (channel-first arrays)."""
+    from monai.transforms import CropForeground, NormalizeIntensity, Rotate90, ScaleIntensityRange
+
+    x = np.zeros((2, 9, 8, 7), dtype=np.float32)
+    x[:, 2:6, 3:7, 1:5] = rng.normal(size=(2, 4, 4, 4)) * 3 + 1
+    x[1, 1, 1, 1] = 2.5
+    t = {"x": x.copy()}  # some MONAI transforms work in place on numpy input: each gets a copy
+    t["crop_fg_m1"] = np.asarray(CropForeground(margin=1)(x.copy()))
+    t["crop_fg_m0"] = np.asarray(CropForeground(margin=0)(x.copy()))
+    t["norm"] = np.asarray(NormalizeIntensity()(x.copy()))
+    t["norm_nonzero_cw"] = np.asarray(NormalizeIntensity(nonzero=True, channel_wise=True)(x.copy()))
+    t["rot_k1_01"] = np.asarray(Rotate90(k=1, spatial_axes=(0, 1))(x.copy()))
+    t["rot_k3_12"] = np.asarray(Rotate90(k=3, spatial_axes=(1, 2))(x.copy()))
+    t["rot_k2_02"] = np.asarray(Rotate90(k=2, spatial_axes=(0, 2))(x.copy()))
+    t["scale"] = np.asarray(ScaleIntensityRange(a_min=-2.0, a_max=4.0, b_min=0.0, b_max=1.0, clip=True)(x.copy()))
+    save_file({k: torch.tensor(np.array(v, dtype=np.float32)).contiguous() for k, v in t.items()},
+              os.path.join(OUT, "transforms.safetensors"))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     shape = (7, 6, 5)
@@ -63,6 +83,7 @@ def main():
     case("f64_big_endian.nii", rng.normal(size=shape), ras, np.float64, big_endian=True)
     case("f32_4d.nii.gz", rng.normal(size=shape + (2,)).astype(np.float32), lps, np.float32)
     case("i8.nii.gz", rng.integers(-100, 100, shape).astype(np.int8), ras, np.int8)
+    transforms()
     print("fixtures written to", os.path.normpath(OUT))
 
 

@@ -236,6 +236,97 @@ impl Sample {
         Ok(out)
     }
 
+    /// MONAI's `CropForeground(select_fn=x > 0, margin)` on image and label: the bounding box of voxels where
+    /// any image channel is positive, grown by `margin`, clipped to the volume. Unchanged when nothing is
+    /// positive. Recorded for inversion.
+    pub fn crop_foreground(self, margin: usize) -> Self {
+        let d = self.dims;
+        let n = vol(d);
+        let (mut lo, mut hi) = ([usize::MAX; 3], [0usize; 3]);
+        for ch in 0..self.channels {
+            for (idx, &v) in self.image[ch * n..(ch + 1) * n].iter().enumerate() {
+                if v > 0.0 {
+                    let p = [idx / (d[1] * d[2]), (idx / d[2]) % d[1], idx % d[2]];
+                    for a in 0..3 {
+                        lo[a] = lo[a].min(p[a]);
+                        hi[a] = hi[a].max(p[a] + 1);
+                    }
+                }
+            }
+        }
+        if lo[0] == usize::MAX {
+            return self;
+        }
+        let start = [0, 1, 2].map(|a| lo[a].saturating_sub(margin));
+        let end = [0, 1, 2].map(|a| (hi[a] + margin).min(d[a]));
+        self.crop(start.map(|v| v as isize), [0, 1, 2].map(|a| end[a] - start[a]))
+    }
+
+    /// MONAI's `NormalizeIntensity(nonzero, channel_wise)`: (x - mean) / std (population std; std 0 -> 1),
+    /// over all voxels or, with `nonzero`, over and on the non-zero voxels only.
+    pub fn normalize_intensity(mut self, nonzero: bool, channel_wise: bool) -> Self {
+        let n = vol(self.dims);
+        let groups: Vec<std::ops::Range<usize>> = if channel_wise { (0..self.channels).map(|c| c * n..(c + 1) * n).collect() } else { vec![0..self.image.len()] };
+        for r in groups {
+            let xs = &mut self.image[r];
+            let sel = |v: f32| !nonzero || v != 0.0;
+            let (mut cnt, mut sum) = (0usize, 0f64);
+            for &v in xs.iter().filter(|&&v| sel(v)) {
+                cnt += 1;
+                sum += v as f64;
+            }
+            if cnt == 0 {
+                continue;
+            }
+            let mean = sum / cnt as f64;
+            let var = xs.iter().filter(|&&v| sel(v)).map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / cnt as f64;
+            let std = if var.sqrt() == 0.0 { 1.0 } else { var.sqrt() };
+            for v in xs.iter_mut().filter(|v| sel(**v)) {
+                *v = ((*v as f64 - mean) / std) as f32;
+            }
+        }
+        self
+    }
+
+    /// MONAI's `Rotate90(k, spatial_axes)` (numpy's rot90 on the two axes) on image and label; the affine
+    /// is updated so voxels keep their world positions.
+    pub fn rotate90(mut self, k: usize, axes: (usize, usize)) -> Self {
+        for _ in 0..k % 4 {
+            // rot90 once: transpose(flip(m, axes.1), swap(axes.0, axes.1)).
+            let (a0, a1) = axes;
+            let mut flip = [false; 3];
+            flip[a1] = true;
+            let d = self.dims;
+            self.image = permute_flip(&self.image, self.channels, d, [0, 1, 2], flip).0;
+            self.label = self.label.map(|l| permute_flip(&l, 1, d, [0, 1, 2], flip).0);
+            let mut perm = [0, 1, 2];
+            perm.swap(a0, a1);
+            let (img, nd) = permute_flip(&self.image, self.channels, d, perm, [false; 3]);
+            self.image = img;
+            self.label = self.label.map(|l| permute_flip(&l, 1, d, perm, [false; 3]).0);
+            // new[.., i(a0), j(a1) ..] = old[.., j, d1 - 1 - i ..]: new axis a0 walks old axis a1 backwards.
+            let a = self.affine;
+            let mut na = a;
+            for r in 0..3 {
+                na[r][a0] = -a[r][a1];
+                na[r][a1] = a[r][a0];
+                na[r][3] = a[r][3] + a[r][a1] * (d[a1] as f64 - 1.0);
+            }
+            self.affine = na;
+            self.dims = nd;
+        }
+        self
+    }
+
+    /// `RandRotate90(prob, max_k, spatial_axes)`: k uniform in 1..=max_k (an augmentation, not recorded).
+    pub fn rand_rotate90(self, prob: f64, max_k: usize, axes: (usize, usize), rng: &mut ChaCha8Rng) -> Self {
+        if rng.random::<f64>() >= prob || max_k == 0 {
+            return self;
+        }
+        let k = rng.random_range(1..=max_k);
+        self.rotate90(k, axes)
+    }
+
     /// `RandFlip(spatial_axis=axis, prob)`: a data augmentation (not recorded for inversion).
     pub fn rand_flip(mut self, axis: usize, prob: f64, rng: &mut ChaCha8Rng) -> Self {
         if rng.random::<f64>() >= prob {

@@ -65,6 +65,11 @@ pub struct TransformConfig {
     pub b_min: f32,
     pub b_max: f32,
     pub clip: bool,
+    /// CropForeground (image > 0 after the intensity scaling), with a margin in voxels.
+    pub crop_foreground: bool,
+    pub crop_foreground_margin: usize,
+    /// RandRotate90 in the first two spatial axes, k in 1..=3.
+    pub rotate90_prob: f64,
     /// RandCropByPosNegLabel.
     pub roi: [usize; 3],
     pub num_samples: usize,
@@ -86,6 +91,9 @@ impl Default for TransformConfig {
             b_min: 0.0,
             b_max: 1.0,
             clip: true,
+            crop_foreground: true,
+            crop_foreground_margin: 0,
+            rotate90_prob: 0.2,
             roi: [96; 3],
             num_samples: 4,
             pos: 1.0,
@@ -225,9 +233,11 @@ impl TrainConfig {
     }
 }
 
-/// Deterministic preprocessing, cached (MONAI's CacheDataset): load, orient to RAS, scale intensities.
+/// Deterministic preprocessing, cached (MONAI's CacheDataset): load, orient to RAS, scale intensities,
+/// crop to the foreground. Every spatial step is recorded, so predictions map back to the input grid.
 pub fn preprocess(item: &unetr_data::Item, t: &TransformConfig) -> Result<Sample> {
-    Ok(load_item(item, &ReadOptions::default())?.orient_ras().scale_intensity_range(t.a_min, t.a_max, t.b_min, t.b_max, t.clip))
+    let s = load_item(item, &ReadOptions::default())?.orient_ras().scale_intensity_range(t.a_min, t.a_max, t.b_min, t.b_max, t.clip);
+    Ok(if t.crop_foreground { s.crop_foreground(t.crop_foreground_margin) } else { s })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -384,6 +394,9 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
                     let mut c = c;
                     for axis in 0..3 {
                         c = c.rand_flip(axis, t.flip_prob, &mut rng);
+                    }
+                    if c.dims[0] == c.dims[1] {
+                        c = c.rand_rotate90(t.rotate90_prob, 3, (0, 1), &mut rng);
                     }
                     crops.push(c.rand_intensity(t.intensity_scale, t.intensity_shift, t.intensity_prob, &mut rng));
                 }

@@ -248,7 +248,7 @@ fn as_f32<T: Elem>(s: &[T]) -> Option<&[f32]> {
 pub fn bwd_weight<T: Elem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
     let p = plan(g);
     let [kd, kh, kw] = g.kernel;
-    let (iv, ov, kk) = (g.in_vol(), g.out_vol(), kw * g.ci);
+    let (iv, kk) = (g.in_vol(), kw * g.ci);
     let [_, ho, wo] = g.output;
     let xps: Vec<Vec<T>> = (0..g.n)
         .map(|n| pad_channels_last(&x[n * g.ci * iv..(n + 1) * g.ci * iv], g, &p))
@@ -305,6 +305,5 @@ pub fn bwd_weight<T: Elem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
     for p in it {
         acc.iter_mut().zip(p).for_each(|(a, b)| *a = *a + b);
     }
-    let _ = ov;
     taps_to_weight(&acc, g)
 }
