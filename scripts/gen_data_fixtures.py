@@ -62,6 +62,18 @@ def transforms():
     t["rot_k3_12"] = np.asarray(Rotate90(k=3, spatial_axes=(1, 2))(x.copy()))
     t["rot_k2_02"] = np.asarray(Rotate90(k=2, spatial_axes=(0, 2))(x.copy()))
     t["scale"] = np.asarray(ScaleIntensityRange(a_min=-2.0, a_max=4.0, b_min=0.0, b_max=1.0, clip=True)(x.copy()))
+    # Spacing on an RAS grid of spacing (1.0, 1.2, 2.5): image bilinear, label nearest.
+    from monai.data import MetaTensor
+    from monai.transforms import Spacing
+    aff = np.diag([1.0, 1.2, 2.5, 1.0])
+    aff[:3, 3] = [-4.0, 3.0, 10.0]
+    img = rng.normal(size=(1, 11, 9, 6)).astype(np.float32)
+    lab = rng.integers(0, 4, size=(1, 11, 9, 6)).astype(np.float32)
+    t["sp_img"], t["sp_lab"] = img, lab
+    out_i = Spacing(pixdim=(1.5, 1.5, 2.0), mode="bilinear")(MetaTensor(torch.tensor(img), affine=torch.tensor(aff)))
+    out_l = Spacing(pixdim=(1.5, 1.5, 2.0), mode="nearest")(MetaTensor(torch.tensor(lab), affine=torch.tensor(aff)))
+    t["sp_img_out"], t["sp_lab_out"] = out_i.numpy(), out_l.numpy()
+    t["sp_affine_out"] = np.asarray(out_i.affine, dtype=np.float32)
     save_file({k: torch.tensor(np.array(v, dtype=np.float32)).contiguous() for k, v in t.items()},
               os.path.join(OUT, "transforms.safetensors"))
 

@@ -16,6 +16,61 @@ pub enum Applied {
     Orient { perm: [usize; 3], flip: [bool; 3], dims: [usize; 3] },
     /// The sample is old[start .. start + new dims]; negative starts mean padding.
     Crop { start: [isize; 3], dims: [usize; 3] },
+    /// Resampled from `dims` voxels of spacing `from` to spacing `to` (axis-aligned).
+    Spacing { from: [f64; 3], to: [f64; 3], dims: [usize; 3] },
+}
+
+/// Per output index along one axis: (i0, i1, weight of i1) for linear interpolation at j * ratio, with the
+/// border clamped (MONAI's padding_mode="border").
+fn linear_taps(out_len: usize, in_len: usize, ratio: f64) -> Vec<(usize, usize, f32)> {
+    (0..out_len)
+        .map(|j| {
+            let x = (j as f64 * ratio).clamp(0.0, (in_len - 1) as f64);
+            let i0 = x.floor() as usize;
+            let i1 = (i0 + 1).min(in_len - 1);
+            (i0, i1, (x - i0 as f64) as f32)
+        })
+        .collect()
+}
+
+/// Nearest index at j * ratio, exact ties to even. (MONAI resamples through a float32 grid, so its ties fall
+/// either way by rounding noise; everything off a tie matches.)
+fn nearest_taps(out_len: usize, in_len: usize, ratio: f64) -> Vec<(usize, usize, f32)> {
+    (0..out_len)
+        .map(|j| {
+            let x = j as f64 * ratio;
+            let r = x.round_ties_even().clamp(0.0, (in_len - 1) as f64) as usize;
+            (r, r, 0.0)
+        })
+        .collect()
+}
+
+/// Separable resampling of [c, d] along each axis with the given taps.
+fn resample(src: &[f32], c: usize, d: [usize; 3], taps: &[Vec<(usize, usize, f32)>; 3]) -> Vec<f32> {
+    let mut cur = src.to_vec();
+    let mut dims = d;
+    for ax in 0..3 {
+        let nd = {
+            let mut n = dims;
+            n[ax] = taps[ax].len();
+            n
+        };
+        let mut out = vec![0f32; c * vol(nd)];
+        let (outer, inner) = (dims[..ax].iter().product::<usize>() * c, dims[ax + 1..].iter().product::<usize>());
+        for o in 0..outer {
+            for (j, &(i0, i1, w)) in taps[ax].iter().enumerate() {
+                let s0 = &cur[(o * dims[ax] + i0) * inner..][..inner];
+                let s1 = &cur[(o * dims[ax] + i1) * inner..][..inner];
+                let dst = &mut out[(o * nd[ax] + j) * inner..][..inner];
+                for ((y, &a), &b) in dst.iter_mut().zip(s0).zip(s1) {
+                    *y = a + (b - a) * w;
+                }
+            }
+        }
+        cur = out;
+        dims = nd;
+    }
+    cur
 }
 
 /// Image [C, i, j, k] and optional label [1, i, j, k] on the same grid.
@@ -150,6 +205,31 @@ impl Sample {
         self.affine = na;
         self.dims = nd;
         self.applied.push(Applied::Orient { perm, flip, dims: old });
+        self
+    }
+
+    /// MONAI's `Spacing(pixdim, mode=("bilinear", "nearest"))` for axis-aligned grids (after `orient_ras`):
+    /// the first voxel keeps its world position, the output has round((n - 1) * old / new + 1) voxels per axis,
+    /// images are interpolated trilinearly and labels by nearest neighbour, borders clamped. Recorded for
+    /// inversion. Oblique affines are treated as if axis-aligned (their column norms give the spacing).
+    pub fn resample_spacing(mut self, pixdim: [f64; 3]) -> Self {
+        let from = crate::nifti::spacing(&self.affine);
+        if (0..3).all(|a| (from[a] - pixdim[a]).abs() < 1e-6 * pixdim[a]) {
+            return self;
+        }
+        let d = self.dims;
+        let nd = [0, 1, 2].map(|a| (((d[a] - 1) as f64 * from[a] / pixdim[a] + 1.0).round() as usize).max(1));
+        let lin: [Vec<_>; 3] = [0, 1, 2].map(|a| linear_taps(nd[a], d[a], pixdim[a] / from[a]));
+        let near: [Vec<_>; 3] = [0, 1, 2].map(|a| nearest_taps(nd[a], d[a], pixdim[a] / from[a]));
+        self.image = resample(&self.image, self.channels, d, &lin);
+        self.label = self.label.map(|l| resample(&l, 1, d, &near));
+        for r in 0..3 {
+            for a in 0..3 {
+                self.affine[r][a] *= pixdim[a] / from[a];
+            }
+        }
+        self.dims = nd;
+        self.applied.push(Applied::Spacing { from, to: pixdim, dims: d });
         self
     }
 
@@ -375,6 +455,16 @@ impl Sample {
                         }
                     }
                     data = out;
+                    dims = *old;
+                }
+                Applied::Spacing { from, to, dims: old } => {
+                    // Back to the original grid: nearest for label maps (fill is used for them), linear else.
+                    let taps: [Vec<_>; 3] = if c == 1 {
+                        [0, 1, 2].map(|a| nearest_taps(old[a], dims[a], from[a] / to[a]))
+                    } else {
+                        [0, 1, 2].map(|a| linear_taps(old[a], dims[a], from[a] / to[a]))
+                    };
+                    data = resample(&data, c, dims, &taps);
                     dims = *old;
                 }
                 Applied::Orient { perm, flip, dims: old } => {

@@ -69,3 +69,45 @@ fn rotate90_keeps_world_positions_and_crop_foreground_inverts() {
     let back = c.invert(&c.image, 2, 0.0);
     assert_eq!(back.data, s.image, "crop_foreground is recorded and inverts (outside the box was zero)");
 }
+
+#[test]
+fn spacing_matches_monai_and_inverts() {
+    let t = load();
+    let aff = [[1.0, 0.0, 0.0, -4.0], [0.0, 1.2, 0.0, 3.0], [0.0, 0.0, 2.5, 10.0]];
+    let (img, lab) = (&t["sp_img"], &t["sp_lab"]);
+    let d = [img.0[1], img.0[2], img.0[3]];
+    let h = Header::new(d, 1, aff);
+    let s = Sample { image: img.1.clone(), channels: 1, label: Some(lab.1.clone()), dims: d, affine: aff, applied: vec![], header: h };
+    let r = s.clone().resample_spacing([1.5, 1.5, 2.0]);
+    check("spacing image", &r, &t["sp_img_out"]);
+    // Nearest labels: equal wherever no axis sits exactly halfway between two input voxels (MONAI breaks those
+    // ties by float32 rounding noise).
+    let ratio = [1.5 / 1.0, 1.5 / 1.2, 2.0 / 2.5];
+    let nd = r.dims;
+    let mut compared = 0;
+    for i in 0..nd[0] {
+        for j in 0..nd[1] {
+            for k in 0..nd[2] {
+                let tie = [i, j, k].iter().zip(ratio).any(|(&v, q)| ((v as f64 * q).fract() - 0.5).abs() < 1e-9);
+                if !tie {
+                    let idx = (i * nd[1] + j) * nd[2] + k;
+                    assert_eq!(r.label.as_ref().unwrap()[idx], t["sp_lab_out"].1[idx], "label at {i},{j},{k}");
+                    compared += 1;
+                }
+            }
+        }
+    }
+    assert!(compared > nd.iter().product::<usize>() / 3, "{compared}");
+    let want = &t["sp_affine_out"].1;
+    for i in 0..3 {
+        for j in 0..4 {
+            assert!((r.affine[i][j] - want[i * 4 + j] as f64).abs() < 1e-6, "affine {:?}", r.affine);
+        }
+    }
+    // A label map mapped back lands on the original grid with the original shape.
+    let back = r.invert(r.label.as_ref().unwrap(), 1, 0.0);
+    assert_eq!(back.header.dims, d);
+    assert_eq!(back.data.len(), lab.1.len());
+    let same = back.data.iter().zip(&lab.1).filter(|(a, b)| a == b).count();
+    assert!(same as f64 > 0.5 * lab.1.len() as f64, "nearest round trip keeps most labels ({same})");
+}

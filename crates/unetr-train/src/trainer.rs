@@ -59,6 +59,9 @@ impl Default for DataConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransformConfig {
+    /// Spacing: resample to `pixdim` mm (trilinear images, nearest labels).
+    pub spacing: bool,
+    pub pixdim: [f64; 3],
     /// ScaleIntensityRange.
     pub a_min: f32,
     pub a_max: f32,
@@ -86,6 +89,8 @@ impl Default for TransformConfig {
     /// The research recipe's values (BTCV CT window, 96^3 crops, 4 samples, pos = neg = 1).
     fn default() -> Self {
         Self {
+            spacing: true,
+            pixdim: [1.5, 1.5, 2.0],
             a_min: -175.0,
             a_max: 250.0,
             b_min: 0.0,
@@ -233,10 +238,13 @@ impl TrainConfig {
     }
 }
 
-/// Deterministic preprocessing, cached (MONAI's CacheDataset): load, orient to RAS, scale intensities,
-/// crop to the foreground. Every spatial step is recorded, so predictions map back to the input grid.
+/// Deterministic preprocessing, cached (MONAI's CacheDataset): load, orient to RAS, resample to the target
+/// spacing, scale intensities, crop to the foreground. Every spatial step is recorded, so predictions map
+/// back to the input grid.
 pub fn preprocess(item: &unetr_data::Item, t: &TransformConfig) -> Result<Sample> {
-    let s = load_item(item, &ReadOptions::default())?.orient_ras().scale_intensity_range(t.a_min, t.a_max, t.b_min, t.b_max, t.clip);
+    let s = load_item(item, &ReadOptions::default())?.orient_ras();
+    let s = if t.spacing { s.resample_spacing(t.pixdim) } else { s };
+    let s = s.scale_intensity_range(t.a_min, t.a_max, t.b_min, t.b_max, t.clip);
     Ok(if t.crop_foreground { s.crop_foreground(t.crop_foreground_margin) } else { s })
 }
 
@@ -395,7 +403,7 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
                     for axis in 0..3 {
                         c = c.rand_flip(axis, t.flip_prob, &mut rng);
                     }
-                    if c.dims[0] == c.dims[1] {
+                    if t.rotate90_prob > 0.0 && c.dims[0] == c.dims[1] {
                         c = c.rand_rotate90(t.rotate90_prob, 3, (0, 1), &mut rng);
                     }
                     crops.push(c.rand_intensity(t.intensity_scale, t.intensity_shift, t.intensity_prob, &mut rng));
