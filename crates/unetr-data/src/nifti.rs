@@ -59,7 +59,7 @@ pub fn spacing(a: &Affine) -> [f64; 3] {
 pub fn orientation(a: &Affine) -> String {
     (0..3)
         .map(|c| {
-            let r = (0..3).max_by(|&x, &y| a[x][c].abs().partial_cmp(&a[y][c].abs()).unwrap()).unwrap();
+            let r = (0..3).max_by(|&x, &y| a[x][c].abs().total_cmp(&a[y][c].abs())).unwrap();
             let pos = a[r][c] >= 0.0;
             ["LR", "PA", "IS"][r].chars().nth(pos as usize).unwrap()
         })

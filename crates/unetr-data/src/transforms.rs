@@ -176,7 +176,7 @@ impl Sample {
         let mut used = [false; 3];
         for w in 0..3 {
             // The voxel axis pointing most along world axis w.
-            let v = (0..3).filter(|&v| !used[v]).max_by(|&x, &y| a[w][x].abs().partial_cmp(&a[w][y].abs()).unwrap()).unwrap();
+            let v = (0..3).filter(|&v| !used[v]).max_by(|&x, &y| a[w][x].abs().total_cmp(&a[w][y].abs())).unwrap();
             used[v] = true;
             perm[w] = v;
             flip[w] = a[w][v] < 0.0;
