@@ -6,4 +6,5 @@ pub mod inferers;
 pub mod losses;
 pub mod metrics;
 pub mod optim;
+pub mod plots;
 pub mod trainer;

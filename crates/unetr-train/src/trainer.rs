@@ -482,12 +482,30 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
             write_atomic(&ckpt.join("train_config.toml"), cfg.to_toml().as_bytes())?;
         }
     }
-    // Predictions for the validation volumes, on each input's original grid.
+    // Curves (loss; validation Dice per class) and overlays, then predictions on each input's original grid.
+    let plots = out.join("plots");
+    std::fs::create_dir_all(&plots).map_err(|e| ferr(&plots, e))?;
+    let log_text = std::fs::read_to_string(&log_path).map_err(|e| ferr(&log_path, e))?;
+    let recs: Vec<serde_json::Value> = log_text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let loss: Vec<(f64, f64)> = recs.iter().filter_map(|r| Some((r["step"].as_f64()?, r["loss"].as_f64()?))).collect();
+    crate::plots::curves_png(&plots.join("loss.png"), &[(loss, [40, 90, 200])], None).map_err(|e| ferr(&plots.join("loss.png"), e))?;
+    let mut dice_series = Vec::new();
+    for c in 0..n_classes {
+        let pts: Vec<(f64, f64)> = recs.iter().filter_map(|r| Some((r["step"].as_f64()?, r["val_dice"].get(c)?.as_f64()?))).collect();
+        dice_series.push((pts, crate::plots::COLORS[c % crate::plots::COLORS.len()]));
+    }
+    let mean: Vec<(f64, f64)> = recs.iter().filter_map(|r| Some((r["step"].as_f64()?, r["val_mean_dice"].as_f64()?))).collect();
+    dice_series.push((mean, [120, 120, 120]));
+    crate::plots::curves_png(&plots.join("val_dice.png"), &dice_series, Some((0.0, 1.0))).map_err(|e| ferr(&plots.join("val_dice.png"), e))?;
     let model = w.inference_model()?;
     let pred_dir = out.join("predictions");
     std::fs::create_dir_all(&pred_dir).map_err(|e| ferr(&pred_dir, e))?;
-    for (s, it) in val_set.iter().zip(&dl.validation) {
+    for (vi, (s, it)) in val_set.iter().zip(&dl.validation).enumerate() {
         let (pred, _) = predict_labels(&model, s, &cfg.validation)?;
+        if vi < 4 {
+            let p = plots.join(format!("overlay_{vi}.png"));
+            crate::plots::overlay_png(&p, &s.image, s.label.as_ref().unwrap(), &pred, s.dims, 4).map_err(|e| ferr(&p, e))?;
+        }
         let vol = s.invert(&pred, 1, 0.0);
         let name = it.image[0].file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "pred.nii.gz".into());
         write_nifti(&pred_dir.join(name), &vol, true)?;

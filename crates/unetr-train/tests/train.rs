@@ -113,7 +113,7 @@ fn resume_continues_exactly_and_outputs_are_written() {
     let b = train(&tiny(&base.join("b"), 6), true).unwrap();
     assert_eq!(a.losses[3..], b.losses[..], "resumed losses must equal the uninterrupted run's");
     // Outputs: checkpoint, best model, log, predictions on the original grids.
-    for f in ["checkpoint/model.safetensors", "checkpoint/optimizer.safetensors", "checkpoint/state.json", "best/model.safetensors", "log.jsonl", "config.toml"] {
+    for f in ["checkpoint/model.safetensors", "checkpoint/optimizer.safetensors", "checkpoint/state.json", "best/model.safetensors", "log.jsonl", "config.toml", "plots/loss.png", "plots/val_dice.png", "plots/overlay_0.png"] {
         assert!(base.join("a").join(f).is_file(), "{f}");
     }
     let preds: Vec<_> = std::fs::read_dir(base.join("a/predictions")).unwrap().collect();
