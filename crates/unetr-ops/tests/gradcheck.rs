@@ -24,19 +24,8 @@ fn gradients_match_finite_differences() {
         let (y, _) = run(&f, &inp).unwrap();
         let grads = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
         for (name, var) in &vars {
-            let an = grads
-                .get(var.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
-            let base = var
-                .as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
+            let an = f64s(grads.get(var.as_tensor()).unwrap());
+            let base = f64s(var.as_tensor());
             let n = base.len();
             // A fixed spread of coordinates: first, last and a stride through the middle.
             let picks: Vec<usize> = (0..12)
@@ -47,7 +36,7 @@ fn gradients_match_finite_differences() {
                 if f.op == "leaky_relu" && base[i].abs() < 1e-3 {
                     continue; // the kink: finite differences average the two slopes
                 }
-                let mut eval = |delta: f64| {
+                let eval = |delta: f64| {
                     let mut v = base.clone();
                     v[i] += delta;
                     let t = Tensor::from_vec(v, var.as_tensor().shape(), var.device()).unwrap();

@@ -25,8 +25,8 @@ pub struct ConvGeom {
     pub output: [usize; 3],
 }
 
-/// Elements of im2col buffer per tile (2 MiB of f32): measured sweet spot between GEMM efficiency
-/// and cache residency on a 2-core Zen 5 (see `cargo xtask bench ops`).
+/// Elements of im2col buffer per tile (2 MiB of f32): sized to stay in a core's L2 with the GEMM's own
+/// packing buffers; chosen, not tuned (only the strided convs, off UNETR's hot path, use this path).
 const TILE_BUDGET: usize = 1 << 19;
 
 impl ConvGeom {
