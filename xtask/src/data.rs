@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use std::path::PathBuf;
-use unetr_data::nifti::{read_nifti, ReadOptions};
+use unetr_data::nifti::{read_nifti, NonFinite, ReadOptions};
 use unetr_data::phantom::{write_dataset, PhantomConfig};
 
 #[derive(clap::Args)]
@@ -16,7 +16,7 @@ pub struct InspectArgs {
 pub fn inspect(a: InspectArgs) -> Result<()> {
     let mut failed = 0;
     for f in &a.files {
-        match read_nifti(f, &ReadOptions::default()) {
+        match read_nifti(f, &ReadOptions { nonfinite: NonFinite::Keep, ..Default::default() }) {
             Err(e) => {
                 failed += 1;
                 println!("{}: ERROR {e}", f.display());

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's command line. It orchestrates; the logic lives in the library crates.
 
+mod bench_loader;
 mod bench_model;
 mod bench_ops;
 mod compare;
@@ -70,6 +71,8 @@ enum BenchCmd {
     /// Forward and backward of every conv, transposed conv and norm shape of UNETR at 96^3 (f=16),
     /// side by side with PyTorch in the same run.
     Ops(bench_ops::Args),
+    /// Training-data throughput (CacheDataset + prefetching loader) against MONAI's on the same files.
+    Loader(bench_loader::Args),
 }
 
 pub fn repo_root() -> PathBuf {
@@ -87,6 +90,9 @@ fn main() -> std::process::ExitCode {
         libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
         libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 1);
     }
+    // Library warnings (replaced NaN voxels, skipped keys) go to stderr; RUST_LOG overrides the level.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).without_time().init();
     // Errors print as one readable chain ("context: cause"), without a backtrace.
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -112,6 +118,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Bench { what: Some(BenchCmd::Ops(args)), .. } => bench_ops::run(args),
+        Cmd::Bench { what: Some(BenchCmd::Loader(args)), .. } => bench_loader::run(args),
         Cmd::Bench { what: None, model } => bench_model::run(model),
         Cmd::BenchChild(a) => bench_model::child(a),
         Cmd::Fixtures => {

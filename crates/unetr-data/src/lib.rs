@@ -4,10 +4,13 @@
 
 pub mod datalist;
 pub mod error;
+pub mod loader;
 pub mod nifti;
 pub mod phantom;
+pub mod pipeline;
 pub mod transforms;
 
 pub use datalist::{Datalist, Item};
 pub use error::DataError;
-pub use nifti::{read_nifti, write_nifti, Affine, Header, ReadOptions, Volume};
+pub use nifti::{read_nifti, write_nifti, Affine, Header, NonFinite, ReadOptions, Volume};
+pub use pipeline::{Compose, Transform, TransformSpec};

@@ -66,16 +66,46 @@ pub fn orientation(a: &Affine) -> String {
         .collect()
 }
 
-/// Limits for reading.
+/// What to do with NaN / Inf voxels.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NonFinite {
+    /// Refuse the file, saying how many voxels are not finite.
+    Fail,
+    /// Replace them by this value (a warning says how many).
+    Replace(f32),
+    /// Keep them (for inspection).
+    Keep,
+}
+
+/// Limits and policies for reading.
 #[derive(Debug, Clone)]
 pub struct ReadOptions {
     /// Refuse volumes whose decoded f32 data would exceed this many bytes.
     pub max_bytes: usize,
+    pub nonfinite: NonFinite,
 }
 
 impl Default for ReadOptions {
     fn default() -> Self {
-        Self { max_bytes: 8 << 30 }
+        Self { max_bytes: 8 << 30, nonfinite: NonFinite::Fail }
+    }
+}
+
+fn apply_nonfinite(path: &Path, mut v: Volume, policy: NonFinite) -> Result<Volume> {
+    if policy == NonFinite::Keep {
+        return Ok(v);
+    }
+    let bad = v.data.iter().filter(|x| !x.is_finite()).count();
+    match policy {
+        _ if bad == 0 => Ok(v),
+        NonFinite::Fail => Err(ferr(path, format!("{bad} NaN/Inf voxel(s) (set nonfinite = {{ replace = 0.0 }} to replace them)"))),
+        NonFinite::Replace(r) => {
+            tracing::warn!("{}: replaced {bad} NaN/Inf voxel(s) by {r}", path.display());
+            v.data.iter_mut().filter(|x| !x.is_finite()).for_each(|x| *x = r);
+            Ok(v)
+        }
+        NonFinite::Keep => unreachable!(),
     }
 }
 
@@ -223,8 +253,24 @@ fn is_gz(path: &Path) -> bool {
 /// Reads a `.nii` or `.nii.gz` volume.
 pub fn read_nifti(path: &Path, opts: &ReadOptions) -> Result<Volume> {
     let file = std::fs::File::open(path).map_err(|e| ferr(path, format!("cannot open: {e}")))?;
-    let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut reader: Box<dyn Read> = if is_gz(path) { Box::new(GzDecoder::new(std::io::BufReader::new(file))) } else { Box::new(std::io::BufReader::new(file)) };
+    let file_len = file.metadata().map(|m| m.len()).ok();
+    let gz = is_gz(path);
+    let reader: Box<dyn Read> = if gz { Box::new(GzDecoder::new(std::io::BufReader::new(file))) } else { Box::new(std::io::BufReader::new(file)) };
+    read_stream(path, reader, if gz { None } else { file_len }, opts)
+}
+
+/// Reads a volume from bytes already in memory (gzip-compressed or not, told by the gzip magic); `name`
+/// only labels errors. The fuzz target (`fuzz/`) drives the reader through this.
+pub fn read_nifti_bytes(name: &Path, bytes: &[u8], opts: &ReadOptions) -> Result<Volume> {
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        read_stream(name, Box::new(GzDecoder::new(bytes)), None, opts)
+    } else {
+        read_stream(name, Box::new(bytes), Some(bytes.len() as u64), opts)
+    }
+}
+
+/// `raw_len`: the length of an uncompressed source, to refuse lying headers before reading.
+fn read_stream(path: &Path, mut reader: Box<dyn Read + '_>, raw_len: Option<u64>, opts: &ReadOptions) -> Result<Volume> {
     let mut head = vec![0u8; 352];
     let got = read_up_to(&mut reader, &mut head).map_err(|e| ferr(path, format!("reading the header: {}", io_msg(&e))))?;
     let (h, vox_offset, le) = parse_header(path, &head[..got])?;
@@ -234,21 +280,25 @@ pub fn read_nifti(path: &Path, opts: &ReadOptions) -> Result<Volume> {
     if nvox.saturating_mul(4).saturating_add(data_bytes) > opts.max_bytes {
         return Err(ferr(path, format!("header claims {:?} x {} voxels ({} MB as f32), over the {} MB limit", h.dims, h.channels, nvox * 4 >> 20, opts.max_bytes >> 20)));
     }
-    if !is_gz(path) && (vox_offset as u64 + data_bytes as u64) > file_len {
-        return Err(ferr(path, format!("file holds {file_len} bytes, but the header needs {} (vox_offset {vox_offset} + {data_bytes} bytes of data): truncated or lying header", vox_offset as u64 + data_bytes as u64)));
+    if let Some(file_len) = raw_len {
+        if (vox_offset as u64 + data_bytes as u64) > file_len {
+            return Err(ferr(path, format!("file holds {file_len} bytes, but the header needs {} (vox_offset {vox_offset} + {data_bytes} bytes of data): truncated or lying header", vox_offset as u64 + data_bytes as u64)));
+        }
     }
     // Skip to vox_offset; the header buffer may already hold the first data bytes (vox_offset 348).
     let prefix = if vox_offset < got {
         head[vox_offset..got].to_vec()
     } else {
-        let mut skip = vec![0u8; vox_offset - got];
-        let n = read_up_to(&mut reader, &mut skip).map_err(|e| ferr(path, format!("reading extensions: {}", io_msg(&e))))?;
-        if n < skip.len() {
-            return Err(ferr(path, format!("vox_offset {vox_offset} is past the end of the data ({} bytes)", got + n)));
+        // Stream over the extensions: a huge vox_offset must not become a huge allocation.
+        let want = (vox_offset - got) as u64;
+        let n = std::io::copy(&mut (&mut reader).take(want), &mut std::io::sink()).map_err(|e| ferr(path, format!("reading extensions: {}", io_msg(&e))))?;
+        if n < want {
+            return Err(ferr(path, format!("vox_offset {vox_offset} is past the end of the data ({} bytes)", got as u64 + n)));
         }
         Vec::new()
     };
-    finish(path, h, le, bpv, data_bytes, nvox, prefix, &mut reader)
+    let v = finish(path, h, le, bpv, data_bytes, nvox, prefix, &mut reader)?;
+    apply_nonfinite(path, v, opts.nonfinite)
 }
 
 fn io_msg(e: &std::io::Error) -> String {

@@ -104,10 +104,6 @@ pub fn load_item(item: &Item, opts: &ReadOptions) -> Result<Sample> {
         } else {
             header = Some(v.header.clone());
         }
-        let bad = v.data.iter().filter(|x| !x.is_finite()).count();
-        if bad > 0 {
-            return Err(ferr(p, format!("{bad} NaN/Inf voxel(s)")));
-        }
         channels += v.header.channels;
         image.extend_from_slice(&v.data);
     }
@@ -133,6 +129,35 @@ pub fn load_item(item: &Item, opts: &ReadOptions) -> Result<Sample> {
 
 fn affine_close(a: &Affine, b: &Affine) -> bool {
     a.iter().flatten().zip(b.iter().flatten()).all(|(x, y)| (x - y).abs() <= 1e-3 * (1.0 + x.abs()))
+}
+
+/// (world axis, direction) per voxel axis of an orientation code such as "RAS" or "LPS".
+fn parse_axcodes(axcodes: &str) -> Result<[(usize, f64); 3]> {
+    let target: Vec<(usize, f64)> = axcodes
+        .to_ascii_uppercase()
+        .chars()
+        .map(|c| match c {
+            'R' => Some((0, 1.0)),
+            'L' => Some((0, -1.0)),
+            'A' => Some((1, 1.0)),
+            'P' => Some((1, -1.0)),
+            'S' => Some((2, 1.0)),
+            'I' => Some((2, -1.0)),
+            _ => None,
+        })
+        .collect::<Option<_>>()
+        .unwrap_or_default();
+    let mut seen = [false; 3];
+    target.iter().for_each(|&(w, _)| seen[w] = true);
+    if target.len() != 3 || seen != [true; 3] {
+        return Err(DataError::Invalid(format!("orientation code {axcodes:?}: need one of L/R, one of P/A and one of I/S")));
+    }
+    Ok([target[0], target[1], target[2]])
+}
+
+/// Whether `axcodes` is a valid orientation code.
+pub fn check_axcodes(axcodes: &str) -> Result<()> {
+    parse_axcodes(axcodes).map(|_| ())
 }
 
 /// Copies [c, d] -> [c, d'] with new axis a = old axis perm[a] (flipped when flip[a]).
@@ -169,20 +194,27 @@ impl Sample {
 
     /// Reorients the voxel axes to RAS+ (MONAI's `Orientation(axcodes="RAS")`): axes permuted and flipped,
     /// affine updated so every voxel keeps its world position.
-    pub fn orient_ras(mut self) -> Self {
+    pub fn orient_ras(self) -> Self {
+        self.orient("RAS").expect("RAS is a valid code")
+    }
+
+    /// MONAI's `Orientation(axcodes)` for any code of three letters from L/R, P/A, I/S (voxel axis a then
+    /// increases towards the world direction of letter a).
+    pub fn orient(mut self, axcodes: &str) -> Result<Self> {
+        let target = parse_axcodes(axcodes)?;
         let a = self.affine;
         let mut perm = [0; 3];
         let mut flip = [false; 3];
         let mut used = [false; 3];
-        for w in 0..3 {
-            // The voxel axis pointing most along world axis w.
+        // Per output axis, the unused voxel axis pointing most along its world axis (each used once).
+        for (ax, &(w, sign)) in target.iter().enumerate() {
             let v = (0..3).filter(|&v| !used[v]).max_by(|&x, &y| a[w][x].abs().total_cmp(&a[w][y].abs())).unwrap();
             used[v] = true;
-            perm[w] = v;
-            flip[w] = a[w][v] < 0.0;
+            perm[ax] = v;
+            flip[ax] = a[w][v] * sign < 0.0;
         }
         if perm == [0, 1, 2] && flip == [false; 3] {
-            return self;
+            return Ok(self);
         }
         let old = self.dims;
         let (img, nd) = permute_flip(&self.image, self.channels, old, perm, flip);
@@ -205,7 +237,7 @@ impl Sample {
         self.affine = na;
         self.dims = nd;
         self.applied.push(Applied::Orient { perm, flip, dims: old });
-        self
+        Ok(self)
     }
 
     /// MONAI's `Spacing(pixdim, mode=("bilinear", "nearest"))` for axis-aligned grids (after `orient_ras`):
@@ -419,17 +451,30 @@ impl Sample {
         self
     }
 
-    /// `RandScaleIntensity(factors, prob)` and `RandShiftIntensity(offsets, prob)` in one.
-    pub fn rand_intensity(mut self, scale: f32, shift: f32, prob: f64, rng: &mut ChaCha8Rng) -> Self {
+    /// `RandScaleIntensity(factors, prob)`: x * (1 + f), f uniform in [-factors, factors].
+    pub fn rand_scale_intensity(mut self, factors: f32, prob: f64, rng: &mut ChaCha8Rng) -> Self {
         if rng.random::<f64>() < prob {
-            let f = 1.0 + rng.random_range(-scale..=scale);
+            let f = 1.0 + rng.random_range(-factors..=factors);
             self.image.iter_mut().for_each(|x| *x *= f);
         }
+        self
+    }
+
+    /// `RandShiftIntensity(offsets, prob)`: x + o, o uniform in [-offsets, offsets].
+    pub fn rand_shift_intensity(mut self, offsets: f32, prob: f64, rng: &mut ChaCha8Rng) -> Self {
         if rng.random::<f64>() < prob {
-            let o = rng.random_range(-shift..=shift);
+            let o = rng.random_range(-offsets..=offsets);
             self.image.iter_mut().for_each(|x| *x += o);
         }
         self
+    }
+
+    /// `RandSpatialCrop(roi_size, random_center=True, random_size=False)`: a crop of `roi` at a uniformly
+    /// random position (the volume is first padded to `roi` where smaller).
+    pub fn rand_spatial_crop(self, roi: [usize; 3], rng: &mut ChaCha8Rng) -> Self {
+        let base = self.pad_to(roi);
+        let start = [0, 1, 2].map(|a| rng.random_range(0..=base.dims[a] - roi[a]) as isize);
+        base.crop(start, roi)
     }
 
     /// Maps a prediction [c, dims] on this sample's grid back to the original grid, undoing crops, pads and

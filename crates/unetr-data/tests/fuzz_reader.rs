@@ -38,7 +38,7 @@ fn mutated_files_never_panic() {
     let mut rng = ChaCha8Rng::seed_from_u64(std::env::var("UNETR_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1));
     let tmp = std::env::temp_dir().join(format!("unetr-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
-    let opts = ReadOptions { max_bytes: 64 << 20 };
+    let opts = ReadOptions { max_bytes: 64 << 20, ..Default::default() };
     let (mut ok, mut err) = (0usize, 0usize);
     for i in 0..iters {
         let mut b = seeds[rng.random_range(0..seeds.len())].clone();

@@ -163,7 +163,7 @@ fn bad_files_give_clear_errors() {
     h[44..46].copy_from_slice(&32767i16.to_le_bytes());
     h[46..48].copy_from_slice(&32767i16.to_le_bytes());
     std::fs::write(&p, &h).unwrap();
-    let e = read_nifti(&p, &ReadOptions { max_bytes: 1 << 30 }).unwrap_err().to_string();
+    let e = read_nifti(&p, &ReadOptions { max_bytes: 1 << 30, ..Default::default() }).unwrap_err().to_string();
     assert!(e.contains("limit"), "{e}");
     let e = read_nifti(Path::new("/nonexistent/x.nii"), &ReadOptions::default()).unwrap_err().to_string();
     assert!(e.contains("/nonexistent/x.nii") && e.contains("cannot open"), "{e}");

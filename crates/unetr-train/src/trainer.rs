@@ -1,24 +1,25 @@
-//! The training loop behind `cargo xtask train`: cached deterministic preprocessing, random crops,
-//! DiceCE + AdamW with warmup-cosine and clipping, periodic sliding-window validation with per-class
-//! Dice, best-checkpoint tracking, JSONL logs, atomic checkpoints and exact resume.
+//! The training loop behind `cargo xtask train`: cached deterministic preprocessing, random crops prepared
+//! on a background thread, DiceCE + AdamW with warmup-cosine and clipping, periodic sliding-window
+//! validation with per-class Dice, best-checkpoint tracking, a progress bar, JSONL and CSV logs, checkpoint
+//! folders replaced atomically (a kill -9 at any moment leaves the last one intact) and exact resume.
 
 use crate::inferers::{sliding_window_inference, Blend, SlidingWindow};
 use crate::losses::{dice_ce_loss, DiceCeOptions};
 use crate::metrics::{dice_per_class, mean_dice};
 use crate::optim::{clip_grad_norm, warmup_cosine, AdamW, AdamWConfig};
 use candle_core::{DType, Device, Tensor};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
-use unetr_data::nifti::{write_nifti, ReadOptions};
+use unetr_data::loader::{CacheDataset, Loader, LoaderConfig};
+use unetr_data::nifti::{write_nifti, NonFinite, ReadOptions};
 use unetr_data::phantom::{write_dataset, PhantomConfig};
 use unetr_data::transforms::{load_item, Sample};
-use unetr_data::Datalist;
+use unetr_data::{Compose, Datalist, TransformSpec};
 use unetr_model::{ProjType, UnetrConfig, UnetrWeights};
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +85,13 @@ pub struct TransformConfig {
     pub intensity_prob: f64,
     pub intensity_scale: f32,
     pub intensity_shift: f32,
+    /// A MONAI-style transform list (`[[transforms.pipeline]]` entries with `name = "Orientation"`, ...)
+    /// replacing the fields above; `roi` stays the model's input size and the validation window.
+    pub pipeline: Option<Vec<TransformSpec>>,
+    /// Bytes of preprocessed training volumes kept in memory (CacheDataset); the rest is recomputed per use.
+    pub cache_bytes: u64,
+    /// NaN/Inf voxels in inputs: "fail", or { replace = value }.
+    pub nonfinite: NonFinite,
 }
 impl Default for TransformConfig {
     /// The research recipe's values (BTCV CT window, 96^3 crops, 4 samples, pos = neg = 1).
@@ -107,7 +115,46 @@ impl Default for TransformConfig {
             intensity_prob: 0.1,
             intensity_scale: 0.1,
             intensity_shift: 0.1,
+            pipeline: None,
+            cache_bytes: 4 << 30,
+            nonfinite: NonFinite::Fail,
         }
+    }
+}
+
+impl TransformConfig {
+    /// The pipeline: `pipeline` when given, else the research recipe's transforms from the fields above.
+    pub fn specs(&self) -> Vec<TransformSpec> {
+        if let Some(p) = &self.pipeline {
+            return p.clone();
+        }
+        use TransformSpec as T;
+        let mut v = vec![T::Orientation { axcodes: "RAS".into() }];
+        if self.spacing {
+            v.push(T::Spacing { pixdim: self.pixdim });
+        }
+        v.push(T::ScaleIntensityRange { a_min: self.a_min, a_max: self.a_max, b_min: self.b_min, b_max: self.b_max, clip: self.clip });
+        if self.crop_foreground {
+            v.push(T::CropForeground { margin: self.crop_foreground_margin });
+        }
+        v.push(T::RandCropByPosNegLabel { spatial_size: self.roi, pos: self.pos, neg: self.neg, num_samples: self.num_samples });
+        if self.flip_prob > 0.0 {
+            v.extend((0..3).map(|a| T::RandFlip { spatial_axis: a, prob: self.flip_prob }));
+        }
+        if self.rotate90_prob > 0.0 {
+            v.push(T::RandRotate90 { prob: self.rotate90_prob, max_k: 3, spatial_axes: [0, 1] });
+        }
+        if self.intensity_prob > 0.0 {
+            v.push(T::RandScaleIntensity { factors: self.intensity_scale, prob: self.intensity_prob });
+            v.push(T::RandShiftIntensity { offsets: self.intensity_shift, prob: self.intensity_prob });
+        }
+        v
+    }
+    pub fn compose(&self) -> Result<Compose> {
+        Ok(Compose::from_specs(&self.specs())?)
+    }
+    pub fn read_options(&self) -> ReadOptions {
+        ReadOptions { nonfinite: self.nonfinite, ..Default::default() }
     }
 }
 
@@ -203,12 +250,18 @@ pub struct TrainConfig {
 pub struct OutputConfig {
     pub dir: PathBuf,
     pub seed: u64,
-    /// Print a progress line every this many steps.
+    /// Without a terminal (or with `progress = false`): print a progress line every this many steps.
     pub log_every: u64,
+    /// A progress bar (loss, learning rate, throughput, ETA) when stderr is a terminal.
+    pub progress: bool,
+    /// Besides log.jsonl, write log.csv.
+    pub log_csv: bool,
+    /// Training batches prepared ahead on the loader thread.
+    pub prefetch: usize,
 }
 impl Default for OutputConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from("runs/train"), seed: 0, log_every: 10 }
+        Self { dir: PathBuf::from("runs/train"), seed: 0, log_every: 10, progress: true, log_csv: true, prefetch: 2 }
     }
 }
 
@@ -238,21 +291,18 @@ impl TrainConfig {
     }
 }
 
-/// Deterministic preprocessing, cached (MONAI's CacheDataset): load, orient to RAS, resample to the target
-/// spacing, scale intensities, crop to the foreground. Every spatial step is recorded, so predictions map
-/// back to the input grid.
+/// The deterministic part of the pipeline (what training caches; by default load, orient to RAS, resample
+/// to the target spacing, scale intensities, crop to the foreground). Every spatial step is recorded, so
+/// predictions map back to the input grid.
 pub fn preprocess(item: &unetr_data::Item, t: &TransformConfig) -> Result<Sample> {
-    let s = load_item(item, &ReadOptions::default())?.orient_ras();
-    let s = if t.spacing { s.resample_spacing(t.pixdim) } else { s };
-    let s = s.scale_intensity_range(t.a_min, t.a_max, t.b_min, t.b_max, t.clip);
-    Ok(if t.crop_foreground { s.crop_foreground(t.crop_foreground_margin) } else { s })
+    Ok(t.compose()?.apply_deterministic(load_item(item, &t.read_options())?)?)
 }
 
+/// state.json of a checkpoint. Batches are a function of (seed, step), so this is all a resume needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainState {
     pub step: u64,
-    pub rng_seed: u64,
-    pub rng_word_pos: String,
+    pub seed: u64,
     pub best_dice: f64,
     pub best_step: u64,
 }
@@ -275,17 +325,135 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| ferr(path, e))
 }
 
-/// Stacks crops into [B, C, roi] images and [B, 1, roi] labels.
-fn batch_tensors(crops: &[Sample], dev: &Device) -> Result<(Tensor, Tensor)> {
-    let r = crops[0].dims;
-    let c = crops[0].channels;
-    let mut img = Vec::with_capacity(crops.len() * c * r.iter().product::<usize>());
-    let mut lab = Vec::with_capacity(crops.len() * r.iter().product::<usize>());
-    for s in crops {
-        img.extend_from_slice(&s.image);
-        lab.extend_from_slice(s.label.as_ref().expect("training crops carry labels"));
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut n = dir.file_name().unwrap_or_default().to_os_string();
+    n.push(suffix);
+    dir.with_file_name(n)
+}
+
+/// Marks a checkpoint folder as completely written (written last, after every file was synced).
+pub const COMPLETE_MARKER: &str = ".complete";
+
+/// Brings a checkpoint folder written by [`write_dir_atomic`] back to a complete state after a crash:
+/// `dir` if complete, else the complete `dir.new` (crash between the two renames), else `dir.old`.
+pub fn recover_dir(dir: &Path) -> Result<()> {
+    let (new, old) = (sibling(dir, ".new"), sibling(dir, ".old"));
+    let complete = |d: &Path| d.join(COMPLETE_MARKER).is_file();
+    let rm = |d: &Path| if d.exists() { std::fs::remove_dir_all(d).map_err(|e| ferr(d, e)) } else { Ok(()) };
+    if !complete(dir) {
+        for cand in [&new, &old] {
+            if complete(cand) {
+                rm(dir)?;
+                std::fs::rename(cand, dir).map_err(|e| ferr(dir, e))?;
+                break;
+            }
+        }
     }
-    Ok((Tensor::from_vec(img, (crops.len(), c, r[0], r[1], r[2]), dev)?, Tensor::from_vec(lab, (crops.len(), 1, r[0], r[1], r[2]), dev)?))
+    rm(&new)?;
+    rm(&old)
+}
+
+/// Replaces folder `dir` by one filled by `fill`, so that a kill at any moment leaves a complete folder:
+/// written as `dir.new`, marked complete, then `dir` -> `dir.old`, `dir.new` -> `dir`, `dir.old` removed.
+pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    recover_dir(dir)?;
+    let (new, old) = (sibling(dir, ".new"), sibling(dir, ".old"));
+    std::fs::create_dir_all(&new).map_err(|e| ferr(&new, e))?;
+    fill(&new)?;
+    for e in std::fs::read_dir(&new).map_err(|e| ferr(&new, e))? {
+        let p = e.map_err(|e| ferr(&new, e))?.path();
+        std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|e| ferr(&p, e))?;
+    }
+    write_atomic(&new.join(COMPLETE_MARKER), b"")?;
+    let _ = std::fs::File::open(&new).and_then(|f| f.sync_all());
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| ferr(dir, e))?;
+    }
+    std::fs::rename(&new, dir).map_err(|e| ferr(dir, e))?;
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::File::open(parent).and_then(|f| f.sync_all());
+    }
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| ferr(&old, e))?;
+    }
+    Ok(())
+}
+
+/// The training log: log.jsonl (read back for the plots) and optionally log.csv, one row per step.
+struct TrainLog {
+    jsonl: std::fs::File,
+    csv: Option<std::fs::File>,
+    paths: (PathBuf, PathBuf),
+    n_classes: usize,
+}
+
+impl TrainLog {
+    const CSV_COLS: [&'static str; 5] = ["step", "loss", "lr", "grad_norm", "elapsed_s"];
+
+    /// Opens the logs for appending; on resume, first drops the records after the checkpoint's step (a
+    /// killed run may have logged steps that the resumed run repeats).
+    fn open(out: &Path, n_classes: usize, csv: bool, keep_until: Option<u64>) -> Result<Self> {
+        let paths = (out.join("log.jsonl"), out.join("log.csv"));
+        for p in [&paths.0, &paths.1] {
+            match keep_until {
+                Some(step) if p.exists() => {
+                    let text = std::fs::read_to_string(p).map_err(|e| ferr(p, e))?;
+                    // Only whole records of steps <= the checkpoint's (a kill may have cut the last line).
+                    let is_csv = p.extension().is_some_and(|e| e == "csv");
+                    let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+                    let ncol = whole.lines().next().map_or(0, |h| h.split(',').count());
+                    let kept: String = whole
+                        .lines()
+                        .enumerate()
+                        .filter(|(i, l)| {
+                            let rec_step = if is_csv {
+                                if *i == 0 {
+                                    return true;
+                                }
+                                let f: Vec<&str> = l.split(',').collect();
+                                if f.len() == ncol { f[0].parse::<u64>().ok() } else { None }
+                            } else {
+                                serde_json::from_str::<serde_json::Value>(l).ok().and_then(|r| r["step"].as_u64())
+                            };
+                            rec_step.is_some_and(|s| s <= step)
+                        })
+                        .map(|(_, l)| format!("{l}\n"))
+                        .collect();
+                    write_atomic(p, kept.as_bytes())?;
+                }
+                None if p.exists() => std::fs::remove_file(p).map_err(|e| ferr(p, e))?,
+                _ => {}
+            }
+        }
+        let open = |p: &Path| std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(|e| ferr(p, e));
+        let jsonl = open(&paths.0)?;
+        let csv = if csv {
+            let fresh = !paths.1.exists() || std::fs::metadata(&paths.1).map(|m| m.len() == 0).unwrap_or(true);
+            let mut f = open(&paths.1)?;
+            if fresh {
+                let mut head: Vec<String> = Self::CSV_COLS.iter().map(|s| s.to_string()).collect();
+                head.push("val_mean_dice".into());
+                head.extend((0..n_classes).map(|c| format!("val_dice_{c}")));
+                writeln!(f, "{}", head.join(",")).map_err(|e| ferr(&paths.1, e))?;
+            }
+            Some(f)
+        } else {
+            None
+        };
+        Ok(Self { jsonl, csv, paths, n_classes })
+    }
+
+    fn write(&mut self, rec: &serde_json::Value) -> Result<()> {
+        writeln!(self.jsonl, "{rec}").map_err(|e| ferr(&self.paths.0, e))?;
+        if let Some(f) = &mut self.csv {
+            let num = |v: &serde_json::Value| v.as_f64().map(|x| x.to_string()).unwrap_or_default();
+            let mut row: Vec<String> = Self::CSV_COLS.iter().map(|k| num(&rec[*k])).collect();
+            row.push(num(&rec["val_mean_dice"]));
+            row.extend((0..self.n_classes).map(|c| num(&rec["val_dice"][c])));
+            writeln!(f, "{}", row.join(",")).map_err(|e| ferr(&self.paths.1, e))?;
+        }
+        Ok(())
+    }
 }
 
 /// Sliding-window prediction (argmax labels and logits on the sample's grid) with a detached model.
@@ -339,9 +507,12 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
     }
     let n_classes = dl.labels.iter().map(|l| l.0 + 1).max().unwrap_or(2).max(2);
     let t = &cfg.transforms;
-    let train_set: Vec<Sample> = dl.training.par_iter().map(|it| preprocess(it, t)).collect::<Result<_>>()?;
-    let val_set: Vec<Sample> = dl.validation.par_iter().map(|it| preprocess(it, t)).collect::<Result<_>>()?;
-    for (s, it) in train_set.iter().chain(&val_set).zip(dl.training.iter().chain(&dl.validation)) {
+    let compose = Arc::new(t.compose()?);
+    let read = t.read_options();
+    let train_ds = Arc::new(CacheDataset::new(dl.training.clone(), compose.clone(), read.clone(), t.cache_bytes as usize)?);
+    let val_set: Vec<Sample> = dl.validation.par_iter().map(|it| Ok(compose.apply_deterministic(load_item(it, &read)?)?)).collect::<Result<_>>()?;
+    let train_set: Vec<Arc<Sample>> = (0..train_ds.len()).map(|i| train_ds.get(i)).collect::<std::result::Result<_, _>>()?;
+    for (s, it) in train_set.iter().map(|s| &**s).chain(&val_set).zip(dl.training.iter().chain(&dl.validation)) {
         if let Some(m) = s.label.as_ref().and_then(|l| l.iter().cloned().reduce(f32::max)) {
             if m as usize >= n_classes {
                 return Err(ferr(it.label.as_ref().unwrap(), format!("label {m} outside the {n_classes} classes declared in {}", json.display())));
@@ -349,12 +520,13 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
         }
     }
     let in_ch = train_set[0].channels;
+    drop(train_set);
     // Model and optimiser.
     let mcfg = cfg.unetr(in_ch, n_classes)?;
     let w = UnetrWeights::init_seeded(&mcfg, &dev, cfg.output.seed)?;
     if let Some(p) = &cfg.model.pretrained {
         let rep = w.load_from(p, |k| k.starts_with("out."))?;
-        eprintln!("fine-tuning from {} ({} tensors, new: {:?})", p.display(), rep.loaded, rep.skipped);
+        tracing::info!("fine-tuning from {} ({} tensors, new: {:?})", p.display(), rep.loaded, rep.skipped);
     }
     let mut vars: Vec<(String, candle_core::Var)> = w
         .varmap
@@ -369,49 +541,50 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     let mut opt = AdamW::new(vars.clone(), cfg.optim.adamw);
     let ckpt = out.join("checkpoint");
-    let mut state = TrainState { step: 0, rng_seed: cfg.output.seed, rng_word_pos: "0".into(), best_dice: f64::NEG_INFINITY, best_step: 0 };
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.output.seed);
+    let mut state = TrainState { step: 0, seed: cfg.output.seed, best_dice: f64::NEG_INFINITY, best_step: 0 };
     if resume {
-        let st: TrainState = serde_json::from_str(&std::fs::read_to_string(ckpt.join("state.json")).map_err(|e| ferr(&ckpt.join("state.json"), e))?)
-            .map_err(|e| ferr(&ckpt.join("state.json"), e))?;
+        recover_dir(&ckpt)?;
+        let sp = ckpt.join("state.json");
+        let st: TrainState = serde_json::from_str(&std::fs::read_to_string(&sp).map_err(|e| ferr(&sp, format!("cannot resume: {e}")))?).map_err(|e| ferr(&sp, e))?;
+        if st.seed != cfg.output.seed {
+            return Err(ferr(&sp, format!("checkpoint was trained with seed {}, the config says {}: resume would not continue the same run", st.seed, cfg.output.seed)));
+        }
         w.load_from(&ckpt.join("model.safetensors"), |_| false)?;
         let os = candle_core::safetensors::load(ckpt.join("optimizer.safetensors"), &dev)?;
         opt.load_state(&os)?;
-        rng = ChaCha8Rng::seed_from_u64(st.rng_seed);
-        rng.set_word_pos(st.rng_word_pos.parse::<u128>().map_err(|e| TrainError::Config(format!("state.json: {e}")))?);
-        eprintln!("resuming at step {}", st.step);
+        tracing::info!("resuming at step {}", st.step);
         state = st;
     }
     std::fs::write(out.join("config.toml"), cfg.to_toml()).map_err(|e| ferr(&out.join("config.toml"), e))?;
-    let log_path = out.join("log.jsonl");
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| ferr(&log_path, e))?;
+    let mut log = TrainLog::open(&out, n_classes, cfg.output.log_csv, resume.then_some(state.step))?;
     let o = &cfg.optim;
+    let acc = o.accumulate.max(1) as u64;
+    let mut loader = Loader::new(train_ds.clone(), LoaderConfig { batch_size: o.batch_size.max(1), seed: cfg.output.seed, prefetch: cfg.output.prefetch }, state.step * acc);
+    let pb = if cfg.output.progress && std::io::stderr().is_terminal() {
+        let pb = ProgressBar::new(o.steps).with_position(state.step);
+        pb.set_style(ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        pb.reset_eta();
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+    let say = |m: String| if pb.is_hidden() { eprintln!("{m}") } else { pb.println(m) };
     let mut losses = Vec::new();
     let mut last_print = Instant::now();
     let mut last_val = (f64::NAN, vec![]);
+    let run_start = (Instant::now(), state.step);
     while state.step < o.steps {
         let lr = warmup_cosine(state.step, o.warmup_steps, o.steps, o.adamw.lr, o.min_lr);
         opt.set_lr(lr);
         let mut grads_acc: Option<candle_core::backprop::GradStore> = None;
         let mut loss_v = 0.0;
-        for _ in 0..o.accumulate.max(1) {
-            let mut crops = Vec::new();
-            for _ in 0..o.batch_size.max(1) {
-                let s = &train_set[rng.random_range(0..train_set.len())];
-                for c in s.rand_crop_pos_neg(t.roi, t.pos, t.neg, t.num_samples, &mut rng)? {
-                    let mut c = c;
-                    for axis in 0..3 {
-                        c = c.rand_flip(axis, t.flip_prob, &mut rng);
-                    }
-                    if t.rotate90_prob > 0.0 && c.dims[0] == c.dims[1] {
-                        c = c.rand_rotate90(t.rotate90_prob, 3, (0, 1), &mut rng);
-                    }
-                    crops.push(c.rand_intensity(t.intensity_scale, t.intensity_shift, t.intensity_prob, &mut rng));
-                }
-            }
-            let (x, y) = batch_tensors(&crops, &dev)?;
+        for _ in 0..acc {
+            let b = loader.next().unwrap_or_else(|| Err(unetr_data::DataError::Invalid("the loader thread stopped".into())))?;
+            let [d0, d1, d2] = b.dims;
+            let x = Tensor::from_vec(b.image, (b.n, b.channels, d0, d1, d2), &dev)?;
+            let y = Tensor::from_vec(b.label, (b.n, 1, d0, d1, d2), &dev)?;
             let logits = w.model.forward_t(&x, true)?;
-            let loss = (dice_ce_loss(&logits, &y, &o.loss)? / o.accumulate.max(1) as f64)?;
+            let loss = (dice_ce_loss(&logits, &y, &o.loss)? / acc as f64)?;
             loss_v += loss.to_scalar::<f32>()? as f64;
             let g = loss.backward()?;
             grads_acc = Some(match grads_acc {
@@ -452,36 +625,43 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
             let md = mean_dice(&per_class, cfg.validation.include_background);
             rec["val_mean_dice"] = md.into();
             rec["val_dice"] = serde_json::to_value(&per_class).unwrap();
-            eprintln!("  validation at step {}: mean Dice {md:.4} per class {:?}", state.step, per_class.iter().map(|d| d.map(|v| (v * 1000.0).round() / 1000.0)).collect::<Vec<_>>());
+            say(format!("  validation at step {}: mean Dice {md:.4} per class {:?}", state.step, per_class.iter().map(|d| d.map(|v| (v * 1000.0).round() / 1000.0)).collect::<Vec<_>>()));
             if md > state.best_dice {
                 state.best_dice = md;
                 state.best_step = state.step;
-                std::fs::create_dir_all(out.join("best")).map_err(|e| ferr(&out.join("best"), e))?;
-                w.save(&out.join("best").join("model.safetensors"))?;
-                write_atomic(&out.join("best").join("config.json"), serde_json::to_string_pretty(&mcfg).unwrap().as_bytes())?;
-                write_atomic(&out.join("best").join("train_config.toml"), cfg.to_toml().as_bytes())?;
+                write_dir_atomic(&out.join("best"), |d| {
+                    w.save(&d.join("model.safetensors"))?;
+                    write_atomic(&d.join("config.json"), serde_json::to_string_pretty(&mcfg).unwrap().as_bytes())?;
+                    write_atomic(&d.join("train_config.toml"), cfg.to_toml().as_bytes())
+                })?;
             }
             last_val = (md, per_class);
         }
-        writeln!(log, "{rec}").map_err(|e| ferr(&log_path, e))?;
-        if state.step % cfg.output.log_every.max(1) == 0 || validate {
+        log.write(&rec)?;
+        let steps_per_s = (state.step - run_start.1) as f64 / run_start.0.elapsed().as_secs_f64();
+        pb.set_position(state.step);
+        pb.set_message(format!("loss {loss_v:.4} lr {lr:.2e} {steps_per_s:.2} step/s"));
+        if pb.is_hidden() && (state.step % cfg.output.log_every.max(1) == 0 || validate) {
             let el = t0.elapsed().as_secs_f64();
             let rate = last_print.elapsed().as_secs_f64() / cfg.output.log_every.max(1) as f64;
-            let eta = rate * (o.steps - state.step) as f64;
+            let eta = (o.steps - state.step) as f64 / steps_per_s;
             eprintln!("step {:>6}/{} loss {loss_v:.4} lr {lr:.2e} {:.2} s/step elapsed {el:.0}s eta {eta:.0}s", state.step, o.steps, rate);
             last_print = Instant::now();
         }
         if validate {
-            // Checkpoint: weights (MONAI names), optimiser, step and RNG state, each file written atomically.
-            std::fs::create_dir_all(&ckpt).map_err(|e| ferr(&ckpt, e))?;
-            w.save(&ckpt.join("model.safetensors"))?;
-            unetr_model::write_safetensors(&opt.state()?, &ckpt.join("optimizer.safetensors"))?;
-            state.rng_word_pos = rng.get_word_pos().to_string();
-            write_atomic(&ckpt.join("state.json"), serde_json::to_string_pretty(&state).unwrap().as_bytes())?;
-            write_atomic(&ckpt.join("config.json"), serde_json::to_string_pretty(&mcfg).unwrap().as_bytes())?;
-            write_atomic(&ckpt.join("train_config.toml"), cfg.to_toml().as_bytes())?;
+            // Checkpoint: weights (MONAI names), optimiser, step, seed and configs, the folder replaced atomically.
+            write_dir_atomic(&ckpt, |d| {
+                w.save(&d.join("model.safetensors"))?;
+                unetr_model::write_safetensors(&opt.state()?, &d.join("optimizer.safetensors"))?;
+                write_atomic(&d.join("state.json"), serde_json::to_string_pretty(&state).unwrap().as_bytes())?;
+                write_atomic(&d.join("config.json"), serde_json::to_string_pretty(&mcfg).unwrap().as_bytes())?;
+                write_atomic(&d.join("train_config.toml"), cfg.to_toml().as_bytes())
+            })?;
         }
     }
+    pb.finish_and_clear();
+    drop(loader);
+    let log_path = out.join("log.jsonl");
     // Curves (loss; validation Dice per class) and overlays, then predictions on each input's original grid.
     let plots = out.join("plots");
     std::fs::create_dir_all(&plots).map_err(|e| ferr(&plots, e))?;
