@@ -19,7 +19,7 @@ tr = T.Compose([
     T.Spacingd(keys=k, pixdim=(1.5, 1.5, 2.0), mode=("bilinear", "nearest")),
     T.ScaleIntensityRanged(keys=["image"], a_min=-175, a_max=250, b_min=0.0, b_max=1.0, clip=True),
     T.CropForegroundd(keys=k, source_key="image"),
-    T.RandCropByPosNegLabeld(keys=k, label_key="label", spatial_size=(96, 96, 96), pos=1, neg=1, num_samples=4, image_key="image", image_threshold=0),
+    T.RandCropByPosNegLabeld(keys=k, label_key="label", spatial_size=(96, 96, 96), pos=1, neg=1, num_samples=4),
     T.RandFlipd(keys=k, spatial_axis=[0], prob=0.2), T.RandFlipd(keys=k, spatial_axis=[1], prob=0.2), T.RandFlipd(keys=k, spatial_axis=[2], prob=0.2),
     T.RandRotate90d(keys=k, prob=0.2, max_k=3),
     T.RandScaleIntensityd(keys="image", factors=0.1, prob=0.1), T.RandShiftIntensityd(keys="image", offsets=0.1, prob=0.1),

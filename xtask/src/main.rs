@@ -3,6 +3,7 @@
 mod bench_loader;
 mod bench_model;
 mod bench_ops;
+mod colin27;
 mod compare;
 mod data;
 mod docs;
@@ -31,6 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The real-data experiment: Colin27 lobes, ours and MONAI's recipe side by side.
+    Colin27(colin27::Args),
     /// Train UNETR (default: a small model on the built-in phantom data, data/presets/phantom.toml).
     Train(train::Args),
     /// Segment volumes with a trained checkpoint; label maps on each input's grid.
@@ -117,6 +120,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Colin27(a) => colin27::run(a),
         Cmd::Bench { what: Some(BenchCmd::Ops(args)), .. } => bench_ops::run(args),
         Cmd::Bench { what: Some(BenchCmd::Loader(args)), .. } => bench_loader::run(args),
         Cmd::Bench { what: None, model } => bench_model::run(model),

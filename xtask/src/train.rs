@@ -33,8 +33,12 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(s) = a.steps {
         cfg.optim.steps = s;
     }
+    // Relative paths in presets are relative to the repository root.
     if cfg.output.dir.is_relative() {
         cfg.output.dir = crate::repo_root().join(&cfg.output.dir);
+    }
+    if let Some(d) = cfg.data.dataset.as_mut().filter(|d| d.is_relative()) {
+        *d = crate::repo_root().join(&*d);
     }
     if a.print_config {
         print!("{}", cfg.to_toml());

@@ -3,6 +3,7 @@
 //! (voxel -> RAS+ world, sform else qform else pixdim), Decathlon datalists, and built-in phantom data.
 
 pub mod datalist;
+pub mod datasets;
 pub mod error;
 pub mod loader;
 pub mod nifti;
