@@ -17,6 +17,10 @@ impl CustomOp1 for LeakyRelu {
             l.shape().clone()
         ))
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((crate::cuda::leaky_relu(s, l, self.0)?, l.shape().clone()))
+    }
     fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         // As PyTorch: slope where x <= 0.
         Ok(Some(x.gt(0.0)?.where_cond(g, &(g * self.0)?)?))
@@ -41,6 +45,10 @@ impl CustomOp1 for Softmax {
             softmax_fwd(x, d),
             l.shape().clone()
         ))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((crate::cuda::softmax(s, l)?, l.shape().clone()))
     }
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         // dx = y * (g - sum(g * y)); written with candle ops, so it is itself differentiable.

@@ -1,7 +1,8 @@
 //! Multi-head scaled dot-product attention: softmax(q k^T * scale) v.
 //!
-//! The CPU path is exact and differentiable (two batched matmuls around [`softmax_last_dim`]). The fused
-//! CUDA kernel of a later issue implements this same function.
+//! The CPU path is exact and differentiable (two batched matmuls around [`softmax_last_dim`]). On a CUDA
+//! device (feature `cuda`) the same function runs fused kernels (flash-style: scores stay in registers,
+//! online softmax; the backward recomputes them), never materialising the L x Lk score matrix.
 
 use crate::activation::softmax_last_dim;
 use crate::error::{check_float, shape_err, OpsError};
@@ -37,6 +38,95 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
             &[qd, kd, vd],
         ));
     }
+    #[cfg(feature = "cuda")]
+    if q.device().is_cuda() {
+        return fused::attention(q, k, v, scale);
+    }
     let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
     softmax_last_dim(&scores)?.matmul(&v.contiguous()?)
+}
+
+#[cfg(feature = "cuda")]
+mod fused {
+    use crate::cuda::AttnDims;
+    use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+
+    fn dims(q: &[usize], k: &[usize]) -> AttnDims {
+        AttnDims { bh: q[0] * q[1], l: q[2], lk: k[2], dh: q[3] }
+    }
+
+    fn cpu_only(op: &'static str) -> candle_core::Error {
+        crate::error::OpsError::Param { op, msg: "internal: the fused attention kernel runs on CUDA only".into() }.into()
+    }
+
+    /// (q, k, v) -> o.
+    struct Fwd {
+        scale: f64,
+    }
+
+    impl CustomOp3 for Fwd {
+        fn name(&self) -> &'static str {
+            "attention_fused"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            Err(cpu_only(self.name()))
+        }
+        fn cuda_fwd(
+            &self,
+            s1: &candle_core::CudaStorage,
+            l1: &Layout,
+            s2: &candle_core::CudaStorage,
+            l2: &Layout,
+            s3: &candle_core::CudaStorage,
+            l3: &Layout,
+        ) -> Result<(candle_core::CudaStorage, Shape)> {
+            let d = dims(l1.dims(), l2.dims());
+            Ok((crate::cuda::attn_fwd((s1, l1), (s2, l2), (s3, l3), d, self.scale)?, l1.shape().clone()))
+        }
+        fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let packed = Tensor::cat(&[q.flatten_all()?, k.flatten_all()?, v.flatten_all()?], 0)?;
+            let flat = packed.apply_op3(&o.contiguous()?, &g.contiguous()?, Bwd { scale: self.scale, q: q.dims().to_vec(), k: k.dims().to_vec() })?;
+            let (nq, nk) = (q.elem_count(), k.elem_count());
+            Ok((
+                Some(flat.narrow(0, 0, nq)?.reshape(q.shape())?),
+                Some(flat.narrow(0, nq, nk)?.reshape(k.shape())?),
+                Some(flat.narrow(0, nq + nk, nk)?.reshape(v.shape())?),
+            ))
+        }
+    }
+
+    /// ([q | k | v] flat, o, dout) -> [dq | dk | dv] flat. First-order only.
+    struct Bwd {
+        scale: f64,
+        q: Vec<usize>,
+        k: Vec<usize>,
+    }
+
+    impl CustomOp3 for Bwd {
+        fn name(&self) -> &'static str {
+            "attention_fused_backward"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            Err(cpu_only(self.name()))
+        }
+        fn cuda_fwd(
+            &self,
+            s1: &candle_core::CudaStorage,
+            l1: &Layout,
+            s2: &candle_core::CudaStorage,
+            l2: &Layout,
+            s3: &candle_core::CudaStorage,
+            l3: &Layout,
+        ) -> Result<(candle_core::CudaStorage, Shape)> {
+            let d = dims(&self.q, &self.k);
+            Ok((crate::cuda::attn_bwd((s1, l1), (s2, l2), (s3, l3), d, self.scale)?, l1.shape().clone()))
+        }
+    }
+
+    pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+        if q.dim(3)? > 128 {
+            return Err(crate::error::OpsError::Param { op: "attention", msg: format!("the fused CUDA kernel supports head dims up to 128, got {}", q.dim(3)?) }.into());
+        }
+        q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, Fwd { scale })
+    }
 }

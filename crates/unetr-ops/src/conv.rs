@@ -154,6 +154,23 @@ impl CustomOp2 for ConvOp {
         })
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (g, shape) = self.geom(l1, l2)?;
+        let kind = match self.kind {
+            Kind::Fwd => "fwd",
+            Kind::BwdInput => "bwd_input",
+            Kind::BwdWeight => "bwd_weight",
+        };
+        Ok((crate::cuda::conv(kind, s1, l1, s2, l2, &g, shape.elem_count())?, shape))
+    }
+
     fn bwd(
         &self,
         a: &Tensor,

@@ -56,8 +56,8 @@ pub(crate) fn shape_err(
 /// Checks that a tensor's dtype is one the CPU kernels implement.
 pub(crate) fn check_float(op: &'static str, dtype: DType) -> candle_core::Result<()> {
     match dtype {
-        DType::F32 | DType::F64 => Ok(()),
-        // bf16/f16 exist only on the CUDA path (a later issue); say so instead of failing deep inside.
+        // bf16 runs on CUDA (the CPU kernels refuse it with the op named).
+        DType::F32 | DType::F64 | DType::BF16 => Ok(()),
         dtype => Err(OpsError::DType { op, dtype }.into()),
     }
 }

@@ -1,6 +1,7 @@
 //! The tensor ops UNETR needs and candle 0.11 lacks, as candle ops with backward:
 //! 3D convolution and transposed convolution, instance/batch/layer norm (optionally fused with
-//! LeakyReLU), LeakyReLU, softmax, linear and multi-head attention. f32 and f64 on the CPU; NCDHW layout.
+//! LeakyReLU), LeakyReLU, softmax, linear and multi-head attention. f32 and f64 on the CPU; with the `cuda`
+//! feature also f32, f64 and bf16 on CUDA devices (kernels compiled at run time by NVRTC); NCDHW layout.
 //!
 //! Every function checks ranks, shapes and dtypes first and returns a `candle_core::Error` wrapping an
 //! [`OpsError`] that names the op and the shapes, instead of panicking.
@@ -8,6 +9,8 @@
 pub mod activation;
 pub mod attention;
 pub mod conv;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod kernels;
 pub mod linear;
@@ -20,3 +23,7 @@ pub use conv::{conv3d, conv_transpose3d, Conv3dParams};
 pub use error::OpsError;
 pub use linear::linear;
 pub use norm::{batch_norm, instance_norm, instance_norm_leaky_relu, layer_norm, RunningStats};
+
+/// The CUDA C source of the GPU kernels (compiled by NVRTC at run time with the `cuda` feature; available
+/// without it so that a CPU-only test can compile it to PTX).
+pub const CUDA_KERNELS: &str = include_str!("cuda/kernels.cu");

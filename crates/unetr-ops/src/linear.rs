@@ -87,6 +87,17 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let lead = &x.dims()[..x.rank() - 1];
     let m: usize = lead.iter().product();
     let x2 = x.contiguous()?.reshape((m, k))?;
+    if !x.device().is_cpu() {
+        // On a GPU, candle's matmul (cuBLAS) with its own backward.
+        let y = x2.matmul(&w.t()?)?;
+        let y = match b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut shape = lead.to_vec();
+        shape.push(n);
+        return y.reshape(shape);
+    }
     let y = match b {
         Some(b) => {
             if b.dims() != [n] || b.dtype() != x.dtype() {

@@ -89,6 +89,11 @@ impl CustomOp1 for NormOp {
             l.shape().clone()
         ))
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let gs = self.groups(l.dims())?;
+        Ok((crate::cuda::norm(s, l, None, gs.groups, gs.segs, gs.len, self.eps, self.slope)?, l.shape().clone()))
+    }
     fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(
             x.contiguous()?
@@ -123,6 +128,20 @@ impl CustomOp2 for NormBwd {
             norm_bwd(x, dy, &gs, self.0.eps, self.0.slope),
             l1.shape().clone()
         ))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            return Err(shape_err(self.0.name_str(), "gradient shape differs from input shape", &[l1.dims(), l2.dims()]));
+        }
+        let gs = self.0.groups(l1.dims())?;
+        Ok((crate::cuda::norm(s1, l1, Some((s2, l2)), gs.groups, gs.segs, gs.len, self.0.eps, self.0.slope)?, l1.shape().clone()))
     }
 }
 
