@@ -8,6 +8,7 @@ mod compare;
 mod data;
 mod docs;
 mod forward;
+mod gpu_check;
 mod infer;
 mod python;
 mod train;
@@ -32,6 +33,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Every CUDA op and the model against the CPU, training steps, benchmarks: one report (--dry-run: CPU).
+    GpuCheck(gpu_check::Args),
     /// The real-data experiment: Colin27 lobes, ours and MONAI's recipe side by side.
     Colin27(colin27::Args),
     /// Train UNETR (default: a small model on the built-in phantom data, data/presets/phantom.toml).
@@ -121,6 +124,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Colin27(a) => colin27::run(a),
+        Cmd::GpuCheck(a) => gpu_check::run(a),
         Cmd::Bench { what: Some(BenchCmd::Ops(args)), .. } => bench_ops::run(args),
         Cmd::Bench { what: Some(BenchCmd::Loader(args)), .. } => bench_loader::run(args),
         Cmd::Bench { what: None, model } => bench_model::run(model),

@@ -1,0 +1,193 @@
+//! `cargo xtask gpu-check`: one command for a GPU machine. Checks every op on the device against the CPU
+//! (forward and input gradients, per-dtype tolerances), the model forward against the CPU, a few training
+//! steps, then times forward, training step and the fused attention against the unfused path, and writes
+//! one report (markdown + JSON) under --out.
+//!
+//! `--dry-run` runs the same logic with the CPU standing in for the device (small sizes), so the command's
+//! logic is exercised on machines without a GPU; a build without `--features cuda` can only dry-run.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use std::path::PathBuf;
+use std::time::Instant;
+use unetr_model::{UnetrConfig, UnetrWeights};
+use unetr_ops::{attention, conv3d, conv_transpose3d, instance_norm_leaky_relu, leaky_relu, softmax_last_dim, Conv3dParams};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Use the CPU as the device (checks the command's logic without a GPU).
+    #[arg(long)]
+    dry_run: bool,
+    /// Report folder.
+    #[arg(long, default_value = "runs/gpu-check")]
+    out: PathBuf,
+    /// Timed runs per benchmark (after a warm-up).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+}
+
+struct Check {
+    name: String,
+    dtype: DType,
+    err: f64,
+    tol: f64,
+}
+
+fn device(dry: bool) -> Result<Device> {
+    if dry {
+        return Ok(Device::Cpu);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        Ok(Device::new_cuda(0)?)
+    }
+    #[cfg(not(feature = "cuda"))]
+    bail!("built without the `cuda` feature: run `cargo xtask gpu-check --dry-run`, or build with --features cuda on the GPU machine")
+}
+
+/// max |a - b| / max(1, max |b|), both compared in f64 on the CPU.
+fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
+    let b = b.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
+    let scale = b.abs()?.max_all()?.to_scalar::<f64>()?.max(1.0);
+    Ok((a - &b)?.abs()?.max_all()?.to_scalar::<f64>()? / scale)
+}
+
+fn tol(dt: DType) -> f64 {
+    match dt {
+        DType::BF16 => 3e-2,
+        DType::F64 => 1e-10,
+        _ => 1e-4,
+    }
+}
+
+/// Runs `f` on CPU f32 inputs and on device inputs of `dt`; compares outputs and input gradients of
+/// sum(f(x) * r) for a fixed random r.
+fn check_op(name: &str, dev: &Device, dt: DType, shapes: &[&[usize]], f: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>, out: &mut Vec<Check>) -> Result<()> {
+    let cpu_in: Vec<Tensor> = shapes.iter().map(|s| Tensor::randn(0f32, 1.0, *s, &Device::Cpu)).collect::<candle_core::Result<_>>()?;
+    let run = |ins: Vec<Tensor>, r: &Tensor| -> Result<(Tensor, Vec<Tensor>)> {
+        let vars: Vec<candle_core::Var> = ins.iter().map(candle_core::Var::from_tensor).collect::<candle_core::Result<_>>()?;
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let y = f(&ts)?;
+        let g = (y.to_dtype(DType::F32)? * r.to_device(y.device())?)?.sum_all()?.backward()?;
+        let grads = ts.iter().map(|t| g.get(t).cloned().ok_or_else(|| anyhow::anyhow!("{name}: no gradient"))).collect::<Result<_>>()?;
+        Ok((y, grads))
+    };
+    let y0 = f(&cpu_in)?;
+    let r = Tensor::randn(0f32, 1.0, y0.shape(), &Device::Cpu)?;
+    let (y_ref, g_ref) = run(cpu_in.clone(), &r)?;
+    let dev_in: Vec<Tensor> = cpu_in.iter().map(|t| t.to_dtype(dt)?.to_device(dev)).collect::<candle_core::Result<_>>()?;
+    let (y, g) = run(dev_in, &r)?;
+    out.push(Check { name: format!("{name} forward"), dtype: dt, err: rel_err(&y, &y_ref)?, tol: tol(dt) });
+    for (i, (a, b)) in g.iter().zip(&g_ref).enumerate() {
+        out.push(Check { name: format!("{name} grad input {i}"), dtype: dt, err: rel_err(a, b)?, tol: tol(dt) * 3.0 });
+    }
+    Ok(())
+}
+
+fn median_ms(dev: &Device, repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    dev.synchronize()?;
+    let mut t = Vec::new();
+    for _ in 0..repeats.max(1) {
+        let s = Instant::now();
+        f()?;
+        dev.synchronize()?;
+        t.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+fn unfused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
+    softmax_last_dim(&(q.matmul(&k.t()?.contiguous()?)? * scale)?)?.matmul(v)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let dev = device(a.dry_run)?;
+    let dtypes: Vec<DType> = if dev.is_cpu() { vec![DType::F32] } else { vec![DType::F32, DType::BF16] };
+    // Sizes: the model's shapes at full size on a GPU, reduced for the dry run.
+    let (s, attn_l) = if dev.is_cpu() { (8, 27) } else { (24, 216) };
+    let mut checks = Vec::new();
+    for &dt in &dtypes {
+        let p1 = Conv3dParams::new(1, 1);
+        check_op("conv3d 3x3x3", &dev, dt, &[&[1, 8, s, s, s], &[16, 8, 3, 3, 3]], &|t| conv3d(&t[0], &t[1], None, p1), &mut checks)?;
+        let p2 = Conv3dParams::new(2, 0);
+        check_op("conv3d k2 s2", &dev, dt, &[&[1, 4, s, s, s], &[8, 4, 2, 2, 2]], &|t| conv3d(&t[0], &t[1], None, p2), &mut checks)?;
+        check_op("conv_transpose3d k2 s2", &dev, dt, &[&[1, 8, s / 2, s / 2, s / 2], &[8, 4, 2, 2, 2]], &|t| conv_transpose3d(&t[0], &t[1], None, p2, [0; 3]), &mut checks)?;
+        check_op("instance_norm + leaky_relu", &dev, dt, &[&[2, 8, s, s, s]], &|t| instance_norm_leaky_relu(&t[0], 1e-5, 0.01), &mut checks)?;
+        check_op("leaky_relu", &dev, dt, &[&[2, 8, s, s]], &|t| leaky_relu(&t[0], 0.01), &mut checks)?;
+        check_op("softmax_last_dim", &dev, dt, &[&[4, 3, 37]], &|t| softmax_last_dim(&t[0]), &mut checks)?;
+        check_op("attention", &dev, dt, &[&[1, 12, attn_l, 64], &[1, 12, attn_l, 64], &[1, 12, attn_l, 64]], &|t| attention(&t[0], &t[1], &t[2], 0.125), &mut checks)?;
+    }
+    // The model: forward against the CPU, then a few training steps on the device.
+    let mut cfg = if dev.is_cpu() { UnetrConfig::monai(1, 3, [32; 3]) } else { UnetrConfig::btcv() };
+    if dev.is_cpu() {
+        (cfg.feature_size, cfg.hidden_size, cfg.mlp_dim, cfg.num_heads) = (4, 48, 96, 4);
+    }
+    let size = cfg.img_size;
+    let x = Tensor::randn(0f32, 1.0, (1, cfg.in_channels, size[0], size[1], size[2]), &Device::Cpu)?;
+    let w_cpu = UnetrWeights::init_seeded(&cfg, &Device::Cpu, 0)?;
+    let w_dev = UnetrWeights::init_seeded(&cfg, &dev, 0)?;
+    let y_ref = w_cpu.model.forward_t(&x, false)?;
+    let y = w_dev.model.forward_t(&x.to_device(&dev)?, false)?;
+    checks.push(Check { name: format!("UNETR forward {:?} f={}", size, cfg.feature_size), dtype: DType::F32, err: rel_err(&y, &y_ref)?, tol: 1e-3 });
+    let label = Tensor::rand(0f32, cfg.out_channels as f32, (1, 1, size[0], size[1], size[2]), &dev)?.floor()?;
+    let vars: Vec<(String, candle_core::Var)> = w_dev.varmap.data().lock().unwrap().iter().filter(|(k, _)| !k.contains("running_")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut opt = unetr_train::optim::AdamW::new(vars, unetr_train::optim::AdamWConfig { lr: 1e-3, ..Default::default() });
+    let loss_opts = unetr_train::losses::DiceCeOptions::research();
+    let xd = x.to_device(&dev)?;
+    let mut losses = Vec::new();
+    let mut step = || -> Result<f64> {
+        let loss = unetr_train::losses::dice_ce_loss(&w_dev.model.forward_t(&xd, true)?, &label, &loss_opts)?;
+        let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        opt.step(&loss.backward()?)?;
+        Ok(l)
+    };
+    for _ in 0..3 {
+        losses.push(step()?);
+    }
+    let train_ok = losses.iter().all(|l| l.is_finite()) && losses[2] < losses[0];
+    // Benchmarks.
+    let fwd_ms = median_ms(&dev, a.repeats, || Ok(drop(w_dev.model.forward_t(&xd, false)?)))?;
+    let step_ms = median_ms(&dev, a.repeats, || step().map(drop))?;
+    let q = Tensor::randn(0f32, 1.0, (1, 12, attn_l, 64), &dev)?;
+    let qv = candle_core::Var::from_tensor(&q)?;
+    let attn = |fused: bool| -> Result<()> {
+        let t = qv.as_tensor();
+        let y = if fused { attention(t, t, t, 0.125)? } else { unfused_attention(t, t, t, 0.125)? };
+        drop(y.sum_all()?.backward()?);
+        Ok(())
+    };
+    let fused_ms = median_ms(&dev, a.repeats, || attn(true))?;
+    let unfused_ms = median_ms(&dev, a.repeats, || attn(false))?;
+    // Report.
+    let failed: Vec<&Check> = checks.iter().filter(|c| !(c.err <= c.tol)).collect();
+    let mut r = format!(
+        "# gpu-check\n\nDevice: {}  \nCommand: `cargo xtask gpu-check{}`\n\n| check | dtype | rel. error | tolerance | |\n|---|---|---:|---:|---|\n",
+        if dev.is_cpu() { "CPU (dry run: the CPU stands in for the device)".to_string() } else { format!("{:?}", dev.location()) },
+        if a.dry_run { " --dry-run" } else { "" }
+    );
+    for c in &checks {
+        r += &format!("| {} | {:?} | {:.2e} | {:.0e} | {} |\n", c.name, c.dtype, c.err, c.tol, if c.err <= c.tol { "ok" } else { "FAIL" });
+    }
+    r += &format!("\nTraining steps (DiceCE + AdamW lr 1e-3 on one batch): losses {:?} ({})\n\n", losses, if train_ok { "ok: finite, decreasing" } else { "FAIL" });
+    r += &format!(
+        "| benchmark (median of {}) | ms |\n|---|---:|\n| UNETR forward {:?} | {:.2} |\n| training step (forward + DiceCE + backward + AdamW) | {:.2} |\n| attention fwd+bwd, fused, [1, 12, {attn_l}, 64] | {:.3} |\n| attention fwd+bwd, unfused (matmul + softmax + matmul) | {:.3} |\n",
+        a.repeats, size, fwd_ms, step_ms, fused_ms, unfused_ms
+    );
+    let out = if a.out.is_relative() { crate::repo_root().join(&a.out) } else { a.out.clone() };
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("report.md"), &r)?;
+    let j = serde_json::json!({
+        "device": if dev.is_cpu() { "cpu".to_string() } else { format!("{:?}", dev.location()) },
+        "checks": checks.iter().map(|c| serde_json::json!({"name": c.name, "dtype": format!("{:?}", c.dtype), "err": c.err, "tol": c.tol})).collect::<Vec<_>>(),
+        "losses": losses, "forward_ms": fwd_ms, "train_step_ms": step_ms, "attention_fused_ms": fused_ms, "attention_unfused_ms": unfused_ms,
+    });
+    std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&j)?)?;
+    println!("{r}\nreport: {}", out.join("report.md").display());
+    if !failed.is_empty() || !train_ok {
+        bail!("{} check(s) failed{}", failed.len(), if train_ok { "" } else { ", and the training steps" });
+    }
+    Ok(())
+}
