@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fetch -q
+if [ ! -f ../shared/tools/cuda-toolchain.sh ]; then
+  echo "error: ../shared/tools/cuda-toolchain.sh not found (the shared folder sits beside the repository)" >&2
+  exit 1
+fi
 # shellcheck disable=SC1091
 if ! source ../shared/tools/cuda-toolchain.sh; then
   echo "note: the CUDA toolchain wheels could not be installed (network?); cuda build check skipped" >&2
