@@ -176,7 +176,8 @@ pub fn run(a: Args) -> Result<()> {
         "| benchmark (median of {}) | ms |\n|---|---:|\n| UNETR forward {:?} | {:.2} |\n| training step (forward + DiceCE + backward + AdamW) | {:.2} |\n| attention fwd+bwd, fused, [1, 12, {attn_l}, 64] | {:.3} |\n| attention fwd+bwd, unfused (matmul + softmax + matmul) | {:.3} |\n",
         a.repeats, size, fwd_ms, step_ms, fused_ms, unfused_ms
     );
-    let out = if a.out.is_relative() { crate::repo_root().join(&a.out) } else { a.out.clone() };
+    // Relative to the working directory: on a GPU machine the binary runs outside the tree it was built in.
+    let out = a.out.clone();
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("report.md"), &r)?;
     let j = serde_json::json!({
