@@ -42,7 +42,6 @@ pub fn run(a: Args) -> Result<()> {
         cfg.output.seed = s;
     }
     cfg.output.dir = base.join(format!("ours-seed{}", cfg.output.seed));
-    let _ = std::fs::remove_dir_all(&cfg.output.dir);
     let ours = train(&cfg, false)?;
     let monai = if a.no_monai {
         None

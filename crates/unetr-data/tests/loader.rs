@@ -195,7 +195,7 @@ fn cache_budget_and_loader_determinism() {
 #[test]
 fn loader_reports_errors_instead_of_hanging() {
     let dl = dataset("err");
-    // No crop: the phantom volumes differ in size? They do not, but a missing label does: stack refuses.
+    // stack refuses samples without labels, and samples of different shapes.
     let mut s = load_item(&dl.training[0], &ReadOptions::default()).unwrap();
     s.label = None;
     let e = stack(&[s], 0).unwrap_err().to_string();

@@ -10,38 +10,19 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use unetr_train::trainer::{recover_dir, train, TrainConfig, TrainState};
 
+mod common;
+
 const STEPS: u64 = 40;
 
+/// The shared tiny run, checkpointing every step (so kills land inside checkpoint writes).
 fn config(dir: &Path) -> TrainConfig {
-    let mut c: TrainConfig = toml::from_str(
-        r#"
-        [data]
-        phantom_cases = 4
-        phantom_size = [32, 32, 16]
-        [transforms]
-        roi = [32, 32, 16]
-        num_samples = 1
-        [model]
-        feature_size = 2
-        hidden_size = 16
-        mlp_dim = 16
-        num_heads = 2
-        num_layers = 4
-        [optim]
-        warmup_steps = 2
-        [optim.adamw]
-        lr = 1e-3
-        [validation]
-        every = 1
-        sw_batch = 1
-        [output]
-        log_every = 1000
-        progress = false
-        "#,
-    )
-    .unwrap();
-    c.optim.steps = STEPS;
-    c.output.dir = dir.to_path_buf();
+    let mut c = common::tiny(dir, STEPS);
+    c.data.phantom_cases = 4;
+    c.optim.grad_clip = 0.0;
+    c.validation.every = 1;
+    c.validation.sw_batch = 1;
+    c.output.log_every = 1000;
+    c.output.progress = false;
     c
 }
 

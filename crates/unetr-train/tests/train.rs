@@ -6,7 +6,10 @@ use std::path::Path;
 use unetr_train::inferers::{sliding_window_inference, starts, Blend, SlidingWindow};
 use unetr_train::losses::{dice_ce_loss, dice_loss, DiceCeOptions};
 use unetr_train::optim::warmup_cosine;
-use unetr_train::trainer::{train, TrainConfig};
+use unetr_train::trainer::train;
+
+mod common;
+use common::tiny;
 
 fn fixture(name: &str) -> (std::collections::HashMap<String, Tensor>, serde_json::Value) {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
@@ -68,38 +71,6 @@ fn warmup_cosine_schedule() {
     assert!((warmup_cosine(10, 10, 100, 1.0, 0.0) - 1.0).abs() < 1e-12);
     assert!((warmup_cosine(55, 10, 100, 1.0, 0.0) - 0.5).abs() < 1e-12);
     assert!(warmup_cosine(100, 10, 100, 1.0, 0.1) - 0.1 < 1e-12);
-}
-
-fn tiny(dir: &Path, steps: u64) -> TrainConfig {
-    let mut c: TrainConfig = toml::from_str(
-        r#"
-        [data]
-        phantom_cases = 5
-        phantom_size = [32, 32, 16]
-        [transforms]
-        roi = [32, 32, 16]
-        num_samples = 1
-        [model]
-        feature_size = 2
-        hidden_size = 16
-        mlp_dim = 16
-        num_heads = 2
-        num_layers = 4
-        [optim]
-        warmup_steps = 2
-        grad_clip = 1.0
-        [optim.adamw]
-        lr = 1e-3
-        [validation]
-        every = 3
-        sw_batch = 2
-        "#,
-    )
-    .unwrap();
-    c.optim.steps = steps;
-    c.output.dir = dir.to_path_buf();
-    c.output.log_every = 100;
-    c
 }
 
 #[test]
