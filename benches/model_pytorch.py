@@ -3,7 +3,8 @@
 AdamW) latency and peak memory, in its own process.
 
 Usage: model_pytorch.py --size D,H,W --repeats N [--in-channels 1 --out-channels 14 --feature-size 16]
-Prints one JSON line: {"forward_s": [...] (seconds per forward or per training step), "peak_rss_kb": ..., "torch": ..., "monai": ..., "threads": ...}.
+Prints one JSON line: {"forward_s": [...] (seconds per forward or per training step), "peak_rss_kb": ..., "torch": ..., "monai": ..., "threads": ...,
+"ops": torch.profiler's self CPU time per op for one pass (profile: a forward; train: a training step), "ops_wall_s": that pass's wall time}.
 """
 import argparse
 import json
@@ -80,7 +81,28 @@ else:
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
+
+def op_table(fn):
+    """One pass under torch.profiler: self CPU time per op (the rows of key_averages()), largest first."""
+    from torch.profiler import ProfilerActivity, profile
+    t = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    wall = time.perf_counter() - t
+    rows = [{"name": e.key, "calls": e.count, "seconds": e.self_cpu_time_total / 1e6} for e in prof.key_averages()]
+    rows.sort(key=lambda r: -r["seconds"])
+    return rows[:25], wall
+
+
+ops, ops_wall_s = [], 0.0
+if args.mode == "profile":
+    with torch.inference_mode():
+        ops, ops_wall_s = op_table(lambda: net(x))
+elif args.mode == "train":
+    ops, ops_wall_s = op_table(step)
+
 print(json.dumps({
+    "ops": ops, "ops_wall_s": ops_wall_s,
     "forward_s": times,
     "modules": locals().get("modules", {}),
     "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,

@@ -115,6 +115,12 @@ def act_cases():
     q, k, v = r(2, 3, 5, 4), r(2, 3, 7, 4), r(2, 3, 7, 4)
     case("attention", "attention", {"scale": 0.5}, {"q": q, "k": k, "v": v},
          lambda q, k, v: F.scaled_dot_product_attention(q, k, v, scale=0.5))
+    # (appended last so that the earlier cases keep their random draws)
+    x = r(4, 37) * 3
+    x[0, :3] = torch.tensor([0.0, 5.0, -5.0])
+    case("gelu", "gelu", {}, {"x": x}, lambda x: F.gelu(x))
+    case("add_leaky_relu", "add_leaky_relu", {"slope": 0.01}, {"a": r(2, 3, 4, 5), "b": r(2, 3, 4, 5)},
+         lambda a, b: F.leaky_relu(a + b, 0.01))
 
 
 if __name__ == "__main__":

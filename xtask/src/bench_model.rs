@@ -50,6 +50,31 @@ pub struct Measured {
     /// f32 GEMM GFLOP/s of this machine (ours only).
     #[serde(default)]
     pub gemm_gflops: f64,
+    /// Self time per op for one profiled pass (profile mode: a forward; train mode: a training step), largest
+    /// first: ours from `unetr_ops::profile`, PyTorch's from torch.profiler.
+    #[serde(default)]
+    pub ops: Vec<OpRow>,
+    /// Wall time of that profiled pass.
+    #[serde(default)]
+    pub ops_wall_s: f64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct OpRow {
+    pub name: String,
+    pub calls: u64,
+    pub seconds: f64,
+}
+
+/// Runs `f` once under our op profiler.
+fn profiled(f: impl FnOnce() -> Result<()>) -> Result<(Vec<OpRow>, f64)> {
+    unetr_ops::profile::enable();
+    let t = Instant::now();
+    let r = f();
+    let wall = t.elapsed().as_secs_f64();
+    let rows = unetr_ops::profile::take();
+    r?;
+    Ok((rows.into_iter().map(|r| OpRow { name: r.name, calls: r.calls, seconds: r.seconds }).collect(), wall))
 }
 
 fn config(a: &Args) -> Result<UnetrConfig> {
@@ -84,6 +109,7 @@ pub fn child(a: Args) -> Result<()> {
     let mut forward_s = Vec::new();
     let mut modules = std::collections::BTreeMap::new();
     let mut gemm_gflops = 0.0;
+    let (mut ops, mut ops_wall_s) = (Vec::new(), 0.0);
     if a.mode == "profile" {
         let model = UnetrWeights::init(&cfg, &dev)?.inference_model()?;
         drop(model.forward_t(&x, false)?);
@@ -97,6 +123,7 @@ pub fn child(a: Args) -> Result<()> {
             }
         }
         modules = per.into_iter().map(|(k, mut v)| (k, { v.sort_by(|a, b| a.partial_cmp(b).unwrap()); v[v.len() / 2] })).collect();
+        (ops, ops_wall_s) = profiled(|| Ok(drop(model.forward_t(&x, false)?)))?;
         // The machine's f32 GEMM rate, with the same thread split as our linear layers.
         let n = 2048;
         let m1 = Tensor::randn(0f32, 1.0, (n, n), &dev)?;
@@ -133,6 +160,7 @@ pub fn child(a: Args) -> Result<()> {
             step()?;
             forward_s.push(t.elapsed().as_secs_f64());
         }
+        (ops, ops_wall_s) = profiled(&mut step)?;
     } else {
         let model = UnetrWeights::init(&cfg, &dev)?.inference_model()?;
         drop(model.forward_t(&x, false)?); // warm-up
@@ -142,7 +170,7 @@ pub fn child(a: Args) -> Result<()> {
             forward_s.push(t.elapsed().as_secs_f64());
         }
     }
-    println!("{}", serde_json::to_string(&Measured { forward_s, peak_rss_kb: peak_rss_kb(), modules, gemm_gflops })?);
+    println!("{}", serde_json::to_string(&Measured { forward_s, peak_rss_kb: peak_rss_kb(), modules, gemm_gflops, ops, ops_wall_s })?);
     Ok(())
 }
 
@@ -214,6 +242,10 @@ pub fn run(a: Args) -> Result<()> {
     let sliding = if a.sliding { Some(measure(&Args { repeats: 1, ..a.clone() }, &cfg, "sliding")?) } else { None };
     let mut report = render(&a, &cfg, &fwd, train.as_ref());
     report += &render_profile(&prof, sliding.as_ref(), &cfg);
+    report += &render_ops("forward", &prof);
+    if let Some(t) = &train {
+        report += &render_ops("training step", t);
+    }
     println!("{report}");
     if let Some(p) = &a.json {
         let j = serde_json::json!({
@@ -231,6 +263,42 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 type Side = (Measured, Option<(Measured, serde_json::Value)>);
+
+/// The per-op table of one profiled pass, ours and PyTorch's side by side (rank by self time; names differ:
+/// ours are our ops' kernels and tensor-level call sites, PyTorch's are aten ops).
+fn render_ops(what: &str, p: &Side) -> String {
+    const ROWS: usize = 15;
+    let (o, t) = (&p.0, p.1.as_ref().map(|t| &t.0));
+    if o.ops.is_empty() {
+        return String::new();
+    }
+    let covered: f64 = o.ops.iter().map(|r| r.seconds).sum();
+    let mut s = format!(
+        "
+Where the time goes, one {what} (self time per op, like torch.profiler's table; ours: `unetr_ops::profile`,          {:.2} s wall of which {:.0}% inside profiled ops, the rest candle's own ops{}; PyTorch: torch.profiler, {}):
+
+         | # | ours | calls | ms | % | PyTorch | calls | ms | % |
+|---:|---|---:|---:|---:|---|---:|---:|---:|
+",
+        o.ops_wall_s,
+        100.0 * covered / o.ops_wall_s.max(1e-9),
+        if what == "forward" { "" } else { " (the backward of element-wise ops, the loss and the optimizer)" },
+        t.map_or("skipped".to_string(), |t| format!("{:.2} s wall", t.ops_wall_s)),
+    );
+    let row = |r: Option<&OpRow>, wall: f64| {
+        r.map_or("| | | |".to_string(), |r| format!("{} | {} | {:.1} | {:.1}", r.name, r.calls, r.seconds * 1e3, 100.0 * r.seconds / wall.max(1e-9)))
+    };
+    for i in 0..ROWS.min(o.ops.len().max(t.map_or(0, |t| t.ops.len()))) {
+        s += &format!(
+            "| {} | {} | {} |
+",
+            i + 1,
+            row(o.ops.get(i), o.ops_wall_s),
+            t.map_or("| | |".to_string(), |t| row(t.ops.get(i), t.ops_wall_s))
+        );
+    }
+    s
+}
 
 /// Where the forward time goes, module by module, and the sliding-window figure.
 fn render_profile(p: &Side, sliding: Option<&Side>, cfg: &UnetrConfig) -> String {
@@ -342,3 +410,4 @@ fn render(a: &Args, cfg: &UnetrConfig, fwd: &Side, train: Option<&Side>) -> Stri
     }
     s
 }
+

@@ -37,7 +37,7 @@ impl UnetResBlock {
             Some((conv, norm)) => norm.forward_t(&conv.forward(x)?, train)?,
             None => x.clone(),
         };
-        unetr_ops::leaky_relu(&(out + residual)?, LEAKY_SLOPE)
+        unetr_ops::add_leaky_relu(&out, &residual, LEAKY_SLOPE)
     }
 }
 
@@ -143,7 +143,8 @@ impl UnetrUpBlock {
     }
     pub fn forward_t(&self, x: &Tensor, skip: &Tensor, train: bool) -> Result<Tensor> {
         let up = self.transp_conv.forward(x)?;
-        self.conv_block.forward_t(&Tensor::cat(&[&up, skip], 1)?, train)
+        let cat = unetr_ops::profile::timed("skip_concat", || Tensor::cat(&[&up, skip], 1))?;
+        self.conv_block.forward_t(&cat, train)
     }
 }
 

@@ -79,7 +79,7 @@ impl Unetr {
     fn proj_feat(&self, x: &Tensor) -> Result<Tensor> {
         let [a, b, c] = self.cfg.feat_size();
         let bs = x.dim(0)?;
-        Ok(x.reshape((bs, a, b, c, self.cfg.hidden_size))?.permute((0, 4, 1, 2, 3))?.contiguous()?)
+        Ok(unetr_ops::profile::timed("proj_feat", || x.reshape((bs, a, b, c, self.cfg.hidden_size))?.permute((0, 4, 1, 2, 3))?.contiguous())?)
     }
 
     /// Logits [B, out_channels, D, H, W]. `train` switches dropout and batch-norm statistics.

@@ -1,9 +1,10 @@
-//! LeakyReLU and softmax with backward (candle's `softmax_last_dim` has none).
+//! LeakyReLU (alone and fused with a residual add), exact GELU and softmax with backward (candle's
+//! `softmax_last_dim` has none; its `gelu_erf` is a scalar libm loop, 20x slower than ours on the ViT's MLP).
 
-use crate::error::{check_float, OpsError};
-use crate::kernels::softmax::{leaky_relu_fwd, softmax_fwd};
-use crate::storage::{data, dispatch, out};
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, D};
+use crate::error::{check_float, shape_err, OpsError};
+use crate::kernels::activation::{add_leaky_relu_bwd, gelu_bwd, gelu_fwd, leaky_relu_fwd, softmax_fwd};
+use crate::storage::{data, data2, dispatch, dispatch2, out};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 
 struct LeakyRelu(f64);
 
@@ -12,10 +13,7 @@ impl CustomOp1 for LeakyRelu {
         "leaky_relu"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        dispatch!(data(self.name(), s, l)?, |x| out(
-            leaky_relu_fwd(x, self.0),
-            l.shape().clone()
-        ))
+        crate::profile::timed("leaky_relu", || dispatch!(data(self.name(), s, l)?, |x| out(leaky_relu_fwd(x, None, self.0), l.shape().clone())))
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
@@ -23,7 +21,7 @@ impl CustomOp1 for LeakyRelu {
     }
     fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         // As PyTorch: slope where x <= 0.
-        Ok(Some(x.gt(0.0)?.where_cond(g, &(g * self.0)?)?))
+        crate::profile::timed("leaky_relu_backward", || Ok(Some(x.gt(0.0)?.where_cond(g, &(g * self.0)?)?)))
     }
 }
 
@@ -31,6 +29,93 @@ impl CustomOp1 for LeakyRelu {
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
     check_float("leaky_relu", x.dtype())?;
     x.contiguous()?.apply_op1(LeakyRelu(slope))
+}
+
+/// LeakyReLU(a + b): the residual join of MONAI's UnetResBlock in one pass (no intermediate sum).
+struct AddLeakyRelu(f64);
+
+impl CustomOp2 for AddLeakyRelu {
+    fn name(&self) -> &'static str {
+        "add_leaky_relu"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        crate::profile::timed("add_leaky_relu", || {
+            dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |a, b| out(leaky_relu_fwd(a, Some(b), self.0), l1.shape().clone()))
+        })
+    }
+    fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = crate::profile::timed("add_leaky_relu_backward", || a.apply_op3(b, &g.contiguous()?, AddLeakyReluBwd(self.0)))?;
+        Ok((Some(d.clone()), Some(d)))
+    }
+}
+
+/// (a, b, dy) -> d(a + b). First-order only.
+struct AddLeakyReluBwd(f64);
+
+impl CustomOp3 for AddLeakyReluBwd {
+    fn name(&self) -> &'static str {
+        "add_leaky_relu_backward"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = data(self.name(), s3, l3)?;
+        match (data2(self.name(), s1, l1, s2, l2)?, g) {
+            (crate::storage::Data2::F32(a, b), crate::storage::Data::F32(g)) => out(add_leaky_relu_bwd(a, b, g, self.0), l1.shape().clone()),
+            (crate::storage::Data2::F64(a, b), crate::storage::Data::F64(g)) => out(add_leaky_relu_bwd(a, b, g, self.0), l1.shape().clone()),
+            _ => Err(OpsError::Param { op: "add_leaky_relu", msg: "gradient dtype differs from the input's".into() }.into()),
+        }
+    }
+}
+
+/// `F.leaky_relu(a + b, slope)` in one pass on the CPU (a and b of the same shape and dtype).
+pub fn add_leaky_relu(a: &Tensor, b: &Tensor, slope: f64) -> Result<Tensor> {
+    const OP: &str = "add_leaky_relu";
+    check_float(OP, a.dtype())?;
+    if a.dims() != b.dims() {
+        return Err(shape_err(OP, "the two inputs differ in shape", &[a.dims(), b.dims()]));
+    }
+    if a.dtype() != b.dtype() {
+        return Err(OpsError::DTypeMismatch { op: OP, a: a.dtype(), b: b.dtype() }.into());
+    }
+    if !a.device().is_cpu() {
+        return leaky_relu(&(a + b)?, slope);
+    }
+    a.contiguous()?.apply_op2(&b.contiguous()?, AddLeakyRelu(slope))
+}
+
+/// Exact (erf) GELU; the backward is our kernel too. First-order only.
+struct Gelu;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "gelu"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        crate::profile::timed("gelu", || dispatch!(data(self.name(), s, l)?, |x| out(gelu_fwd(x), l.shape().clone())))
+    }
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2(&g.contiguous()?, GeluBwd)?))
+    }
+}
+
+struct GeluBwd;
+
+impl CustomOp2 for GeluBwd {
+    fn name(&self) -> &'static str {
+        "gelu_backward"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        crate::profile::timed("gelu_backward", || dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |x, g| out(gelu_bwd(x, g), l1.shape().clone())))
+    }
+}
+
+/// `F.gelu(x)` (exact, erf form), as `nn.GELU()`. On the CPU our vectorised kernel (f32 erf within a few
+/// ulp); on other devices candle's `gelu_erf`.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    check_float("gelu", x.dtype())?;
+    if !x.device().is_cpu() {
+        return x.gelu_erf();
+    }
+    x.contiguous()?.apply_op1(Gelu)
 }
 
 struct Softmax;
@@ -41,10 +126,7 @@ impl CustomOp1 for Softmax {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = l.dims().last().copied().unwrap_or(1);
-        dispatch!(data(self.name(), s, l)?, |x| out(
-            softmax_fwd(x, d),
-            l.shape().clone()
-        ))
+        crate::profile::timed("softmax", || dispatch!(data(self.name(), s, l)?, |x| out(softmax_fwd(x, d), l.shape().clone())))
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
@@ -52,8 +134,10 @@ impl CustomOp1 for Softmax {
     }
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         // dx = y * (g - sum(g * y)); written with candle ops, so it is itself differentiable.
-        let dot = (g * y)?.sum_keepdim(D::Minus1)?;
-        Ok(Some((y * g.broadcast_sub(&dot)?)?))
+        crate::profile::timed("softmax_backward", || {
+            let dot = (g * y)?.sum_keepdim(D::Minus1)?;
+            Ok(Some((y * g.broadcast_sub(&dot)?)?))
+        })
     }
 }
 

@@ -42,8 +42,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     if q.device().is_cuda() {
         return fused::attention(q, k, v, scale);
     }
-    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
-    softmax_last_dim(&scores)?.matmul(&v.contiguous()?)
+    crate::profile::timed("attention", || {
+        let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+        softmax_last_dim(&scores)?.matmul(&v.contiguous()?)
+    })
 }
 
 #[cfg(feature = "cuda")]

@@ -144,14 +144,19 @@ impl CustomOp2 for ConvOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (g, shape) = self.geom(l1, l2)?;
-        dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |a, b| {
+        let label = match self.kind {
+            Kind::Fwd => "conv3d_fwd",
+            Kind::BwdInput => "conv3d_bwd_input",
+            Kind::BwdWeight => "conv3d_bwd_weight",
+        };
+        crate::profile::timed(label, || dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |a, b| {
             let v = match self.kind {
                 Kind::Fwd => conv3d_fwd(a, b, &g),
                 Kind::BwdInput => conv3d_bwd_input(a, b, &g),
                 Kind::BwdWeight => conv3d_bwd_weight(a, b, &g),
             };
             out(v, shape)
-        })
+        }))
     }
 
     #[cfg(feature = "cuda")]
@@ -179,7 +184,7 @@ impl CustomOp2 for ConvOp {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let sp = self.sp;
-        let (ga, gb) = match self.kind {
+        let (ga, gb) = crate::profile::timed("conv3d_backward", || -> Result<(Tensor, Tensor)> { Ok(match self.kind {
             // y = F(x, w): dx = B_in(dy, w), dw = B_w(x, dy)
             Kind::Fwd => (
                 apply(Kind::BwdInput, sp, g, b)?,
@@ -195,7 +200,7 @@ impl CustomOp2 for ConvOp {
                 apply(Kind::BwdInput, sp, b, g)?,
                 apply(Kind::Fwd, sp, a, g)?,
             ),
-        };
+        })})?;
         Ok((Some(ga), Some(gb)))
     }
 }
@@ -249,7 +254,7 @@ fn check_pair(
 
 fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     match bias {
-        Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1, 1))?),
+        Some(b) => crate::profile::timed("conv_bias_add", || y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1, 1))?)),
         None => Ok(y),
     }
 }

@@ -15,9 +15,10 @@ pub mod error;
 pub mod kernels;
 pub mod linear;
 pub mod norm;
+pub mod profile;
 mod storage;
 
-pub use activation::{leaky_relu, softmax_last_dim};
+pub use activation::{add_leaky_relu, gelu, leaky_relu, softmax_last_dim};
 pub use attention::attention;
 pub use conv::{conv3d, conv_transpose3d, Conv3dParams};
 pub use error::OpsError;

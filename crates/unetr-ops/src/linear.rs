@@ -40,14 +40,14 @@ impl candle_core::CustomOp3 for LinearBiasOp {
         let (m, k) = l1.shape().dims2()?;
         let (n, _) = l2.shape().dims2()?;
         let b = crate::storage::data(self.name(), s3, l3)?;
-        match (data2(self.name(), s1, l1, s2, l2)?, b) {
+        crate::profile::timed("linear", || match (data2(self.name(), s1, l1, s2, l2)?, b) {
             (crate::storage::Data2::F32(x, w), crate::storage::Data::F32(b)) => out(linear_fwd(x, w, Some(b), m, n, k), (m, n)),
             (crate::storage::Data2::F64(x, w), crate::storage::Data::F64(b)) => out(linear_fwd(x, w, Some(b), m, n, k), (m, n)),
             _ => Err(OpsError::Param { op: "linear", msg: "bias dtype differs from the input's".into() }.into()),
-        }
+        })
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(g.matmul(w)?), Some(g.t()?.matmul(x)?), Some(g.sum(0)?)))
+        crate::profile::timed("linear_backward", || Ok((Some(g.matmul(w)?), Some(g.t()?.matmul(x)?), Some(g.sum(0)?))))
     }
 }
 
@@ -61,11 +61,11 @@ impl CustomOp2 for LinearOp {
         if k != k2 {
             return Err(shape_err("linear", "input features differ from the weight's", &[l1.dims(), l2.dims()]));
         }
-        dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |x, w| out(linear_fwd(x, w, None, m, n, k), (m, n)))
+        crate::profile::timed("linear", || dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |x, w| out(linear_fwd(x, w, None, m, n, k), (m, n))))
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // dx = g W, dW = g^T x (candle matmuls, so these are differentiable too).
-        Ok((Some(g.matmul(w)?), Some(g.t()?.matmul(x)?)))
+        crate::profile::timed("linear_backward", || Ok((Some(g.matmul(w)?), Some(g.t()?.matmul(x)?))))
     }
 }
 

@@ -84,10 +84,12 @@ impl CustomOp1 for NormOp {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let gs = self.groups(l.dims())?;
-        dispatch!(data(self.name(), s, l)?, |x| out(
-            norm_fwd(x, &gs, self.eps, self.slope, None).0,
-            l.shape().clone()
-        ))
+        crate::profile::timed(self.name_str(), || {
+            dispatch!(data(self.name(), s, l)?, |x| out(
+                norm_fwd(x, &gs, self.eps, self.slope, None).0,
+                l.shape().clone()
+            ))
+        })
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
@@ -124,10 +126,18 @@ impl CustomOp2 for NormBwd {
             ));
         }
         let gs = self.0.groups(l1.dims())?;
-        dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |x, dy| out(
-            norm_bwd(x, dy, &gs, self.0.eps, self.0.slope),
-            l1.shape().clone()
-        ))
+        let label = match self.0.name_str() {
+            "instance_norm" => "instance_norm_backward",
+            "instance_norm_leaky_relu" => "instance_norm_leaky_relu_backward",
+            "batch_norm" => "batch_norm_backward",
+            _ => "layer_norm_backward",
+        };
+        crate::profile::timed(label, || {
+            dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |x, dy| out(
+                norm_bwd(x, dy, &gs, self.0.eps, self.0.slope),
+                l1.shape().clone()
+            ))
+        })
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -181,14 +191,16 @@ fn channel_affine(
         }
         t.reshape(shape.as_slice())
     };
-    let y = match weight {
-        Some(w) => y.broadcast_mul(&param(w, "weight")?)?,
-        None => y,
-    };
-    match bias {
-        Some(b) => y.broadcast_add(&param(b, "bias")?),
-        None => Ok(y),
-    }
+    crate::profile::timed("norm_affine", || {
+        let y = match weight {
+            Some(w) => y.broadcast_mul(&param(w, "weight")?)?,
+            None => y,
+        };
+        match bias {
+            Some(b) => y.broadcast_add(&param(b, "bias")?),
+            None => Ok(y),
+        }
+    })
 }
 
 /// `F.instance_norm(x, weight=weight, bias=bias, eps=eps)` without running statistics;
@@ -335,18 +347,20 @@ pub fn layer_norm(
         }
         Ok(())
     };
-    let y = match weight {
-        Some(w) => {
-            check(w, "weight")?;
-            y.broadcast_mul(w)?
+    crate::profile::timed("norm_affine", || {
+        let y = match weight {
+            Some(w) => {
+                check(w, "weight")?;
+                y.broadcast_mul(w)?
+            }
+            None => y,
+        };
+        match bias {
+            Some(b) => {
+                check(b, "bias")?;
+                y.broadcast_add(b)
+            }
+            None => Ok(y),
         }
-        None => y,
-    };
-    match bias {
-        Some(b) => {
-            check(b, "bias")?;
-            y.broadcast_add(b)
-        }
-        None => Ok(y),
-    }
+    })
 }

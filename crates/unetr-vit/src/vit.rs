@@ -1,6 +1,7 @@
 use crate::layers::{dropout, LayerNorm, Linear};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
+use unetr_ops::profile::timed;
 
 /// How patches become tokens (MONAI's `proj_type`, called `pos_embed` before MONAI 1.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -117,7 +118,7 @@ impl PatchEmbeddingBlock {
                 lin.forward(&t)?
             }
         };
-        let emb = tokens.broadcast_add(&self.position_embeddings)?;
+        let emb = timed("position_embedding_add", || tokens.broadcast_add(&self.position_embeddings))?;
         dropout(&emb, self.cfg.dropout_rate, train)
     }
 }
@@ -149,6 +150,7 @@ impl SABlock {
         let dh = h / self.num_heads;
         // "b h (qkv l d) -> qkv b l h d"
         let qkv = self.qkv.forward(x)?.reshape((b, n, 3, self.num_heads, dh))?.permute((2, 0, 3, 1, 4))?;
+        // (the head split/merge copies are charged to "attention" and "heads_merge")
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
         let ctx = if train && self.dropout_rate > 0.0 {
             // Dropout on the attention weights needs the unfused path.
@@ -158,7 +160,7 @@ impl SABlock {
         } else {
             unetr_ops::attention(&q, &k, &v, self.scale)?
         };
-        let ctx = ctx.transpose(1, 2)?.reshape((b, n, h))?;
+        let ctx = timed("heads_merge", || ctx.transpose(1, 2)?.reshape((b, n, h)))?;
         dropout(&self.out_proj.forward(&ctx)?, self.dropout_rate, train)
     }
 }
@@ -180,7 +182,8 @@ impl MlpBlock {
     }
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         // nn.GELU() is the exact erf form.
-        let x = dropout(&self.linear1.forward(x)?.gelu_erf()?, self.dropout_rate, train)?;
+        let x = self.linear1.forward(x)?;
+        let x = dropout(&unetr_ops::gelu(&x)?, self.dropout_rate, train)?;
         dropout(&self.linear2.forward(&x)?, self.dropout_rate, train)
     }
 }
@@ -204,8 +207,10 @@ impl TransformerBlock {
     }
     /// Pre-norm: x + attn(norm1(x)); x + mlp(norm2(x)).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = (x + self.attn.forward_t(&self.norm1.forward(x)?, train)?)?;
-        &x + self.mlp.forward_t(&self.norm2.forward(&x)?, train)?
+        let a = self.attn.forward_t(&self.norm1.forward(x)?, train)?;
+        let x = timed("residual_add", || x + a)?;
+        let m = self.mlp.forward_t(&self.norm2.forward(&x)?, train)?;
+        timed("residual_add", || &x + m)
     }
 }
 

@@ -137,6 +137,8 @@ pub fn run(
         )?,
         "leaky_relu" => leaky_relu(x.unwrap(), p["slope"].as_f64().unwrap())?,
         "softmax_last_dim" => softmax_last_dim(x.unwrap())?,
+        "gelu" => gelu(x.unwrap())?,
+        "add_leaky_relu" => add_leaky_relu(g("a").unwrap(), g("b").unwrap(), p["slope"].as_f64().unwrap())?,
         "linear" => linear(x.unwrap(), g("w").unwrap(), g("b"))?,
         "attention" => attention(
             g("q").unwrap(),
