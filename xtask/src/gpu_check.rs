@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use std::path::PathBuf;
 use std::time::Instant;
 use unetr_model::{UnetrConfig, UnetrWeights};
-use unetr_ops::{attention, conv3d, conv_transpose3d, instance_norm_leaky_relu, leaky_relu, softmax_last_dim, Conv3dParams};
+use unetr_ops::{add_leaky_relu, attention, conv3d, conv_transpose3d, gelu, instance_norm_leaky_relu, leaky_relu, softmax_last_dim, Conv3dParams};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -105,7 +105,8 @@ fn unfused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_c
 
 pub fn run(a: Args) -> Result<()> {
     let dev = device(a.dry_run)?;
-    let dtypes: Vec<DType> = if dev.is_cpu() { vec![DType::F32] } else { vec![DType::F32, DType::BF16] };
+    // bf16 on the CPU computes in f32 per op (rounding between ops), which still rehearses the dtype plumbing.
+    let dtypes = vec![DType::F32, DType::BF16];
     // Sizes: the model's shapes at full size on a GPU, reduced for the dry run.
     let (s, attn_l) = if dev.is_cpu() { (8, 27) } else { (24, 216) };
     let mut checks = Vec::new();
@@ -117,6 +118,8 @@ pub fn run(a: Args) -> Result<()> {
         check_op("conv_transpose3d k2 s2", &dev, dt, &[&[1, 8, s / 2, s / 2, s / 2], &[8, 4, 2, 2, 2]], &|t| conv_transpose3d(&t[0], &t[1], None, p2, [0; 3]), &mut checks)?;
         check_op("instance_norm + leaky_relu", &dev, dt, &[&[2, 8, s, s, s]], &|t| instance_norm_leaky_relu(&t[0], 1e-5, 0.01), &mut checks)?;
         check_op("leaky_relu", &dev, dt, &[&[2, 8, s, s]], &|t| leaky_relu(&t[0], 0.01), &mut checks)?;
+        check_op("add_leaky_relu", &dev, dt, &[&[2, 8, s, s], &[2, 8, s, s]], &|t| add_leaky_relu(&t[0], &t[1], 0.01), &mut checks)?;
+        check_op("gelu", &dev, dt, &[&[4, 3, 37]], &|t| gelu(&t[0]), &mut checks)?;
         check_op("softmax_last_dim", &dev, dt, &[&[4, 3, 37]], &|t| softmax_last_dim(&t[0]), &mut checks)?;
         check_op("attention", &dev, dt, &[&[1, 12, attn_l, 64], &[1, 12, attn_l, 64], &[1, 12, attn_l, 64]], &|t| attention(&t[0], &t[1], &t[2], 0.125), &mut checks)?;
     }
@@ -132,25 +135,36 @@ pub fn run(a: Args) -> Result<()> {
     let y_ref = w_cpu.model.forward_t(&x, false)?;
     let y = w_dev.model.forward_t(&x.to_device(&dev)?, false)?;
     checks.push(Check { name: format!("UNETR forward {:?} f={}", size, cfg.feature_size), dtype: DType::F32, err: rel_err(&y, &y_ref)?, tol: 1e-3 });
+    // Mixed precision: f32 master weights, bf16 compute.
+    let bf = DType::BF16;
+    let y16 = w_dev.model.forward_t(&x.to_device(&dev)?.to_dtype(bf)?, false)?.to_dtype(DType::F32)?;
+    checks.push(Check { name: "UNETR forward, bf16 compute with f32 weights".into(), dtype: bf, err: rel_err(&y16, &y_ref)?, tol: 5e-2 });
     let label = Tensor::rand(0f32, cfg.out_channels as f32, (1, 1, size[0], size[1], size[2]), &dev)?.floor()?;
     let vars: Vec<(String, candle_core::Var)> = w_dev.varmap.data().lock().unwrap().iter().filter(|(k, _)| !k.contains("running_")).map(|(k, v)| (k.clone(), v.clone())).collect();
     let mut opt = unetr_train::optim::AdamW::new(vars, unetr_train::optim::AdamWConfig { lr: 1e-3, ..Default::default() });
     let loss_opts = unetr_train::losses::DiceCeOptions::research();
     let xd = x.to_device(&dev)?;
     let mut losses = Vec::new();
-    let mut step = || -> Result<f64> {
-        let loss = unetr_train::losses::dice_ce_loss(&w_dev.model.forward_t(&xd, true)?, &label, &loss_opts)?;
+    // `amp`: the bf16 mixed-precision step of `precision = "bf16"` in the trainer.
+    let mut step_p = |amp: bool| -> Result<f64> {
+        let x_in = if amp { xd.to_dtype(bf)? } else { xd.clone() };
+        let logits = w_dev.model.forward_t(&x_in, true)?.to_dtype(DType::F32)?;
+        let loss = unetr_train::losses::dice_ce_loss(&logits, &label, &loss_opts)?;
         let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         opt.step(&loss.backward()?)?;
         Ok(l)
     };
-    for _ in 0..3 {
-        losses.push(step()?);
+    for i in 0..6 {
+        losses.push(step_p(i >= 3)?);
     }
-    let train_ok = losses.iter().all(|l| l.is_finite()) && losses[2] < losses[0];
+    // Three f32 steps, then three bf16 mixed-precision steps continuing the same optimisation.
+    let train_ok = losses.iter().all(|l| l.is_finite()) && losses[2] < losses[0] && losses[5] < losses[3];
     // Benchmarks.
     let fwd_ms = median_ms(&dev, a.repeats, || Ok(drop(w_dev.model.forward_t(&xd, false)?)))?;
-    let step_ms = median_ms(&dev, a.repeats, || step().map(drop))?;
+    let xb = xd.to_dtype(bf)?;
+    let fwd_bf16_ms = median_ms(&dev, a.repeats, || Ok(drop(w_dev.model.forward_t(&xb, false)?)))?;
+    let step_ms = median_ms(&dev, a.repeats, || step_p(false).map(drop))?;
+    let step_bf16_ms = median_ms(&dev, a.repeats, || step_p(true).map(drop))?;
     let q = Tensor::randn(0f32, 1.0, (1, 12, attn_l, 64), &dev)?;
     let qv = candle_core::Var::from_tensor(&q)?;
     let attn = |fused: bool| -> Result<()> {
@@ -171,10 +185,10 @@ pub fn run(a: Args) -> Result<()> {
     for c in &checks {
         r += &format!("| {} | {:?} | {:.2e} | {:.0e} | {} |\n", c.name, c.dtype, c.err, c.tol, if c.err <= c.tol { "ok" } else { "FAIL" });
     }
-    r += &format!("\nTraining steps (DiceCE + AdamW lr 1e-3 on one batch): losses {:?} ({})\n\n", losses, if train_ok { "ok: finite, decreasing" } else { "FAIL" });
+    r += &format!("\nTraining steps (DiceCE + AdamW lr 1e-3 on one batch; 3 in f32, then 3 in bf16 mixed precision): losses {:?} ({})\n\n", losses, if train_ok { "ok: finite, decreasing" } else { "FAIL" });
     r += &format!(
-        "| benchmark (median of {}) | ms |\n|---|---:|\n| UNETR forward {:?} | {:.2} |\n| training step (forward + DiceCE + backward + AdamW) | {:.2} |\n| attention fwd+bwd, fused, [1, 12, {attn_l}, 64] | {:.3} |\n| attention fwd+bwd, unfused (matmul + softmax + matmul) | {:.3} |\n",
-        a.repeats, size, fwd_ms, step_ms, fused_ms, unfused_ms
+        "| benchmark (median of {}) | ms |\n|---|---:|\n| UNETR forward {:?}, f32 | {:.2} |\n| UNETR forward, bf16 compute, f32 weights | {:.2} |\n| training step (forward + DiceCE + backward + AdamW), f32 | {:.2} |\n| training step, bf16 mixed precision | {:.2} |\n| attention fwd+bwd, fused, [1, 12, {attn_l}, 64] | {:.3} |\n| attention fwd+bwd, unfused (matmul + softmax + matmul) | {:.3} |\n",
+        a.repeats, size, fwd_ms, fwd_bf16_ms, step_ms, step_bf16_ms, fused_ms, unfused_ms
     );
     // Relative to the working directory: on a GPU machine the binary runs outside the tree it was built in.
     let out = a.out.clone();
@@ -183,7 +197,7 @@ pub fn run(a: Args) -> Result<()> {
     let j = serde_json::json!({
         "device": if dev.is_cpu() { "cpu".to_string() } else { format!("{:?}", dev.location()) },
         "checks": checks.iter().map(|c| serde_json::json!({"name": c.name, "dtype": format!("{:?}", c.dtype), "err": c.err, "tol": c.tol})).collect::<Vec<_>>(),
-        "losses": losses, "forward_ms": fwd_ms, "train_step_ms": step_ms, "attention_fused_ms": fused_ms, "attention_unfused_ms": unfused_ms,
+        "losses": losses, "forward_ms": fwd_ms, "forward_bf16_ms": fwd_bf16_ms, "train_step_ms": step_ms, "train_step_bf16_ms": step_bf16_ms, "attention_fused_ms": fused_ms, "attention_unfused_ms": unfused_ms,
     });
     std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&j)?)?;
     println!("{r}\nreport: {}", out.join("report.md").display());

@@ -2,7 +2,7 @@
 
 use candle_core::{Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
-use unetr_ops::Conv3dParams;
+use unetr_ops::{cast_to, Conv3dParams};
 
 /// LeakyReLU slope of MONAI's blocks.
 pub const LEAKY_SLOPE: f64 = 0.01;
@@ -32,7 +32,9 @@ impl ConvLayer {
         Ok(Self { weight, bias, params: Conv3dParams::new(1, pad) })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        unetr_ops::conv3d(x, &self.weight, self.bias.as_ref(), self.params)
+        // Parameters follow the input's dtype (f32 master weights in a bf16/f16 pass; the cast is differentiable).
+        let dt = x.dtype();
+        unetr_ops::conv3d(x, &cast_to(&self.weight, dt)?, self.bias.as_ref().map(|b| cast_to(b, dt)).transpose()?.as_ref(), self.params)
     }
 }
 
@@ -51,7 +53,7 @@ impl TransConvLayer {
         Ok(Self { weight, stride: k })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        unetr_ops::conv_transpose3d(x, &self.weight, None, Conv3dParams { stride: self.stride, padding: [0; 3] }, [0; 3])
+        unetr_ops::conv_transpose3d(x, &cast_to(&self.weight, x.dtype())?, None, Conv3dParams { stride: self.stride, padding: [0; 3] }, [0; 3])
     }
 }
 
@@ -85,6 +87,11 @@ impl BatchNorm3d {
         Ok(Self { weight, bias, running_mean, running_var, eps: 1e-5, momentum: 0.1 })
     }
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        // Batch norm runs in its parameters' dtype (as under PyTorch's autocast: f32 statistics).
+        let dt = self.weight.dtype();
+        if x.dtype() != dt {
+            return self.forward_t(&x.to_dtype(dt)?, train)?.to_dtype(x.dtype());
+        }
         let (y, stats) = unetr_ops::batch_norm(
             x,
             &self.running_mean.as_tensor().detach(),

@@ -1,6 +1,7 @@
 //! LeakyReLU (alone and fused with a residual add), exact GELU and softmax with backward (candle's
 //! `softmax_last_dim` has none; its `gelu_erf` is a scalar libm loop, 20x slower than ours on the ViT's MLP).
 
+use crate::dtype::{up, via_f32};
 use crate::error::{check_float, shape_err, OpsError};
 use crate::kernels::activation::{add_leaky_relu_bwd, gelu_bwd, gelu_fwd, leaky_relu_fwd, softmax_fwd};
 use crate::storage::{data, data2, dispatch, dispatch2, out};
@@ -28,6 +29,9 @@ impl CustomOp1 for LeakyRelu {
 /// `F.leaky_relu(x, slope)`.
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
     check_float("leaky_relu", x.dtype())?;
+    if via_f32(x) {
+        return leaky_relu(&up(x)?, slope)?.to_dtype(x.dtype());
+    }
     x.contiguous()?.apply_op1(LeakyRelu(slope))
 }
 
@@ -76,6 +80,9 @@ pub fn add_leaky_relu(a: &Tensor, b: &Tensor, slope: f64) -> Result<Tensor> {
     if a.dtype() != b.dtype() {
         return Err(OpsError::DTypeMismatch { op: OP, a: a.dtype(), b: b.dtype() }.into());
     }
+    if via_f32(a) {
+        return add_leaky_relu(&up(a)?, &up(b)?, slope)?.to_dtype(a.dtype());
+    }
     if !a.device().is_cpu() {
         return leaky_relu(&(a + b)?, slope);
     }
@@ -112,6 +119,9 @@ impl CustomOp2 for GeluBwd {
 /// ulp); on other devices candle's `gelu_erf`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     check_float("gelu", x.dtype())?;
+    if via_f32(x) {
+        return gelu(&up(x)?)?.to_dtype(x.dtype());
+    }
     if !x.device().is_cpu() {
         return x.gelu_erf();
     }
@@ -151,6 +161,9 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
             got: vec![],
         }
         .into());
+    }
+    if via_f32(x) {
+        return softmax_last_dim(&up(x)?)?.to_dtype(x.dtype());
     }
     x.contiguous()?.apply_op1(Softmax)
 }

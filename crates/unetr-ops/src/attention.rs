@@ -38,6 +38,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
             &[qd, kd, vd],
         ));
     }
+    if crate::dtype::via_f32(q) {
+        use crate::dtype::up;
+        return attention(&up(q)?, &up(k)?, &up(v)?, scale)?.to_dtype(q.dtype());
+    }
     #[cfg(feature = "cuda")]
     if q.device().is_cuda() {
         return fused::attention(q, k, v, scale);

@@ -5,6 +5,7 @@
 //! Each one's gradient is expressed through the other two, so every op here has a backward, and
 //! second-order gradients work too.
 
+use crate::dtype::{up, up_opt, via_f32};
 use crate::error::{shape_err, OpsError};
 use crate::kernels::conv3d::{conv3d_bwd_input, conv3d_bwd_weight, conv3d_fwd, ConvGeom};
 use crate::storage::{data2, dispatch2, out};
@@ -284,6 +285,9 @@ pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv3dParams) ->
             &[xd, wd],
         )
     })?;
+    if via_f32(x) {
+        return conv3d(&up(x)?, &up(w)?, up_opt(bias)?.as_ref(), p)?.to_dtype(x.dtype());
+    }
     let sp = Spatial {
         input,
         kernel,
@@ -335,6 +339,9 @@ pub fn conv_transpose3d(
             ));
         }
         full[i] = span - 2 * p.padding[i];
+    }
+    if via_f32(x) {
+        return conv_transpose3d(&up(x)?, &up(w)?, up_opt(bias)?.as_ref(), p, output_padding)?.to_dtype(x.dtype());
     }
     // The transposed convolution is the input-adjoint of the convolution from `full` back to x's size.
     let sp = Spatial {

@@ -56,8 +56,8 @@ pub(crate) fn shape_err(
 /// Checks that a tensor's dtype is one the CPU kernels implement.
 pub(crate) fn check_float(op: &'static str, dtype: DType) -> candle_core::Result<()> {
     match dtype {
-        // bf16 runs on CUDA (the CPU kernels refuse it with the op named).
-        DType::F32 | DType::F64 | DType::BF16 => Ok(()),
+        // bf16 has CUDA kernels; elsewhere bf16 and f16 compute in f32 (see `crate::dtype`).
+        DType::F32 | DType::F64 | DType::BF16 | DType::F16 => Ok(()),
         dtype => Err(OpsError::DType { op, dtype }.into()),
     }
 }

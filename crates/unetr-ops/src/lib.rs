@@ -9,6 +9,7 @@
 pub mod activation;
 pub mod attention;
 pub mod conv;
+pub mod dtype;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod error;
@@ -20,6 +21,7 @@ mod storage;
 
 pub use activation::{add_leaky_relu, gelu, leaky_relu, softmax_last_dim};
 pub use attention::attention;
+pub use dtype::cast_to;
 pub use conv::{conv3d, conv_transpose3d, Conv3dParams};
 pub use error::OpsError;
 pub use linear::linear;

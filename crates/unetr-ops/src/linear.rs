@@ -84,6 +84,10 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     if k != kw {
         return Err(shape_err(OP, format!("input has {k} features, weight expects {kw}"), &[x.dims(), w.dims()]));
     }
+    if crate::dtype::via_f32(x) {
+        use crate::dtype::{up, up_opt};
+        return linear(&up(x)?, &up(w)?, up_opt(b)?.as_ref())?.to_dtype(x.dtype());
+    }
     let lead = &x.dims()[..x.rank() - 1];
     let m: usize = lead.iter().product();
     let x2 = x.contiguous()?.reshape((m, k))?;

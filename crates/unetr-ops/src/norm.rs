@@ -167,6 +167,9 @@ fn normalize(x: &Tensor, op: NormOp) -> Result<Tensor> {
         }
         .into());
     }
+    if crate::dtype::via_f32(x) {
+        return normalize(&crate::dtype::up(x)?, op)?.to_dtype(x.dtype());
+    }
     x.contiguous()?.apply_op1(op)
 }
 

@@ -6,6 +6,7 @@
 use crate::inferers::{sliding_window_inference, Blend, SlidingWindow};
 use crate::losses::{dice_ce_loss, DiceCeOptions};
 use crate::metrics::{dice_per_class, mean_dice};
+use crate::amp::{GradScaler, Precision};
 use crate::optim::{clip_grad_norm, warmup_cosine, AdamW, AdamWConfig};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -212,10 +213,14 @@ pub struct OptimConfig {
     /// Max global gradient norm (0: off).
     pub grad_clip: f64,
     pub loss: DiceCeOptions,
+    /// Compute dtype of the training passes: "f32", "bf16" or "f16" (mixed precision: f32 master weights,
+    /// loss in f32; f16 adds dynamic loss scaling). On the CPU the half types only round between ops (the
+    /// kernels compute in f32), so they are for checking a GPU recipe, not for speed.
+    pub precision: Precision,
 }
 impl Default for OptimConfig {
     fn default() -> Self {
-        Self { adamw: AdamWConfig::default(), steps: 25000, warmup_steps: 50, min_lr: 0.0, batch_size: 1, accumulate: 1, grad_clip: 0.0, loss: DiceCeOptions::research() }
+        Self { adamw: AdamWConfig::default(), steps: 25000, warmup_steps: 50, min_lr: 0.0, batch_size: 1, accumulate: 1, grad_clip: 0.0, loss: DiceCeOptions::research(), precision: Precision::F32 }
     }
 }
 
@@ -305,6 +310,9 @@ pub struct TrainState {
     pub seed: u64,
     pub best_dice: f64,
     pub best_step: u64,
+    /// The f16 loss scaler's state (absent in f32/bf16 runs and in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_scaler: Option<GradScaler>,
 }
 
 /// What a finished run reports.
@@ -541,7 +549,14 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     let mut opt = AdamW::new(vars.clone(), cfg.optim.adamw);
     let ckpt = out.join("checkpoint");
-    let mut state = TrainState { step: 0, seed: cfg.output.seed, best_dice: f64::NEG_INFINITY, best_step: 0 };
+    let precision = cfg.optim.precision;
+    let mut state = TrainState {
+        step: 0,
+        seed: cfg.output.seed,
+        best_dice: f64::NEG_INFINITY,
+        best_step: 0,
+        grad_scaler: precision.needs_loss_scaling().then(GradScaler::default),
+    };
     if resume {
         recover_dir(&ckpt)?;
         let sp = ckpt.join("state.json");
@@ -553,7 +568,8 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
         let os = candle_core::safetensors::load(ckpt.join("optimizer.safetensors"), &dev)?;
         opt.load_state(&os)?;
         tracing::info!("resuming at step {}", st.step);
-        state = st;
+        let scaler = st.grad_scaler.or(state.grad_scaler);
+        state = TrainState { grad_scaler: if precision.needs_loss_scaling() { scaler } else { None }, ..st };
     }
     std::fs::write(out.join("config.toml"), cfg.to_toml()).map_err(|e| ferr(&out.join("config.toml"), e))?;
     let mut log = TrainLog::open(&out, n_classes, cfg.output.log_csv, resume.then_some(state.step))?;
@@ -583,10 +599,13 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
             let [d0, d1, d2] = b.dims;
             let x = Tensor::from_vec(b.image, (b.n, b.channels, d0, d1, d2), &dev)?;
             let y = Tensor::from_vec(b.label, (b.n, 1, d0, d1, d2), &dev)?;
-            let logits = w.model.forward_t(&x, true)?;
+            let logits = w.model.forward_t(&x.to_dtype(precision.dtype())?, true)?.to_dtype(DType::F32)?;
             let loss = (dice_ce_loss(&logits, &y, &o.loss)? / acc as f64)?;
             loss_v += loss.to_scalar::<f32>()? as f64;
-            let g = loss.backward()?;
+            let g = match &state.grad_scaler {
+                Some(s) => s.scale_loss(&loss)?.backward()?,
+                None => loss.backward()?,
+            };
             grads_acc = Some(match grads_acc {
                 None => g,
                 Some(mut acc) => {
@@ -601,14 +620,31 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
             });
         }
         let mut grads = grads_acc.unwrap();
-        let gnorm = clip_grad_norm(&mut grads, &vars, o.grad_clip)?;
-        opt.step(&grads)?;
+        // f16: unscale first (clipping sees true norms); an overflowed step is skipped, as GradScaler does.
+        let finite = match &state.grad_scaler {
+            Some(s) => s.unscale(&mut grads, &vars)?,
+            None => true,
+        };
+        let gnorm = if finite { clip_grad_norm(&mut grads, &vars, o.grad_clip)? } else { f64::NAN };
+        if finite {
+            opt.step(&grads)?;
+        }
+        if let Some(s) = state.grad_scaler.as_mut() {
+            s.update(finite);
+            if !finite {
+                tracing::warn!("step {}: f16 gradients overflowed, step skipped, loss scale now {}", state.step + 1, s.scale);
+            }
+        }
         state.step += 1;
         losses.push(loss_v);
         if !loss_v.is_finite() {
             return Err(TrainError::Config(format!("loss became {loss_v} at step {}: lower the learning rate or enable grad_clip", state.step)));
         }
         let mut rec = serde_json::json!({"step": state.step, "loss": loss_v, "lr": lr, "grad_norm": gnorm, "elapsed_s": t0.elapsed().as_secs_f64()});
+        if let Some(s) = &state.grad_scaler {
+            rec["loss_scale"] = s.scale.into();
+            rec["skipped"] = (!finite).into();
+        }
         let validate = state.step % cfg.validation.every.max(1) == 0 || state.step == o.steps;
         if validate {
             let model = w.inference_model()?;

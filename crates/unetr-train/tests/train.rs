@@ -111,3 +111,37 @@ fn dice_and_hd95_match_monai() {
         assert!((h - *want as f64).abs() < 1e-4, "hd95 class {c}: {h} vs {want}");
     }
 }
+
+/// Mixed precision end to end: bf16 and f16 runs (f32 master weights; f16 with loss scaling) train, their
+/// losses track the f32 run's, and an f16 run resumes with its loss scale.
+#[test]
+fn mixed_precision_training_tracks_f32() {
+    use unetr_train::amp::Precision;
+    let base = std::env::temp_dir().join(format!("unetr-amp-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let run = |name: &str, p: Precision, steps: u64, resume: bool| {
+        let mut c = tiny(&base.join(name), steps);
+        c.optim.precision = p;
+        train(&c, resume).unwrap()
+    };
+    let f32_run = run("f32", Precision::F32, 6, false);
+    let mut f16_losses = vec![];
+    for p in [Precision::Bf16, Precision::F16] {
+        let r = run(&format!("{p:?}"), p, 6, false);
+        if p == Precision::F16 {
+            f16_losses = r.losses.clone();
+        }
+        assert!(r.losses.iter().all(|l| l.is_finite()), "{p:?}: {:?}", r.losses);
+        for (a, b) in r.losses.iter().zip(&f32_run.losses) {
+            assert!((a - b).abs() < 0.05 * b.abs().max(0.1), "{p:?} losses {:?} vs f32 {:?}", r.losses, f32_run.losses);
+        }
+    }
+    let state = std::fs::read_to_string(base.join("F16/checkpoint/state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(state["grad_scaler"]["scale"], 65536.0, "{state}");
+    // f16 resumed from its step-3 checkpoint continues as the uninterrupted run.
+    run("F16b", Precision::F16, 3, false);
+    let b = run("F16b", Precision::F16, 6, true);
+    assert_eq!(f16_losses[3..], b.losses[..]);
+    let _ = std::fs::remove_dir_all(&base);
+}

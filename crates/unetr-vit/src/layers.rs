@@ -2,6 +2,7 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
+use unetr_ops::cast_to;
 
 /// `nn.LayerNorm(dim)` (eps 1e-5, affine) on our `layer_norm`, whose gradients reach weight, bias and input
 /// (candle_nn's fused LayerNorm drops them).
@@ -22,7 +23,9 @@ impl LayerNorm {
 
 impl candle_core::Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        unetr_ops::layer_norm(x, Some(&self.weight), Some(&self.bias), self.eps)
+        // Parameters follow the input's dtype (f32 master weights in a bf16/f16 pass; the cast is differentiable).
+        let dt = x.dtype();
+        unetr_ops::layer_norm(x, Some(&cast_to(&self.weight, dt)?), Some(&cast_to(&self.bias, dt)?), self.eps)
     }
 }
 
@@ -49,6 +52,7 @@ impl Linear {
 
 impl candle_core::Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        unetr_ops::linear(x, &self.weight, self.bias.as_ref())
+        let dt = x.dtype();
+        unetr_ops::linear(x, &cast_to(&self.weight, dt)?, self.bias.as_ref().map(|b| cast_to(b, dt)).transpose()?.as_ref())
     }
 }

@@ -105,7 +105,8 @@ impl PatchEmbeddingBlock {
         let tokens = match &self.proj {
             Proj::Conv { weight, bias } => {
                 let p = unetr_ops::Conv3dParams { stride: self.cfg.patch_size, padding: [0; 3] };
-                unetr_ops::conv3d(x, weight, Some(bias), p)?.flatten_from(2)?.transpose(1, 2)?
+                let dt = x.dtype();
+                unetr_ops::conv3d(x, &unetr_ops::cast_to(weight, dt)?, Some(&unetr_ops::cast_to(bias, dt)?), p)?.flatten_from(2)?.transpose(1, 2)?
             }
             Proj::Perceptron(lin) => {
                 let c = self.cfg.in_channels;
@@ -118,7 +119,8 @@ impl PatchEmbeddingBlock {
                 lin.forward(&t)?
             }
         };
-        let emb = timed("position_embedding_add", || tokens.broadcast_add(&self.position_embeddings))?;
+        let pos = unetr_ops::cast_to(&self.position_embeddings, tokens.dtype())?;
+        let emb = timed("position_embedding_add", || tokens.broadcast_add(&pos))?;
         dropout(&emb, self.cfg.dropout_rate, train)
     }
 }
