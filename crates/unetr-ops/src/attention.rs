@@ -1,12 +1,16 @@
 //! Multi-head scaled dot-product attention: softmax(q k^T * scale) v.
 //!
-//! The CPU path is exact and differentiable (two batched matmuls around [`softmax_last_dim`]). On a CUDA
+//! On the CPU one op reads q, k, v through their strides and keeps each head's scores in a per-thread
+//! buffer (`kernels::attention`); its backward recomputes the probabilities with candle ops. On a CUDA
 //! device (feature `cuda`) the same function runs fused kernels (flash-style: scores stay in registers,
 //! online softmax; the backward recomputes them), never materialising the L x Lk score matrix.
 
 use crate::activation::softmax_last_dim;
 use crate::error::{check_float, shape_err, OpsError};
-use candle_core::{Result, Tensor};
+use crate::kernels::attention::{attention_fwd, Strided};
+use crate::storage::out;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// q, k, v: [B, H, L, Dh] (k and v may have another length Lk than q) -> [B, H, L, Dh].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
@@ -46,10 +50,55 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     if q.device().is_cuda() {
         return fused::attention(q, k, v, scale);
     }
-    crate::profile::timed("attention", || {
-        let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
-        softmax_last_dim(&scores)?.matmul(&v.contiguous()?)
-    })
+    if q.device().is_cpu() {
+        return q.apply_op3(k, v, CpuAttention { scale });
+    }
+    unfused(q, k, v, scale)
+}
+
+/// The reference composition: two batched matmuls around [`softmax_last_dim`] (differentiable to any order).
+fn unfused(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+    softmax_last_dim(&scores)?.matmul(&v.contiguous()?)
+}
+
+/// One op on the CPU (`kernels::attention`): strided q/k/v, scores in a per-thread buffer. The backward
+/// recomputes the probabilities and is written with candle ops.
+struct CpuAttention {
+    scale: f64,
+}
+
+impl CustomOp3 for CpuAttention {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let st = |l: &Layout| -> Result<Strided> {
+            let s = <[usize; 4]>::try_from(l.stride()).map_err(|_| shape_err("attention", "rank-4 operands", &[l.dims()]))?;
+            Ok(Strided { offset: l.start_offset(), s })
+        };
+        let (qd, kd) = (l1.dims(), l2.dims());
+        let dims = [qd[0], qd[1], qd[2], kd[2], qd[3]];
+        let strides = (st(l1)?, st(l2)?, st(l3)?);
+        crate::profile::timed("attention", || match (s1, s2, s3) {
+            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => out(attention_fwd(q, k, v, strides, dims, self.scale as f32), l1.shape().clone()),
+            (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => out(attention_fwd(q, k, v, strides, dims, self.scale), l1.shape().clone()),
+            _ => Err(OpsError::DType { op: "attention", dtype: s1.dtype() }.into()),
+        })
+    }
+    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _o: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        crate::profile::timed("attention_backward", || {
+            let (q, k, v, g) = (q.contiguous()?, k.contiguous()?, v.contiguous()?, g.contiguous()?);
+            let p = softmax_last_dim(&(q.matmul(&k.t()?.contiguous()?)? * self.scale)?)?;
+            let dv = p.t()?.contiguous()?.matmul(&g)?;
+            let dp = g.matmul(&v.t()?.contiguous()?)?;
+            // dS = P * (dP - rowsum(dP * P))
+            let ds = (&p * dp.broadcast_sub(&(&dp * &p)?.sum_keepdim(candle_core::D::Minus1)?)?)?;
+            let dq = (ds.matmul(&k)? * self.scale)?;
+            let dk = (ds.t()?.contiguous()?.matmul(&q)? * self.scale)?;
+            Ok((Some(dq), Some(dk), Some(dv)))
+        })
+    }
 }
 
 #[cfg(feature = "cuda")]

@@ -3,7 +3,6 @@
 //! write straight into uninitialised output, so each op is one pass over memory.
 
 use super::{multiversion, of_f64, Elem};
-use num_traits::Float;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -23,24 +22,43 @@ fn map_chunks<T: Elem>(n: usize, f: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync
     y
 }
 
+#[inline(always)]
+fn softmax_row_imp<T: Elem>(r: &mut [T]) {
+    // Reductions in 16 independent lanes: a single running max/sum is a serial dependency chain that
+    // the compiler may not reorder (strict float semantics), so it would not vectorise.
+    const L: usize = 16;
+    let mut mx = [T::neg_infinity(); L];
+    let mut it = r.chunks_exact(L);
+    for c in &mut it {
+        for l in 0..L {
+            mx[l] = if c[l] > mx[l] { c[l] } else { mx[l] };
+        }
+    }
+    // (a NaN in the row is skipped here but still turns every output NaN through the sum below)
+    let m = it.remainder().iter().chain(&mx).fold(T::neg_infinity(), |a, &b| if b > a { b } else { a });
+    r.iter_mut().for_each(|v| *v = (*v - m).exp_v());
+    let mut sum = [T::zero(); L];
+    let mut it = r.chunks_exact(L);
+    for c in &mut it {
+        for l in 0..L {
+            sum[l] = sum[l] + c[l];
+        }
+    }
+    let s = it.remainder().iter().chain(&sum).fold(T::zero(), |a, &b| a + b);
+    let inv = T::one() / s;
+    r.iter_mut().for_each(|v| *v = *v * inv);
+}
+multiversion!(
+    /// Softmax of one row, in place.
+    pub(crate) fn softmax_row<T: Elem>(r: &mut [T]) -> () => softmax_row_imp
+);
+
 pub fn softmax_fwd<T: Elem>(x: &[T], d: usize) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
+    let mut y = x.to_vec();
     if d == 0 {
         return y;
     }
-    y.par_chunks_mut(d)
-        .zip(x.par_chunks(d))
-        .with_min_len(min_rows(d))
-        .for_each(|(yr, xr)| {
-            let m = xr.iter().fold(T::neg_infinity(), |a, &b| Float::max(a, b));
-            let mut s = T::zero();
-            for (yv, &xv) in yr.iter_mut().zip(xr) {
-                *yv = (xv - m).exp();
-                s = s + *yv;
-            }
-            let inv = T::one() / s;
-            yr.iter_mut().for_each(|v| *v = *v * inv);
-        });
+    y.par_chunks_mut(d).with_min_len(min_rows(d)).for_each(softmax_row);
     y
 }
 
@@ -106,7 +124,7 @@ fn gelu_bwd_imp<T: Elem>(x: &[T], dy: &[T], y: &mut [MaybeUninit<T>]) {
     for ((o, &v), &g) in y.iter_mut().zip(x).zip(dy) {
         // d/dx x Phi(x) = Phi(x) + x phi(x)
         let cdf = half * (T::one() + (v * r2).erf());
-        let pdf = inv_sqrt_2pi * (-half * v * v).exp();
+        let pdf = inv_sqrt_2pi * (-half * v * v).exp_v();
         o.write(g * (cdf + v * pdf));
     }
 }

@@ -6,6 +6,7 @@ mod conv3d_s1;
 mod direct_avx512;
 pub mod norm;
 pub mod activation;
+pub mod attention;
 
 use num_traits::Float;
 
@@ -17,6 +18,9 @@ pub trait Elem:
     /// vectorises (Eigen's `generic_fast_erf_float`, within a few ulp of erff; erf(+-4) rounds to +-1 in f32). Plain
     /// multiply-adds, not `mul_add`, which is a libm call where FMA is not enabled.
     fn erf(self) -> Self;
+    /// e^x: std's in f64; in f32 a branch-free Cephes-style polynomial that vectorises (within 2 ulp of expf
+    /// for x in [-87, 88]; below that 0 after clamping to e^-87.3; NaN stays NaN).
+    fn exp_v(self) -> Self;
 }
 impl Elem for f32 {
     #[inline(always)]
@@ -35,11 +39,33 @@ impl Elem for f32 {
         q = x2 * q + -1.426_474e-2;
         x * p / q
     }
+    #[inline(always)]
+    fn exp_v(self) -> f32 {
+        let x = self.clamp(-87.3, 88.0);
+        // x = n ln2 + r, |r| <= ln2 / 2; ln2 in two parts so that n * C1 is exact.
+        let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+        let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+        let mut p = 1.987_569_1e-4f32;
+        p = p * r + 1.398_199_9e-3;
+        p = p * r + 8.333_452e-3;
+        p = p * r + 4.166_579_6e-2;
+        p = p * r + 0.166_666_65;
+        p = p * r + 0.5;
+        let y = p * r * r + r + 1.0;
+        // 2^n by building the exponent bits (n in [-126, 127] after the clamp): adding 2^23 puts the integer
+        // n + 127 in the low mantissa bits, a bit cast reads it (`as i32` would not vectorise).
+        let e = (n + (127.0 + 8_388_608.0)).to_bits().wrapping_sub(0x4B00_0000) << 23;
+        y * f32::from_bits(e)
+    }
 }
 impl Elem for f64 {
     #[inline(always)]
     fn erf(self) -> f64 {
         libm::erf(self)
+    }
+    #[inline(always)]
+    fn exp_v(self) -> f64 {
+        self.exp()
     }
 }
 
@@ -113,6 +139,25 @@ pub(crate) unsafe fn matmul<T: Elem>(
     b: Mat<T>,
     accumulate: bool,
 ) {
+    matmul_scaled(m, n, k, dst, dst_rs, a, b, accumulate, T::one())
+}
+
+/// [`matmul`] with the product scaled: dst = (accumulate ? dst : 0) + scale * a b.
+///
+/// # Safety
+/// As [`matmul`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn matmul_scaled<T: Elem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    a: Mat<T>,
+    b: Mat<T>,
+    accumulate: bool,
+    scale: T,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -139,7 +184,7 @@ pub(crate) unsafe fn matmul<T: Elem>(
         b.cs,
         b.rs,
         T::one(),
-        T::one(),
+        scale,
         false,
         false,
         false,
@@ -229,4 +274,29 @@ pub(crate) use multiversion;
 /// Number of worker threads the kernels split work over.
 pub(crate) fn threads() -> usize {
     rayon::current_num_threads().max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Elem;
+
+    /// The vectorisable f32 exp and erf against f64 libm over their working ranges.
+    #[test]
+    fn f32_exp_and_erf_are_accurate() {
+        let (mut worst_exp, mut worst_erf) = (0f64, 0f64);
+        for i in 0..=200_000 {
+            let x = -87.0 + 175.0 * i as f64 / 200_000.0;
+            let e = (x as f32).exp_v() as f64;
+            let r = (x as f32 as f64).exp();
+            worst_exp = worst_exp.max((e - r).abs() / r);
+            let z = -6.0 + 12.0 * i as f64 / 200_000.0;
+            let e = (z as f32).erf() as f64;
+            worst_erf = worst_erf.max((e - libm::erf(z as f32 as f64)).abs());
+        }
+        assert!(worst_exp < 4.0 * f32::EPSILON as f64, "exp max relative error {worst_exp:e}");
+        assert!(worst_erf < 4.0 * f32::EPSILON as f64, "erf max absolute error {worst_erf:e}");
+        assert!(f32::NAN.exp_v().is_nan() && f32::NAN.erf().is_nan());
+        assert!((-1000f32).exp_v() < 1e-37);
+        assert_eq!(0f32.exp_v(), 1.0);
+    }
 }
