@@ -1,6 +1,6 @@
 //! MONAI's UNETR blocks. Every struct's fields carry the name of its key in MONAI's state dict.
 
-use crate::layers::{ConvLayer, NormKind, NormLayer, TransConvLayer, LEAKY_SLOPE};
+use crate::layers::{inplace_ok, ConvLayer, NormKind, NormLayer, TransConvLayer, LEAKY_SLOPE};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -31,12 +31,25 @@ impl UnetResBlock {
         })
     }
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let out = self.norm1.forward_lrelu(&self.conv1.forward(x)?, train)?;
-        let out = self.norm2.forward_t(&self.conv2.forward(&out)?, train)?;
+        self.forward_owned(x.clone(), train)
+    }
+
+    /// As `forward_t`, releasing `x` as soon as it was read (it is freed if the caller holds no other
+    /// reference): the residual branch runs first. In inference the norms and the residual join work in
+    /// place on tensors made here; this is what bounds the peak memory of the 96^3 decoder stage.
+    pub fn forward_owned(&self, x: Tensor, train: bool) -> Result<Tensor> {
         let residual = match &self.conv3 {
-            Some((conv, norm)) => norm.forward_t(&conv.forward(x)?, train)?,
+            Some((conv, norm)) => norm.forward_owned(conv.forward(&x)?, false, train)?,
             None => x.clone(),
         };
+        let h = self.norm1.forward_owned(self.conv1.forward(&x)?, true, train)?;
+        drop(x);
+        let out = self.norm2.forward_owned(self.conv2.forward(&h)?, false, train)?;
+        drop(h);
+        if inplace_ok(&out, train) && out.dtype() == residual.dtype() {
+            unetr_ops::add_leaky_relu_(&out, &residual, LEAKY_SLOPE)?;
+            return Ok(out);
+        }
         unetr_ops::add_leaky_relu(&out, &residual, LEAKY_SLOPE)
     }
 }
@@ -60,8 +73,8 @@ impl UnetBasicBlock {
         })
     }
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let out = self.norm1.forward_lrelu(&self.conv1.forward(x)?, train)?;
-        self.norm2.forward_lrelu(&self.conv2.forward(&out)?, train)
+        let h = self.norm1.forward_owned(self.conv1.forward(x)?, true, train)?;
+        self.norm2.forward_owned(self.conv2.forward(&h)?, true, train)
     }
 }
 
@@ -77,9 +90,13 @@ impl ConvBlock {
         Ok(if res { ConvBlock::Res(UnetResBlock::new(ci, co, 3, norm, vb)?) } else { ConvBlock::Basic(UnetBasicBlock::new(ci, co, 3, norm, vb)?) })
     }
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_owned(x.clone(), train)
+    }
+    /// As `forward_t`, releasing `x` once read (see [`UnetResBlock::forward_owned`]).
+    pub fn forward_owned(&self, x: Tensor, train: bool) -> Result<Tensor> {
         match self {
-            ConvBlock::Res(b) => b.forward_t(x, train),
-            ConvBlock::Basic(b) => b.forward_t(x, train),
+            ConvBlock::Res(b) => b.forward_owned(x, train),
+            ConvBlock::Basic(b) => b.forward_t(&x, train),
         }
     }
 }
@@ -121,7 +138,8 @@ impl UnetrPrUpBlock {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = self.transp_conv_init.forward(x)?;
         for (up, block) in &self.blocks {
-            x = block.forward_t(&up.forward(&x)?, train)?;
+            let u = up.forward(&x)?;
+            x = block.forward_owned(u, train)?;
         }
         Ok(x)
     }
@@ -141,10 +159,14 @@ impl UnetrUpBlock {
             conv_block: ConvBlock::new(2 * co, co, norm, res, vb.pp("conv_block"))?,
         })
     }
-    pub fn forward_t(&self, x: &Tensor, skip: &Tensor, train: bool) -> Result<Tensor> {
-        let up = self.transp_conv.forward(x)?;
-        let cat = unetr_ops::profile::timed("skip_concat", || Tensor::cat(&[&up, skip], 1))?;
-        self.conv_block.forward_t(&cat, train)
+    /// `skip` is taken by value so that it is freed once concatenated (when the caller keeps no clone).
+    pub fn forward_t(&self, x: &Tensor, skip: Tensor, train: bool) -> Result<Tensor> {
+        let cat = {
+            let up = self.transp_conv.forward(x)?;
+            unetr_ops::profile::timed("skip_concat", || Tensor::cat(&[&up, &skip], 1))?
+        };
+        drop(skip);
+        self.conv_block.forward_owned(cat, train)
     }
 }
 

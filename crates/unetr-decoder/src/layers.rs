@@ -129,6 +129,23 @@ impl NormLayer {
             NormLayer::Batch(bn) => bn.forward_t(x, train),
         }
     }
+    /// norm(x), then LeakyReLU when `act`; in inference (instance norm, nothing tracking gradients) in place on
+    /// `x`, which saves an activation-sized buffer. Pass a tensor nothing else reads (a fresh conv output).
+    pub fn forward_owned(&self, x: Tensor, act: bool, train: bool) -> Result<Tensor> {
+        if matches!(self, NormLayer::Instance) && inplace_ok(&x, train) {
+            if act {
+                unetr_ops::instance_norm_leaky_relu_(&x, 1e-5, LEAKY_SLOPE)?;
+            } else {
+                unetr_ops::instance_norm_(&x, 1e-5)?;
+            }
+            return Ok(x);
+        }
+        if act {
+            self.forward_lrelu(&x, train)
+        } else {
+            self.forward_t(&x, train)
+        }
+    }
     /// leaky_relu(norm(x)): one fused pass for instance norm.
     pub fn forward_lrelu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match self {
@@ -136,4 +153,9 @@ impl NormLayer {
             NormLayer::Batch(bn) => unetr_ops::leaky_relu(&bn.forward_t(x, train)?, LEAKY_SLOPE),
         }
     }
+}
+
+/// Whether an in-place op may overwrite `t`: inference on the CPU, f32/f64, contiguous, no autograd.
+pub(crate) fn inplace_ok(t: &Tensor, train: bool) -> bool {
+    !train && t.device().is_cpu() && !t.track_op() && t.is_contiguous() && matches!(t.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
 }

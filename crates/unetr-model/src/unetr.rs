@@ -122,28 +122,28 @@ impl Unetr {
             keep(&format!("vit.blocks.{i}"), h);
         }
         keep("vit", &vit.last);
-        // The decoder path is ordered so each large activation is dropped as soon as it was used.
+        // The decoder path is ordered so each large activation is dropped as soon as it was used; the skips
+        // move into the up blocks, which free them once concatenated.
         let enc4 = self.encoder4.forward_t(&self.proj_feat(&vit.hidden_states[s4])?, train)?;
         keep("encoder4", &enc4);
-        let dec3 = self.decoder5.forward_t(&self.proj_feat(&vit.last)?, &enc4, train)?;
+        let dec3 = self.decoder5.forward_t(&self.proj_feat(&vit.last)?, enc4, train)?;
         keep("decoder5", &dec3);
-        drop(enc4);
         let enc3 = self.encoder3.forward_t(&self.proj_feat(&vit.hidden_states[s3])?, train)?;
         keep("encoder3", &enc3);
-        let dec2 = self.decoder4.forward_t(&dec3, &enc3, train)?;
+        let dec2 = self.decoder4.forward_t(&dec3, enc3, train)?;
         keep("decoder4", &dec2);
-        drop((enc3, dec3));
+        drop(dec3);
         let enc2 = self.encoder2.forward_t(&self.proj_feat(&vit.hidden_states[s2])?, train)?;
         keep("encoder2", &enc2);
         drop(vit);
-        let dec1 = self.decoder3.forward_t(&dec2, &enc2, train)?;
+        let dec1 = self.decoder3.forward_t(&dec2, enc2, train)?;
         keep("decoder3", &dec1);
-        drop((enc2, dec2));
+        drop(dec2);
         let enc1 = self.encoder1.forward_t(x, train)?;
         keep("encoder1", &enc1);
-        let out = self.decoder2.forward_t(&dec1, &enc1, train)?;
+        let out = self.decoder2.forward_t(&dec1, enc1, train)?;
         keep("decoder2", &out);
-        drop((enc1, dec1));
+        drop(dec1);
         let logits = self.out.forward(&out)?;
         keep("out", &logits);
         Ok(logits)

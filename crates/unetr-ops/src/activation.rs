@@ -3,7 +3,7 @@
 
 use crate::dtype::{up, via_f32};
 use crate::error::{check_float, shape_err, OpsError};
-use crate::kernels::activation::{add_leaky_relu_bwd, gelu_bwd, gelu_fwd, leaky_relu_fwd, softmax_fwd};
+use crate::kernels::activation::{add_leaky_relu_bwd, add_leaky_relu_inplace, gelu_bwd, gelu_fwd, leaky_relu_fwd, softmax_fwd};
 use crate::storage::{data, data2, dispatch, dispatch2, out};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 
@@ -166,4 +166,39 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
         return softmax_last_dim(&up(x)?)?.to_dtype(x.dtype());
     }
     x.contiguous()?.apply_op1(Softmax)
+}
+
+struct AddLeakyReluInplace(f64);
+
+impl candle_core::InplaceOp2 for AddLeakyReluInplace {
+    fn name(&self) -> &'static str {
+        "add_leaky_relu"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let b = data(self.name(), s2, l2)?;
+        crate::profile::timed("add_leaky_relu", || {
+            match (crate::storage::data_mut(self.name(), s1, l1)?, b) {
+                (crate::storage::DataMut::F32(a), crate::storage::Data::F32(b)) => add_leaky_relu_inplace(a, b, self.0),
+                (crate::storage::DataMut::F64(a), crate::storage::Data::F64(b)) => add_leaky_relu_inplace(a, b, self.0),
+                _ => return Err(OpsError::Param { op: "add_leaky_relu", msg: "the inputs differ in dtype".into() }.into()),
+            }
+            Ok(())
+        })
+    }
+}
+
+/// In-place [`add_leaky_relu`] for inference: a = LeakyReLU(a + b), overwriting `a` (and every view of its
+/// storage). For a tensor the caller just made and nothing else reads; refuses tensors that track
+/// gradients, non-contiguous ones and non-CPU devices.
+pub fn add_leaky_relu_(a: &Tensor, b: &Tensor, slope: f64) -> Result<()> {
+    const OP: &str = "add_leaky_relu";
+    crate::storage::check_inplace(OP, a)?;
+    check_float(OP, a.dtype())?;
+    if a.dims() != b.dims() {
+        return Err(shape_err(OP, "the two inputs differ in shape", &[a.dims(), b.dims()]));
+    }
+    if a.dtype() != b.dtype() {
+        return Err(OpsError::DTypeMismatch { op: OP, a: a.dtype(), b: b.dtype() }.into());
+    }
+    a.inplace_op2(&b.contiguous()?, &AddLeakyReluInplace(slope))
 }

@@ -19,13 +19,13 @@ pub mod norm;
 pub mod profile;
 mod storage;
 
-pub use activation::{add_leaky_relu, gelu, leaky_relu, softmax_last_dim};
+pub use activation::{add_leaky_relu, add_leaky_relu_, gelu, leaky_relu, softmax_last_dim};
 pub use attention::attention;
 pub use dtype::cast_to;
 pub use conv::{conv3d, conv_transpose3d, Conv3dParams};
 pub use error::OpsError;
 pub use linear::linear;
-pub use norm::{batch_norm, instance_norm, instance_norm_leaky_relu, layer_norm, RunningStats};
+pub use norm::{batch_norm, instance_norm, instance_norm_, instance_norm_leaky_relu, instance_norm_leaky_relu_, layer_norm, RunningStats};
 
 /// The CUDA C source of the GPU kernels (compiled by NVRTC at run time with the `cuda` feature; available
 /// without it so that a CPU-only test can compile it to PTX).

@@ -6,7 +6,7 @@
 //! broadcasting, so its gradients come from candle's autograd.
 
 use crate::error::{check_float, shape_err, OpsError};
-use crate::kernels::norm::{norm_bwd, norm_fwd, Groups};
+use crate::kernels::norm::{norm_bwd, norm_fwd, norm_fwd_inplace, Groups};
 use crate::storage::{data, data2, dispatch, dispatch2, out};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
 
@@ -366,4 +366,43 @@ pub fn layer_norm(
             None => Ok(y),
         }
     })
+}
+
+struct NormInplace(NormOp);
+
+impl candle_core::InplaceOp1 for NormInplace {
+    fn name(&self) -> &'static str {
+        self.0.name_str()
+    }
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let gs = self.0.groups(l.dims())?;
+        crate::profile::timed(self.0.name_str(), || {
+            match crate::storage::data_mut(self.0.name_str(), s, l)? {
+                crate::storage::DataMut::F32(x) => norm_fwd_inplace(x, &gs, self.0.eps, self.0.slope),
+                crate::storage::DataMut::F64(x) => norm_fwd_inplace(x, &gs, self.0.eps, self.0.slope),
+            }
+            Ok(())
+        })
+    }
+}
+
+fn normalize_(x: &Tensor, op: NormOp) -> Result<()> {
+    crate::storage::check_inplace(op.name_str(), x)?;
+    check_float(op.name_str(), x.dtype())?;
+    if x.rank() < 3 || x.elem_count() == 0 {
+        return Err(shape_err(op.name_str(), "expected a non-empty [N, C, spatial...] tensor", &[x.dims()]));
+    }
+    x.inplace_op1(&NormInplace(op))
+}
+
+/// In-place [`instance_norm`] without affine, for inference: overwrites `x` (and every view of its storage),
+/// saving an activation-sized buffer. For a tensor the caller just made and nothing else reads; refuses
+/// tensors that track gradients, non-contiguous ones and non-CPU devices.
+pub fn instance_norm_(x: &Tensor, eps: f64) -> Result<()> {
+    normalize_(x, NormOp { kind: Kind::Instance, eps, slope: None })
+}
+
+/// In-place [`instance_norm_leaky_relu`]; the same contract as [`instance_norm_`].
+pub fn instance_norm_leaky_relu_(x: &Tensor, eps: f64, slope: f64) -> Result<()> {
+    normalize_(x, NormOp { kind: Kind::Instance, eps, slope: Some(slope) })
 }

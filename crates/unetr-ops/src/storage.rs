@@ -85,3 +85,32 @@ macro_rules! dispatch2 {
     };
 }
 pub(crate) use {dispatch, dispatch2};
+
+/// The contiguous f32/f64 data of a storage, mutably (for in-place ops).
+pub(crate) enum DataMut<'a> {
+    F32(&'a mut [f32]),
+    F64(&'a mut [f64]),
+}
+
+pub(crate) fn data_mut<'a>(op: &'static str, s: &'a mut CpuStorage, l: &Layout) -> Result<DataMut<'a>> {
+    let (a, b) = l.contiguous_offsets().ok_or_else(|| OpsError::Param { op, msg: format!("in-place op on a non-contiguous layout {:?}", l.shape()) })?;
+    match s {
+        CpuStorage::F32(v) => Ok(DataMut::F32(&mut v[a..b])),
+        CpuStorage::F64(v) => Ok(DataMut::F64(&mut v[a..b])),
+        other => Err(OpsError::DType { op, dtype: other.dtype() }.into()),
+    }
+}
+
+/// Why an in-place op cannot run on `x` (CPU, f32/f64, contiguous, no autograd), if it cannot.
+pub(crate) fn check_inplace(op: &'static str, x: &candle_core::Tensor) -> Result<()> {
+    let why = if !x.device().is_cpu() {
+        "runs on the CPU only"
+    } else if x.track_op() {
+        "would corrupt the autograd graph (the tensor tracks gradients); use the out-of-place op"
+    } else if !x.is_contiguous() {
+        "needs a contiguous tensor"
+    } else {
+        return Ok(());
+    };
+    Err(OpsError::Param { op, msg: format!("in-place {op} {why}") }.into())
+}

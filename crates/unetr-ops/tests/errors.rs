@@ -169,3 +169,27 @@ fn activations_reject_bad_input() {
     err_contains(add_leaky_relu(&t(&[2, 3]), &x64, 0.01), &["add_leaky_relu", "F64"]);
     err_contains(gelu(&t(&[2, 3]).to_dtype(DType::U32).unwrap()), &["gelu", "U32"]);
 }
+
+/// The in-place inference variants equal the out-of-place ops, and refuse tensors whose overwrite would
+/// corrupt an autograd graph (or that they cannot write: strided views).
+#[test]
+fn inplace_ops_match_and_refuse_graph_tensors() {
+    let x = Tensor::randn(0f32, 1.0, (2, 3, 4, 5, 6), &Device::Cpu).unwrap();
+    let b = Tensor::randn(0f32, 1.0, (2, 3, 4, 5, 6), &Device::Cpu).unwrap();
+    let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let cases: [(&str, Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>, Box<dyn Fn(&Tensor) -> candle_core::Result<()>>); 3] = [
+        ("instance_norm", Box::new(|t| instance_norm(t, None, None, 1e-5)), Box::new(|t| instance_norm_(t, 1e-5))),
+        ("instance_norm_leaky_relu", Box::new(|t| instance_norm_leaky_relu(t, 1e-5, 0.01)), Box::new(|t| instance_norm_leaky_relu_(t, 1e-5, 0.01))),
+        ("add_leaky_relu", Box::new(|t| add_leaky_relu(t, &b, 0.01)), Box::new(|t| add_leaky_relu_(t, &b, 0.01))),
+    ];
+    for (name, out_of_place, in_place) in &cases {
+        let want = out_of_place(&x).unwrap();
+        let y = x.copy().unwrap();
+        in_place(&y).unwrap();
+        assert!(max_diff(&y, &want) < 1e-6, "{name}");
+        let v = candle_core::Var::from_tensor(&x).unwrap();
+        err_contains(in_place(v.as_tensor()), &[name, "gradients"]);
+        err_contains(in_place(&x.transpose(3, 4).unwrap()), &[name, "contiguous"]);
+    }
+    err_contains(add_leaky_relu_(&x.copy().unwrap(), &t(&[2, 3]), 0.01), &["add_leaky_relu", "[2, 3]"]);
+}

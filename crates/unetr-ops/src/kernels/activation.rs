@@ -86,6 +86,20 @@ pub fn leaky_relu_fwd<T: Elem>(x: &[T], residual: Option<&[T]>, slope: f64) -> V
     map_chunks(x.len(), |o, c| leaky(&x[o..o + c.len()], residual.map(|r| &r[o..o + c.len()]), c, s))
 }
 
+/// a = LeakyReLU(a + b) in place.
+pub fn add_leaky_relu_inplace<T: Elem>(a: &mut [T], b: &[T], slope: f64) {
+    let s = of_f64::<T>(slope);
+    #[inline(always)]
+    fn imp<T: Elem>(a: &mut [T], b: &[T], s: T) {
+        for (x, &y) in a.iter_mut().zip(b) {
+            let v = *x + y;
+            *x = if v > T::zero() { v } else { v * s };
+        }
+    }
+    multiversion!(fn run<T: Elem>(a: &mut [T], b: &[T], s: T) -> () => imp);
+    a.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(|(x, y)| run(x, y, s));
+}
+
 /// Gradient of LeakyReLU(a + b) w.r.t. either input: dy where a + b > 0, else slope * dy (PyTorch's
 /// convention at 0).
 pub fn add_leaky_relu_bwd<T: Elem>(a: &[T], b: &[T], dy: &[T], slope: f64) -> Vec<T> {
@@ -107,7 +121,7 @@ pub fn add_leaky_relu_bwd<T: Elem>(a: &[T], b: &[T], dy: &[T], slope: f64) -> Ve
 fn gelu_imp<T: Elem>(x: &[T], y: &mut [MaybeUninit<T>]) {
     let (half, r2) = (of_f64::<T>(0.5), of_f64::<T>(std::f64::consts::FRAC_1_SQRT_2));
     for (o, &v) in y.iter_mut().zip(x) {
-        o.write(half * v * (T::one() + (v * r2).erf()));
+        o.write(half * v * (T::one() + (v * r2).erf_v()));
     }
 }
 multiversion!(fn gelu<T: Elem>(x: &[T], y: &mut [MaybeUninit<T>]) -> () => gelu_imp);
@@ -123,7 +137,7 @@ fn gelu_bwd_imp<T: Elem>(x: &[T], dy: &[T], y: &mut [MaybeUninit<T>]) {
     let inv_sqrt_2pi = of_f64::<T>(0.398_942_280_401_432_7);
     for ((o, &v), &g) in y.iter_mut().zip(x).zip(dy) {
         // d/dx x Phi(x) = Phi(x) + x phi(x)
-        let cdf = half * (T::one() + (v * r2).erf());
+        let cdf = half * (T::one() + (v * r2).erf_v());
         let pdf = inv_sqrt_2pi * (-half * v * v).exp_v();
         o.write(g * (cdf + v * pdf));
     }

@@ -17,14 +17,14 @@ pub trait Elem:
     /// The error function: exact (libm) in f64; in f32 a branch-free rational approximation that
     /// vectorises (Eigen's `generic_fast_erf_float`, within a few ulp of erff; erf(+-4) rounds to +-1 in f32). Plain
     /// multiply-adds, not `mul_add`, which is a libm call where FMA is not enabled.
-    fn erf(self) -> Self;
+    fn erf_v(self) -> Self;
     /// e^x: std's in f64; in f32 a branch-free Cephes-style polynomial that vectorises (within 2 ulp of expf
     /// for x in [-87, 88]; below that 0 after clamping to e^-87.3; NaN stays NaN).
     fn exp_v(self) -> Self;
 }
 impl Elem for f32 {
     #[inline(always)]
-    fn erf(self) -> f32 {
+    fn erf_v(self) -> f32 {
         let x = self.clamp(-4.0, 4.0);
         let x2 = x * x;
         let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
@@ -60,7 +60,7 @@ impl Elem for f32 {
 }
 impl Elem for f64 {
     #[inline(always)]
-    fn erf(self) -> f64 {
+    fn erf_v(self) -> f64 {
         libm::erf(self)
     }
     #[inline(always)]
@@ -290,12 +290,12 @@ mod tests {
             let r = (x as f32 as f64).exp();
             worst_exp = worst_exp.max((e - r).abs() / r);
             let z = -6.0 + 12.0 * i as f64 / 200_000.0;
-            let e = (z as f32).erf() as f64;
+            let e = (z as f32).erf_v() as f64;
             worst_erf = worst_erf.max((e - libm::erf(z as f32 as f64)).abs());
         }
         assert!(worst_exp < 4.0 * f32::EPSILON as f64, "exp max relative error {worst_exp:e}");
         assert!(worst_erf < 4.0 * f32::EPSILON as f64, "erf max absolute error {worst_erf:e}");
-        assert!(f32::NAN.exp_v().is_nan() && f32::NAN.erf().is_nan());
+        assert!(f32::NAN.exp_v().is_nan() && f32::NAN.erf_v().is_nan());
         assert!((-1000f32).exp_v() < 1e-37);
         assert_eq!(0f32.exp_v(), 1.0);
     }

@@ -125,6 +125,30 @@ pub fn norm_fwd<T: Elem>(
     (y, st)
 }
 
+#[inline(always)]
+fn normalize_inplace_imp<T: Elem>(y: &mut [T], mean: T, rstd: T, slope: T, act: bool) {
+    for v in y.iter_mut() {
+        let t = (*v - mean) * rstd;
+        *v = if act && t < T::zero() { t * slope } else { t };
+    }
+}
+multiversion!(fn normalize_inplace<T: Elem>(y: &mut [T], mean: T, rstd: T, slope: T, act: bool) -> () => normalize_inplace_imp);
+
+/// [`norm_fwd`] with statistics from `x`, overwriting `x` (inference: no second buffer).
+pub fn norm_fwd_inplace<T: Elem>(x: &mut [T], gs: &Groups, eps: f64, slope: Option<f64>) {
+    let st = group_stats(x, gs);
+    let xp = SyncPtr(x.as_mut_ptr());
+    let (act, sl) = (slope.is_some(), of_f64::<T>(slope.unwrap_or(1.0)));
+    (0..gs.groups).into_par_iter().with_min_len(gs.min_len()).for_each(|g| {
+        let (mean, var) = st[g];
+        let rstd = of_f64::<T>(1.0 / (var + eps).sqrt());
+        for o in gs.offsets(g) {
+            // SAFETY: segments of different groups are disjoint.
+            normalize_inplace(unsafe { xp.slice(o, gs.len) }, of_f64::<T>(mean), rstd, sl, act);
+        }
+    });
+}
+
 /// (sum(d), sum(d * xhat)) with d = dy * act'(xhat), xhat = (x - mean) * rstd.
 #[inline(always)]
 fn bwd_sums_imp<T: Elem>(x: &[T], dy: &[T], mean: T, rstd: T, slope: T, act: bool) -> (f64, f64) {
