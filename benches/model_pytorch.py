@@ -91,18 +91,18 @@ def op_table(fn):
     wall = time.perf_counter() - t
     rows = [{"name": e.key, "calls": e.count, "seconds": e.self_cpu_time_total / 1e6} for e in prof.key_averages()]
     rows.sort(key=lambda r: -r["seconds"])
-    return rows[:25], wall
+    return rows[:25], wall, sum(r["seconds"] for r in rows)
 
 
-ops, ops_wall_s = [], 0.0
+ops, ops_wall_s, ops_self_total_s = [], 0.0, 0.0
 if args.mode == "profile":
     with torch.inference_mode():
-        ops, ops_wall_s = op_table(lambda: net(x))
+        ops, ops_wall_s, ops_self_total_s = op_table(lambda: net(x))
 elif args.mode == "train":
-    ops, ops_wall_s = op_table(step)
+    ops, ops_wall_s, ops_self_total_s = op_table(step)
 
 print(json.dumps({
-    "ops": ops, "ops_wall_s": ops_wall_s,
+    "ops": ops, "ops_wall_s": ops_wall_s, "ops_self_total_s": ops_self_total_s,
     "forward_s": times,
     "modules": locals().get("modules", {}),
     "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,

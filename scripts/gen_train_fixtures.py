@@ -82,9 +82,32 @@ def metrics():
               metadata={"note": json.dumps("HausdorffDistance percentile 95 and DiceMetric, include_background=True")})
 
 
+def adamw():
+    """torch.optim.AdamW over 4 steps with given gradients (lr, betas, eps, weight decay not PyTorch's defaults),
+    the weights after each step; a gradient that is absent in step 2 (frozen that step)."""
+    g = torch.Generator().manual_seed(7)
+    w0 = {"a": torch.randn(3, 5, generator=g), "b": torch.randn(7, generator=g)}
+    grads = [{k: torch.randn(v.shape, generator=g) * (1 + i) for k, v in w0.items()} for i in range(4)]
+    params = {k: torch.nn.Parameter(v.clone()) for k, v in w0.items()}
+    opt = torch.optim.AdamW(params.values(), lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)
+    t = {f"w0.{k}": v for k, v in w0.items()}
+    for i, gs in enumerate(grads):
+        opt.zero_grad(set_to_none=True)
+        for k, p in params.items():
+            if not (i == 2 and k == "b"):
+                p.grad = gs[k].clone()
+                t[f"g{i}.{k}"] = gs[k]
+        opt.step()
+        for k, p in params.items():
+            t[f"w{i + 1}.{k}"] = p.detach().clone()
+    save_file({k: v.contiguous() for k, v in t.items()}, os.path.join(OUT, "adamw.safetensors"),
+              metadata={"config": json.dumps(dict(lr=3e-3, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.05))})
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     losses()
     sliding()
     metrics()
+    adamw()
     print("fixtures written to", os.path.normpath(OUT))

@@ -57,6 +57,9 @@ pub struct Measured {
     /// Wall time of that profiled pass.
     #[serde(default)]
     pub ops_wall_s: f64,
+    /// Self time of all ops of that pass, summed (PyTorch's side; ours covers the wall).
+    #[serde(default)]
+    pub ops_self_total_s: f64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -170,7 +173,7 @@ pub fn child(a: Args) -> Result<()> {
             forward_s.push(t.elapsed().as_secs_f64());
         }
     }
-    println!("{}", serde_json::to_string(&Measured { forward_s, peak_rss_kb: peak_rss_kb(), modules, gemm_gflops, ops, ops_wall_s })?);
+    println!("{}", serde_json::to_string(&Measured { forward_s, peak_rss_kb: peak_rss_kb(), modules, gemm_gflops, ops, ops_wall_s, ops_self_total_s: 0.0 })?);
     Ok(())
 }
 
@@ -252,6 +255,8 @@ pub fn run(a: Args) -> Result<()> {
             "config": a.config, "size": cfg.img_size, "params": count_params(&cfg), "macs": count_macs(&cfg),
             "forward": {"ours": fwd.0, "pytorch": fwd.1.as_ref().map(|t| &t.1)},
             "train_step": train.as_ref().map(|t| serde_json::json!({"ours": t.0, "pytorch": t.1.as_ref().map(|t| &t.1)})),
+            "profile": {"ours": prof.0, "pytorch": prof.1.as_ref().map(|t| &t.1)},
+            "sliding": sliding.as_ref().map(|t| serde_json::json!({"ours": t.0, "pytorch": t.1.as_ref().map(|t| &t.1)})),
             "machine": crate::bench_ops::machine(),
         });
         std::fs::write(p, serde_json::to_string_pretty(&j)?)?;
@@ -274,17 +279,17 @@ fn render_ops(what: &str, p: &Side) -> String {
     }
     let covered: f64 = o.ops.iter().map(|r| r.seconds).sum();
     let mut s = format!(
-        "
-Where the time goes, one {what} (self time per op, like torch.profiler's table; ours: `unetr_ops::profile`,          {:.2} s wall of which {:.0}% inside profiled ops, the rest candle's own ops{}; PyTorch: torch.profiler, {}):
-
-         | # | ours | calls | ms | % | PyTorch | calls | ms | % |
-|---:|---|---:|---:|---:|---|---:|---:|---:|
-",
+        "\nWhere the time goes, one {what}: self time per op, like torch.profiler's table. Ours (`unetr_ops::profile`): \
+         {:.2} s wall, {:.0}% of it inside profiled ops{}; % of that wall. PyTorch (torch.profiler): {}.\n\n",
         o.ops_wall_s,
         100.0 * covered / o.ops_wall_s.max(1e-9),
-        if what == "forward" { "" } else { " (the backward of element-wise ops, the loss and the optimizer)" },
-        t.map_or("skipped".to_string(), |t| format!("{:.2} s wall", t.ops_wall_s)),
+        if what == "forward" { "" } else { ", the rest in candle's own ops (the backward of element-wise ops, the loss, the optimizer)" },
+        t.map_or("skipped".to_string(), |t| format!(
+            "{:.2} s wall under the profiler (its overhead inflates it), {:.2} s summed self time; % of that sum",
+            t.ops_wall_s, t.ops_self_total_s
+        )),
     );
+    s += "| # | ours | calls | ms | % | PyTorch | calls | ms | % |\n|---:|---|---:|---:|---:|---|---:|---:|---:|\n";
     let row = |r: Option<&OpRow>, wall: f64| {
         r.map_or("| | | |".to_string(), |r| format!("{} | {} | {:.1} | {:.1}", r.name, r.calls, r.seconds * 1e3, 100.0 * r.seconds / wall.max(1e-9)))
     };
@@ -294,7 +299,7 @@ Where the time goes, one {what} (self time per op, like torch.profiler's table; 
 ",
             i + 1,
             row(o.ops.get(i), o.ops_wall_s),
-            t.map_or("| | |".to_string(), |t| row(t.ops.get(i), t.ops_wall_s))
+            t.map_or("| | |".to_string(), |t| row(t.ops.get(i), if t.ops_self_total_s > 0.0 { t.ops_self_total_s } else { t.ops_wall_s }))
         );
     }
     s
@@ -350,9 +355,11 @@ fn render(a: &Args, cfg: &UnetrConfig, fwd: &Side, train: Option<&Side>) -> Stri
     let mut s = String::new();
     let size = cfg.img_size.map(|v| v.to_string()).join(",");
     s += &format!(
-        "Command: `cargo xtask bench --config {} --size {size} --repeats {}`  \nMachine: {}  \nPyTorch: {}\n\n",
+        "Command: `cargo xtask bench --config {} --size {size} --repeats {}{}{}`  \nMachine: {}  \nPyTorch: {}\n\n",
         a.config,
         a.repeats,
+        if a.sliding { " --sliding" } else { "" },
+        a.json.as_ref().map_or(String::new(), |p| format!(" --json {}", p.display())),
         crate::bench_ops::machine(),
         torch.map_or("skipped".to_string(), |t| format!("torch {}, MONAI {}, {} threads, `benches/model_pytorch.py`", t.1["torch"], t.1["monai"], t.1["threads"]))
     );

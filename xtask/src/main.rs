@@ -93,8 +93,13 @@ fn main() -> std::process::ExitCode {
         // mimalloc v2's option numbers (the -sys crate exports no names for these two).
         const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
         const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
-        libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 1);
+        // (MIMALLOC_PURGE_DELAY / MIMALLOC_ARENA_EAGER_COMMIT in the environment take precedence)
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+        }
+        if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
+            libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 1);
+        }
     }
     // Library warnings (replaced NaN voxels, skipped keys) go to stderr; RUST_LOG overrides the level.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
