@@ -1,13 +1,13 @@
 //! Multi-head scaled dot-product attention: softmax(q k^T * scale) v.
 //!
 //! On the CPU one op reads q, k, v through their strides and keeps each head's scores in a per-thread
-//! buffer (`kernels::attention`); its backward recomputes the probabilities with candle ops. On a CUDA
+//! buffer (`kernels::attention`); its backward, one op too, recomputes the probabilities. On a CUDA
 //! device (feature `cuda`) the same function runs fused kernels (flash-style: scores stay in registers,
 //! online softmax; the backward recomputes them), never materialising the L x Lk score matrix.
 
 use crate::activation::softmax_last_dim;
 use crate::error::{check_float, shape_err, OpsError};
-use crate::kernels::attention::{attention_fwd, Strided};
+use crate::kernels::attention::{attention_bwd, attention_fwd, Strided};
 use crate::storage::out;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -62,8 +62,8 @@ fn unfused(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     softmax_last_dim(&scores)?.matmul(&v.contiguous()?)
 }
 
-/// One op on the CPU (`kernels::attention`): strided q/k/v, scores in a per-thread buffer. The backward
-/// recomputes the probabilities and is written with candle ops.
+/// One op on the CPU (`kernels::attention`): strided q/k/v, scores in a per-thread buffer. The backward is
+/// one op too, recomputing the probabilities (first-order only).
 struct CpuAttention {
     scale: f64,
 }
@@ -73,13 +73,9 @@ impl CustomOp3 for CpuAttention {
         "attention"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let st = |l: &Layout| -> Result<Strided> {
-            let s = <[usize; 4]>::try_from(l.stride()).map_err(|_| shape_err("attention", "rank-4 operands", &[l.dims()]))?;
-            Ok(Strided { offset: l.start_offset(), s })
-        };
         let (qd, kd) = (l1.dims(), l2.dims());
         let dims = [qd[0], qd[1], qd[2], kd[2], qd[3]];
-        let strides = (st(l1)?, st(l2)?, st(l3)?);
+        let strides = (strided(l1)?, strided(l2)?, strided(l3)?);
         crate::profile::timed("attention", || match (s1, s2, s3) {
             (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => out(attention_fwd(q, k, v, strides, dims, self.scale as f32), l1.shape().clone()),
             (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => out(attention_fwd(q, k, v, strides, dims, self.scale), l1.shape().clone()),
@@ -87,16 +83,48 @@ impl CustomOp3 for CpuAttention {
         })
     }
     fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _o: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        crate::profile::timed("attention_backward", || {
-            let (q, k, v, g) = (q.contiguous()?, k.contiguous()?, v.contiguous()?, g.contiguous()?);
-            let p = softmax_last_dim(&(q.matmul(&k.t()?.contiguous()?)? * self.scale)?)?;
-            let dv = p.t()?.contiguous()?.matmul(&g)?;
-            let dp = g.matmul(&v.t()?.contiguous()?)?;
-            // dS = P * (dP - rowsum(dP * P))
-            let ds = (&p * dp.broadcast_sub(&(&dp * &p)?.sum_keepdim(candle_core::D::Minus1)?)?)?;
-            let dq = (ds.matmul(&k)? * self.scale)?;
-            let dk = (ds.t()?.contiguous()?.matmul(&q)? * self.scale)?;
-            Ok((Some(dq), Some(dk), Some(dv)))
+        let flat = q.apply_op3(k, v, CpuAttentionBwd { scale: self.scale, d_o: g.contiguous()? })?;
+        let (nq, nk) = (q.elem_count(), k.elem_count());
+        Ok((
+            Some(flat.narrow(0, 0, nq)?.reshape(q.shape())?),
+            Some(flat.narrow(0, nq, nk)?.reshape(k.shape())?),
+            Some(flat.narrow(0, nq + nk, nk)?.reshape(v.shape())?),
+        ))
+    }
+}
+
+fn strided(l: &Layout) -> Result<Strided> {
+    let s = <[usize; 4]>::try_from(l.stride()).map_err(|_| shape_err("attention", "rank-4 operands", &[l.dims()]))?;
+    Ok(Strided { offset: l.start_offset(), s })
+}
+
+/// (q, k, v) -> [dq | dk | dv] flat, given dO (held by the op: a custom op takes at most three operands).
+/// First-order only.
+struct CpuAttentionBwd {
+    scale: f64,
+    d_o: Tensor,
+}
+
+impl CustomOp3 for CpuAttentionBwd {
+    fn name(&self) -> &'static str {
+        "attention_backward"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (qd, kd) = (l1.dims(), l2.dims());
+        let dims = [qd[0], qd[1], qd[2], kd[2], qd[3]];
+        let strides = (strided(l1)?, strided(l2)?, strided(l3)?);
+        let n = l1.shape().elem_count() + 2 * l2.shape().elem_count();
+        let (go, gl) = self.d_o.storage_and_layout();
+        let candle_core::Storage::Cpu(go) = &*go else {
+            return Err(OpsError::Param { op: "attention", msg: "internal: the output gradient is not on the CPU".into() }.into());
+        };
+        let (a, b) = gl.contiguous_offsets().ok_or_else(|| OpsError::Param { op: "attention", msg: "internal: non-contiguous output gradient".into() })?;
+        crate::profile::timed("attention_backward", || match (s1, s2, s3, go) {
+            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v), CpuStorage::F32(g)) => {
+                out(attention_bwd(q, k, v, &g[a..b], strides, dims, self.scale as f32), n)
+            }
+            (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v), CpuStorage::F64(g)) => out(attention_bwd(q, k, v, &g[a..b], strides, dims, self.scale), n),
+            _ => Err(OpsError::DType { op: "attention", dtype: s1.dtype() }.into()),
         })
     }
 }
