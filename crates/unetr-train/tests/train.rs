@@ -171,3 +171,32 @@ fn adamw_matches_pytorch() {
         }
     }
 }
+
+/// The fused CPU DiceCE (value and gradient) against its candle-op composition: several option sets, f32 and
+/// f64, a batch of 2, labels outside 0..K (counted as no class, as one_hot does) and a class absent from a sample.
+#[test]
+fn fused_dice_ce_matches_composition() {
+    use unetr_train::losses::dice_ce_composed;
+    for dt in [candle_core::DType::F32, candle_core::DType::F64] {
+        let logits = (Tensor::randn(0f32, 2.0, (2, 5, 6, 7, 4), &Device::Cpu).unwrap()).to_dtype(dt).unwrap();
+        let mut lab: Vec<f32> = (0..2 * 6 * 7 * 4).map(|i| ((i * 7 + i / 5) % 5) as f32).collect();
+        lab[3] = 7.0; // out of range
+        lab[10] = -1.0;
+        lab.iter_mut().skip(6 * 7 * 4).filter(|v| **v == 3.0).for_each(|v| *v = 0.0); // class 3 absent in sample 1
+        let labels = Tensor::from_vec(lab, (2, 1, 6, 7, 4), &Device::Cpu).unwrap().to_dtype(dt).unwrap();
+        for o in [
+            DiceCeOptions::default(),
+            DiceCeOptions::research(),
+            DiceCeOptions { include_background: false, lambda_dice: 0.3, lambda_ce: 1.7, ..DiceCeOptions::research() },
+        ] {
+            let x = Var::from_tensor(&logits).unwrap();
+            let (a, b) = (dice_ce_loss(x.as_tensor(), &labels, &o).unwrap(), dice_ce_composed(x.as_tensor(), &labels, &o).unwrap());
+            let f = |t: &Tensor| t.to_dtype(candle_core::DType::F64).unwrap().to_scalar::<f64>().unwrap();
+            assert!((f(&a) - f(&b)).abs() < 1e-5, "{dt:?} {o:?}: {} vs {}", f(&a), f(&b));
+            let (ga, gb) = ((&a * 3.0).unwrap().backward().unwrap(), (&b * 3.0).unwrap().backward().unwrap());
+            let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
+            let e = (ga - gb).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            assert!(f(&e) < 1e-6, "{dt:?} {o:?}: gradient max-abs {}", f(&e));
+        }
+    }
+}
