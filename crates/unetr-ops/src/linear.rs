@@ -27,6 +27,63 @@ fn linear_fwd<T: Elem>(x: &[T], w: &[T], b: Option<&[T]>, m: usize, n: usize, k:
     y
 }
 
+/// out[m x n] = a[m x k] b[k x n] for strided views, split over column blocks of the output like
+/// [`linear_fwd`] (candle's matmul gets one core's speed on the ViT's shapes).
+fn par_matmul<T: Elem>(m: usize, n: usize, k: usize, a: Mat<T>, b: Mat<T>) -> Vec<T> {
+    let mut y: Vec<T> = Vec::with_capacity(m * n);
+    let yp = SyncPtr(y.as_mut_ptr());
+    let block = (n.div_ceil(2 * threads())).next_multiple_of(64).max(64);
+    (0..n.div_ceil(block)).into_par_iter().for_each(|j| {
+        let (n0, nb) = (j * block, block.min(n - j * block));
+        let bj = b.cols_from(n0);
+        // SAFETY: each block writes its own columns n0..n0+nb of every row (fully: no accumulation).
+        unsafe { matmul(m, nb, k, yp.ptr().add(n0), n, a, bj, false) }
+    });
+    // SAFETY: the blocks cover every column of every row.
+    unsafe { y.set_len(m * n) };
+    y
+}
+
+/// The two gradient GEMMs of `linear`: dx = g W (`Dx`, operands (g, w)) and dW = g^T x (`Dw`, operands
+/// (g, x)). First-order only.
+#[derive(Clone, Copy)]
+enum LinearGrad {
+    Dx,
+    Dw,
+}
+
+impl CustomOp2 for LinearGrad {
+    fn name(&self) -> &'static str {
+        match self {
+            LinearGrad::Dx => "linear_backward_input",
+            LinearGrad::Dw => "linear_backward_weight",
+        }
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (m, n) = l1.shape().dims2()?; // g [M, N]
+        let (r2, k) = l2.shape().dims2()?; // w [N, K] or x [M, K]
+        let this = *self;
+        crate::profile::timed(self.name(), || {
+            dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |g, o| match this {
+                LinearGrad::Dx => {
+                    debug_assert_eq!(r2, n);
+                    out(par_matmul(m, k, n, Mat::rows(g.as_ptr(), n), Mat::rows(o.as_ptr(), k)), (m, k))
+                }
+                LinearGrad::Dw => {
+                    debug_assert_eq!(r2, m);
+                    out(par_matmul(n, k, m, Mat { ptr: g.as_ptr(), rs: 1, cs: n as isize }, Mat::rows(o.as_ptr(), k)), (n, k))
+                }
+            })
+        })
+    }
+}
+
+/// (dx, dW) of y = x W^T given dy, on the CPU.
+fn linear_grads(x: &Tensor, w: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+    let g = g.contiguous()?;
+    Ok((g.apply_op2_no_bwd(&w.contiguous()?, &LinearGrad::Dx)?, g.apply_op2_no_bwd(&x.contiguous()?, &LinearGrad::Dw)?))
+}
+
 struct LinearOp;
 
 /// x W^T + b in one op; gradients of all three.
@@ -47,7 +104,8 @@ impl candle_core::CustomOp3 for LinearBiasOp {
         })
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        crate::profile::timed("linear_backward", || Ok((Some(g.matmul(w)?), Some(g.t()?.matmul(x)?), Some(g.sum(0)?))))
+        let (dx, dw) = linear_grads(x, w, g)?;
+        Ok((Some(dx), Some(dw), Some(crate::profile::timed("linear_backward_bias", || g.sum(0))?)))
     }
 }
 
@@ -64,8 +122,9 @@ impl CustomOp2 for LinearOp {
         crate::profile::timed("linear", || dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |x, w| out(linear_fwd(x, w, None, m, n, k), (m, n))))
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // dx = g W, dW = g^T x (candle matmuls, so these are differentiable too).
-        crate::profile::timed("linear_backward", || Ok((Some(g.matmul(w)?), Some(g.t()?.matmul(x)?))))
+        // dx = g W, dW = g^T x (first-order only).
+        let (dx, dw) = linear_grads(x, w, g)?;
+        Ok((Some(dx), Some(dw)))
     }
 }
 

@@ -114,6 +114,10 @@ impl<T> Mat<T> {
             cs: 1,
         }
     }
+    /// The view from column `c0` on (a method, so closures capture the whole `Sync` view).
+    pub fn cols_from(&self, c0: usize) -> Self {
+        Mat { ptr: self.ptr.wrapping_offset(c0 as isize * self.cs), rs: self.rs, cs: self.cs }
+    }
     /// The transpose of a row-major matrix with the given row stride.
     pub fn t(ptr: *const T, row_stride: usize) -> Self {
         Mat {
