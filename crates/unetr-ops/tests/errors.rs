@@ -177,7 +177,9 @@ fn inplace_ops_match_and_refuse_graph_tensors() {
     let x = Tensor::randn(0f32, 1.0, (2, 3, 4, 5, 6), &Device::Cpu).unwrap();
     let b = Tensor::randn(0f32, 1.0, (2, 3, 4, 5, 6), &Device::Cpu).unwrap();
     let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-    let cases: [(&str, Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>, Box<dyn Fn(&Tensor) -> candle_core::Result<()>>); 3] = [
+    type OutOfPlace<'a> = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor> + 'a>;
+    type InPlace<'a> = Box<dyn Fn(&Tensor) -> candle_core::Result<()> + 'a>;
+    let cases: [(&str, OutOfPlace, InPlace); 3] = [
         ("instance_norm", Box::new(|t| instance_norm(t, None, None, 1e-5)), Box::new(|t| instance_norm_(t, 1e-5))),
         ("instance_norm_leaky_relu", Box::new(|t| instance_norm_leaky_relu(t, 1e-5, 0.01)), Box::new(|t| instance_norm_leaky_relu_(t, 1e-5, 0.01))),
         ("add_leaky_relu", Box::new(|t| add_leaky_relu(t, &b, 0.01)), Box::new(|t| add_leaky_relu_(t, &b, 0.01))),

@@ -133,6 +133,7 @@ impl<T> Mat<T> {
 ///
 /// # Safety
 /// All views must be valid for the given sizes; `dst` must not alias `a` or `b`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn matmul<T: Elem>(
     m: usize,
     n: usize,
