@@ -14,6 +14,13 @@ if ! source ../shared/tools/cuda-toolchain.sh; then
   echo "note: the CUDA toolchain wheels could not be installed (network?); cuda build check skipped" >&2
   exit 0
 fi
-# No debug info: this build only proves that everything compiles and links (saves CI minutes).
-CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda} cargo build --release --features cuda --workspace
+# No debug info; for CI (the default) no optimisation either: that build only proves that everything compiles
+# and links (neither depends on the optimisation level), and it is CI's longest step. UNETR_CUDA_OPT=1 builds
+# the optimised binary that runs on a GPU (target/cuda; scripts/prepare-gpu-run.sh uses it).
+if [ "${UNETR_CUDA_OPT:-0}" = 1 ]; then
+  CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda} cargo build --release --features cuda --workspace
+else
+  CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_OPT_LEVEL=0 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda-check} \
+    cargo build --release --features cuda --workspace
+fi
 echo "cuda build: ok"

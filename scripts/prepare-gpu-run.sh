@@ -4,7 +4,7 @@
 # carried with `run(carry=[".cudabin"])`). Then, in the device call:  bash .cudabin/gpu-run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/check-cuda-build.sh
+UNETR_CUDA_OPT=1 bash scripts/check-cuda-build.sh
 mkdir -p .cudabin
 cp target/cuda/release/xtask .cudabin/xtask
 strip .cudabin/xtask 2>/dev/null || true
