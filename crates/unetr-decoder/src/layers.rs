@@ -155,7 +155,7 @@ impl NormLayer {
     }
 }
 
-/// Whether an in-place op may overwrite `t`: inference on the CPU, f32/f64, contiguous, no autograd.
+/// Whether an in-place op may overwrite `t`: inference, and a tensor the in-place ops accept.
 pub(crate) fn inplace_ok(t: &Tensor, train: bool) -> bool {
-    !train && t.device().is_cpu() && !t.track_op() && t.is_contiguous() && matches!(t.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+    !train && unetr_ops::inplace_ok(t)
 }

@@ -84,13 +84,18 @@ impl CustomOp3 for CpuAttention {
     }
     fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _o: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let flat = q.apply_op3(k, v, CpuAttentionBwd { scale: self.scale, d_o: g.contiguous()? })?;
-        let (nq, nk) = (q.elem_count(), k.elem_count());
-        Ok((
-            Some(flat.narrow(0, 0, nq)?.reshape(q.shape())?),
-            Some(flat.narrow(0, nq, nk)?.reshape(k.shape())?),
-            Some(flat.narrow(0, nq + nk, nk)?.reshape(v.shape())?),
-        ))
+        unpack_grads(&flat, q, k, v)
     }
+}
+
+/// [dq | dk | dv] flat (what both fused backward kernels write) -> the three gradients in q's, k's, v's shapes.
+fn unpack_grads(flat: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (nq, nk) = (q.elem_count(), k.elem_count());
+    Ok((
+        Some(flat.narrow(0, 0, nq)?.reshape(q.shape())?),
+        Some(flat.narrow(0, nq, nk)?.reshape(k.shape())?),
+        Some(flat.narrow(0, nq + nk, nk)?.reshape(v.shape())?),
+    ))
 }
 
 fn strided(l: &Layout) -> Result<Strided> {
@@ -169,12 +174,7 @@ mod fused {
         fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
             let packed = Tensor::cat(&[q.flatten_all()?, k.flatten_all()?, v.flatten_all()?], 0)?;
             let flat = packed.apply_op3(&o.contiguous()?, &g.contiguous()?, Bwd { scale: self.scale, q: q.dims().to_vec(), k: k.dims().to_vec() })?;
-            let (nq, nk) = (q.elem_count(), k.elem_count());
-            Ok((
-                Some(flat.narrow(0, 0, nq)?.reshape(q.shape())?),
-                Some(flat.narrow(0, nq, nk)?.reshape(k.shape())?),
-                Some(flat.narrow(0, nq + nk, nk)?.reshape(v.shape())?),
-            ))
+            super::unpack_grads(&flat, q, k, v)
         }
     }
 

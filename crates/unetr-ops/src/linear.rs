@@ -8,36 +8,27 @@ use crate::storage::{data2, dispatch2, out};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-/// y[m, n] = b[n] + sum_k x[m, k] * w[n, k]; the bias is written first and the GEMM accumulates onto it,
-/// which saves the separate broadcast pass (and its allocation) per layer.
+/// y[m, n] = b[n] + sum_k x[m, k] * w[n, k].
 fn linear_fwd<T: Elem>(x: &[T], w: &[T], b: Option<&[T]>, m: usize, n: usize, k: usize) -> Vec<T> {
-    let mut y = vec![T::zero(); m * n];
-    if let Some(b) = b {
-        y.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
-    }
-    let acc = b.is_some();
-    let yp = SyncPtr(y.as_mut_ptr());
-    // Column blocks of at least 64 features, a few per thread for balance.
-    let block = (n.div_ceil(2 * threads())).next_multiple_of(64).max(64);
-    (0..n.div_ceil(block)).into_par_iter().for_each(|b| {
-        let (n0, nb) = (b * block, block.min(n - b * block));
-        // SAFETY: each block writes its own columns n0..n0+nb.
-        unsafe { matmul(m, nb, k, yp.ptr().add(n0), n, Mat::rows(x.as_ptr(), k), Mat::t(w[n0 * k..].as_ptr(), k), acc) }
-    });
-    y
+    par_matmul(m, n, k, Mat::rows(x.as_ptr(), k), Mat::t(w.as_ptr(), k), b)
 }
 
-/// out[m x n] = a[m x k] b[k x n] for strided views, split over column blocks of the output like
-/// [`linear_fwd`] (candle's matmul gets one core's speed on the ViT's shapes).
-fn par_matmul<T: Elem>(m: usize, n: usize, k: usize, a: Mat<T>, b: Mat<T>) -> Vec<T> {
+/// out[m x n] = (bias broadcast over rows, if any) + a[m x k] b[k x n] for strided views, split over column
+/// blocks of the output (at least 64 columns, a few blocks per thread for balance). The bias is written first
+/// and the GEMM accumulates onto it, which saves a separate broadcast pass (and its allocation).
+fn par_matmul<T: Elem>(m: usize, n: usize, k: usize, a: Mat<T>, b: Mat<T>, bias: Option<&[T]>) -> Vec<T> {
     let mut y: Vec<T> = Vec::with_capacity(m * n);
+    if let Some(bias) = bias {
+        y.spare_capacity_mut().par_chunks_mut(n).for_each(|row| row.iter_mut().zip(bias).for_each(|(o, &v)| {
+            o.write(v);
+        }));
+    }
     let yp = SyncPtr(y.as_mut_ptr());
     let block = (n.div_ceil(2 * threads())).next_multiple_of(64).max(64);
     (0..n.div_ceil(block)).into_par_iter().for_each(|j| {
         let (n0, nb) = (j * block, block.min(n - j * block));
-        let bj = b.cols_from(n0);
-        // SAFETY: each block writes its own columns n0..n0+nb of every row (fully: no accumulation).
-        unsafe { matmul(m, nb, k, yp.ptr().add(n0), n, a, bj, false) }
+        // SAFETY: each block writes (or, over the bias, accumulates into) its own columns n0..n0+nb of every row.
+        unsafe { matmul(m, nb, k, yp.ptr().add(n0), n, a, b.cols_from(n0), bias.is_some()) }
     });
     // SAFETY: the blocks cover every column of every row.
     unsafe { y.set_len(m * n) };
@@ -67,11 +58,11 @@ impl CustomOp2 for LinearGrad {
             dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |g, o| match this {
                 LinearGrad::Dx => {
                     debug_assert_eq!(r2, n);
-                    out(par_matmul(m, k, n, Mat::rows(g.as_ptr(), n), Mat::rows(o.as_ptr(), k)), (m, k))
+                    out(par_matmul(m, k, n, Mat::rows(g.as_ptr(), n), Mat::rows(o.as_ptr(), k), None), (m, k))
                 }
                 LinearGrad::Dw => {
                     debug_assert_eq!(r2, m);
-                    out(par_matmul(n, k, m, Mat { ptr: g.as_ptr(), rs: 1, cs: n as isize }, Mat::rows(o.as_ptr(), k)), (n, k))
+                    out(par_matmul(n, k, m, Mat::t(g.as_ptr(), n), Mat::rows(o.as_ptr(), k), None), (n, k))
                 }
             })
         })

@@ -101,16 +101,30 @@ pub(crate) fn data_mut<'a>(op: &'static str, s: &'a mut CpuStorage, l: &Layout) 
     }
 }
 
-/// Why an in-place op cannot run on `x` (CPU, f32/f64, contiguous, no autograd), if it cannot.
-pub(crate) fn check_inplace(op: &'static str, x: &candle_core::Tensor) -> Result<()> {
-    let why = if !x.device().is_cpu() {
-        "runs on the CPU only"
+/// Why an in-place op cannot run on `x`, if it cannot: it needs a contiguous f32/f64 CPU tensor that tracks
+/// no gradients.
+fn inplace_problem(x: &candle_core::Tensor) -> Option<&'static str> {
+    if !x.device().is_cpu() {
+        Some("runs on the CPU only")
     } else if x.track_op() {
-        "would corrupt the autograd graph (the tensor tracks gradients); use the out-of-place op"
+        Some("would corrupt the autograd graph (the tensor tracks gradients); use the out-of-place op")
     } else if !x.is_contiguous() {
-        "needs a contiguous tensor"
+        Some("needs a contiguous tensor")
+    } else if !matches!(x.dtype(), DType::F32 | DType::F64) {
+        Some("needs an f32 or f64 tensor")
     } else {
-        return Ok(());
-    };
-    Err(OpsError::Param { op, msg: format!("in-place {op} {why}") }.into())
+        None
+    }
+}
+
+/// Whether the in-place ops (`instance_norm_`, `instance_norm_leaky_relu_`, `add_leaky_relu_`) accept `x`.
+pub fn inplace_ok(x: &candle_core::Tensor) -> bool {
+    inplace_problem(x).is_none()
+}
+
+pub(crate) fn check_inplace(op: &'static str, x: &candle_core::Tensor) -> Result<()> {
+    match inplace_problem(x) {
+        None => Ok(()),
+        Some(why) => Err(OpsError::Param { op, msg: format!("in-place {op} {why}") }.into()),
+    }
 }

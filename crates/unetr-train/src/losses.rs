@@ -102,6 +102,17 @@ mod fused {
         ce: f64,
     }
 
+    impl Sums {
+        fn zeros(n: usize) -> Self {
+            Sums { inter: vec![0.0; n], pred: vec![0.0; n], label: vec![0.0; n], ce: 0.0 }
+        }
+    }
+
+    /// The first class the Dice term averages over: 1 without background (unless K = 1, as MONAI).
+    fn first_class(o: &DiceCeOptions, k: usize) -> usize {
+        usize::from(!o.include_background && k > 1)
+    }
+
     /// Voxels per task; the fixed split makes the sums' order, and so the loss, the same run to run.
     const CHUNK: usize = 4096;
 
@@ -134,7 +145,7 @@ mod fused {
             .map(|t| {
                 let (bi, c0) = (t / n.div_ceil(CHUNK), (t % n.div_ceil(CHUNK)) * CHUNK);
                 let (zb, yb) = (&z[bi * k * n..(bi + 1) * k * n], &y[bi * n..(bi + 1) * n]);
-                let mut s = Sums { inter: vec![0.0; b * k], pred: vec![0.0; b * k], label: vec![0.0; b * k], ce: 0.0 };
+                let mut s = Sums::zeros(b * k);
                 let mut p = vec![0.0; k];
                 for i in c0..(c0 + CHUNK).min(n) {
                     let (m, lse) = softmax_at(zb, n, k, i, &mut p);
@@ -151,7 +162,7 @@ mod fused {
                 s
             })
             .collect();
-        let mut total = Sums { inter: vec![0.0; b * k], pred: vec![0.0; b * k], label: vec![0.0; b * k], ce: 0.0 };
+        let mut total = Sums::zeros(b * k);
         for s in parts {
             for j in 0..b * k {
                 total.inter[j] += s.inter[j];
@@ -169,12 +180,9 @@ mod fused {
     }
 
     impl DiceCe {
-        fn first_class(&self, k: usize) -> usize {
-            usize::from(!self.o.include_background && k > 1)
-        }
         fn loss(&self, s: &Sums, b: usize, k: usize, n: usize) -> f64 {
             let o = &self.o;
-            let c0 = self.first_class(k);
+            let c0 = first_class(o, k);
             let mut dice = 0.0;
             for bi in 0..b {
                 for c in c0..k {
@@ -235,7 +243,7 @@ mod fused {
 
     fn grad<T: candle_core::WithDType>(z: &[T], y: &[T], b: usize, k: usize, n: usize, op: &DiceCeBwd) -> Vec<T> {
         let o = &op.o;
-        let c0 = usize::from(!o.include_background && k > 1);
+        let c0 = first_class(o, k);
         let s = &op.sums;
         // d(mean dice)/dp[b, c, i] = w * (-2 y / D + Num * dD/dp / D^2), dD/dp = 2p (squared) or 1.
         let w = op.g * o.lambda_dice / (b * (k - c0)) as f64;

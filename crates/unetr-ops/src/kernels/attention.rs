@@ -95,8 +95,7 @@ pub fn attention_bwd<T: Elem>(
                     dr.iter_mut().zip(pr).for_each(|(d, &x)| *d = x * (*d - dot));
                 }
                 matmul_scaled(l, dh, lk, dq, dh, Mat::rows(ds.as_ptr(), lk), km, false, scale);
-                let qt_rows = Mat { ptr: qp, rs: qs.s[2] as isize, cs: qs.s[3] as isize };
-                matmul_scaled(lk, dh, l, dk, dh, Mat::t(ds.as_ptr(), lk), qt_rows, false, scale);
+                matmul_scaled(lk, dh, l, dk, dh, Mat::t(ds.as_ptr(), lk), qm, false, scale);
             }
         })
     });

@@ -85,31 +85,6 @@ fn slab_planes<T: Elem>(g: &ConvGeom, p: &Plan) -> usize {
     ((32usize << 20) / plane_bytes.max(1)).saturating_sub(g.kernel[0] - 1).clamp(1, g.output[0].max(1))
 }
 
-/// Channels-last, zero-padded copy of one sample: xp[((z * hp) + y) * wp + x][c].
-fn pad_channels_last<T: Elem>(x: &[T], g: &ConvGeom, p: &Plan) -> Vec<T> {
-    let [d, h, w] = g.input;
-    let [pd, ph, pw] = g.padding;
-    let ci = g.ci;
-    let mut xp = vec![T::zero(); p.xp_len];
-    let plane = p.hp * p.wp * ci;
-    // Padded planes z + pd are disjoint: fill them in parallel.
-    xp[pd * plane..(pd + d) * plane]
-        .par_chunks_mut(plane)
-        .enumerate()
-        .for_each(|(z, dst)| {
-            for y in 0..h {
-                let row = &mut dst[((y + ph) * p.wp + pw) * ci..][..w * ci];
-                for c in 0..ci {
-                    let src = &x[((c * d + z) * h + y) * w..][..w];
-                    for (xi, &v) in src.iter().enumerate() {
-                        row[xi * ci + c] = v;
-                    }
-                }
-            }
-        });
-    xp
-}
-
 /// Weight [co, ci, kd, kh, kw] -> [kd * kh][co][kw * ci]: the A matrix of each (kz, ky) GEMM.
 fn weight_taps<T: Elem>(w: &[T], g: &ConvGeom) -> Vec<T> {
     let [kd, kh, kw] = g.kernel;
@@ -230,63 +205,63 @@ fn fwd_slabs<T: Elem>(x: &[T], w: &[T], g: &ConvGeom, per_slab: usize) -> Vec<T>
         let step = rows * p.wp;
         let slab_tiles: Vec<(usize, usize)> = (q_lo..q_hi).step_by(step).map(|q0| (q0, step.min(q_hi - q0))).collect();
         slab_tiles.into_par_iter().for_each(|(q0, cols)| {
-        let xs = &xp[(q0 - q_lo) * g.ci..];
-        let len = match &direct {
-            Some((_, co_pad, pb)) => co_pad * cols.next_multiple_of(*pb),
-            None => g.co * cols,
-        };
-        with_scratch(len, |acc: &mut [T]| match &direct {
-            Some((packed, co_pad, pb)) => {
-                let cols_pad = cols.next_multiple_of(*pb);
-                // SAFETY: T is f32 here (as_f32 succeeded); bounds: see `plan`'s slack.
-                unsafe {
-                    direct_avx512::tile(
-                        xs.as_ptr() as *const f32,
-                        g.ci,
-                        &offs,
-                        kk,
-                        packed,
-                        *co_pad,
-                        cols_pad,
-                        acc.as_mut_ptr() as *mut f32,
-                        *co_pad,
-                    )
-                };
-                // acc is channels-last [col][co_pad]: transpose the valid rows into NCDHW.
-                valid_rows(g, &p, q0, cols, |j, oz, oy| {
-                    let src = &acc[j * p.wp * co_pad..];
-                    for c in 0..g.co {
-                        let dst = unsafe {
-                            yp.slice(((n * g.co + c) * g.output[0] + oz) * ho * wo + oy * wo, wo)
-                        };
-                        for (x, d) in dst.iter_mut().enumerate() {
-                            *d = src[x * co_pad + c];
-                        }
-                    }
-                });
-            }
-            None => {
-                for (t, &off) in offs.iter().enumerate() {
-                    let a = Mat::rows(taps[t * g.co * kk..].as_ptr(), kk);
-                    let b = Mat {
-                        ptr: xs[off..].as_ptr(),
-                        rs: 1,
-                        cs: g.ci as isize,
+            let xs = &xp[(q0 - q_lo) * g.ci..];
+            let len = match &direct {
+                Some((_, co_pad, pb)) => co_pad * cols.next_multiple_of(*pb),
+                None => g.co * cols,
+            };
+            with_scratch(len, |acc: &mut [T]| match &direct {
+                Some((packed, co_pad, pb)) => {
+                    let cols_pad = cols.next_multiple_of(*pb);
+                    // SAFETY: T is f32 here (as_f32 succeeded); bounds: see `plan`'s slack.
+                    unsafe {
+                        direct_avx512::tile(
+                            xs.as_ptr() as *const f32,
+                            g.ci,
+                            &offs,
+                            kk,
+                            packed,
+                            *co_pad,
+                            cols_pad,
+                            acc.as_mut_ptr() as *mut f32,
+                            *co_pad,
+                        )
                     };
-                    unsafe { matmul(g.co, cols, kk, acc.as_mut_ptr(), cols, a, b, t > 0) };
+                    // acc is channels-last [col][co_pad]: transpose the valid rows into NCDHW.
+                    valid_rows(g, &p, q0, cols, |j, oz, oy| {
+                        let src = &acc[j * p.wp * co_pad..];
+                        for c in 0..g.co {
+                            let dst = unsafe {
+                                yp.slice(((n * g.co + c) * g.output[0] + oz) * ho * wo + oy * wo, wo)
+                            };
+                            for (x, d) in dst.iter_mut().enumerate() {
+                                *d = src[x * co_pad + c];
+                            }
+                        }
+                    });
                 }
-                valid_rows(g, &p, q0, cols, |j, oz, oy| {
-                    for c in 0..g.co {
-                        // SAFETY: each valid output row belongs to exactly one tile.
-                        let dst = unsafe {
-                            yp.slice(((n * g.co + c) * g.output[0] + oz) * ho * wo + oy * wo, wo)
+                None => {
+                    for (t, &off) in offs.iter().enumerate() {
+                        let a = Mat::rows(taps[t * g.co * kk..].as_ptr(), kk);
+                        let b = Mat {
+                            ptr: xs[off..].as_ptr(),
+                            rs: 1,
+                            cs: g.ci as isize,
                         };
-                        dst.copy_from_slice(&acc[c * cols + j * p.wp..][..wo]);
+                        unsafe { matmul(g.co, cols, kk, acc.as_mut_ptr(), cols, a, b, t > 0) };
                     }
-                });
-            }
-        })
-    });
+                    valid_rows(g, &p, q0, cols, |j, oz, oy| {
+                        for c in 0..g.co {
+                            // SAFETY: each valid output row belongs to exactly one tile.
+                            let dst = unsafe {
+                                yp.slice(((n * g.co + c) * g.output[0] + oz) * ho * wo + oy * wo, wo)
+                            };
+                            dst.copy_from_slice(&acc[c * cols + j * p.wp..][..wo]);
+                        }
+                    });
+                }
+            })
+        });
     }
     y
 }
@@ -304,7 +279,7 @@ pub fn bwd_weight<T: Elem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
     let (iv, kk) = (g.in_vol(), kw * g.ci);
     let [_, ho, wo] = g.output;
     let xps: Vec<Vec<T>> = (0..g.n)
-        .map(|n| pad_channels_last(&x[n * g.ci * iv..(n + 1) * g.ci * iv], g, &p))
+        .map(|n| pad_slab(&x[n * g.ci * iv..(n + 1) * g.ci * iv], g, &p, 0, g.input[0] + 2 * g.padding[0]))
         .collect();
     let tiles = tiles(g, &p);
     let nt = threads().min(tiles.len()).max(1);
