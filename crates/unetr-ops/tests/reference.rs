@@ -225,9 +225,11 @@ fn conv_transpose3d_matches_direct_loops() {
     );
 }
 
-/// The f32 stride-1 path (the AVX-512 direct kernel where the CPU has it) against the f64 path (GEMMs),
-/// forward and both gradients, over every register blocking (16, 32, 64-channel groups), compile-time
-/// and run-time channel counts, and weights large enough to be split into tap chunks.
+/// The f32 stride-1 path (the AVX-512 direct kernels where the CPU has them) against the f64 path (GEMMs),
+/// forward and both gradients. Channels in lanes (more than 16 output channels): every register blocking
+/// (16, 32, 64-channel groups), compile-time and run-time channel counts, weights split into tap chunks.
+/// Positions in lanes (up to 16 output channels): every group width (1..8 channels), input channels split
+/// into passes, rows narrower than a vector, and the 1x1x1 convs with a partial last block.
 #[test]
 fn f32_direct_kernel_matches_f64() {
     let dev = Device::Cpu;
@@ -238,23 +240,68 @@ fn f32_direct_kernel_matches_f64() {
         (256, 128, [5, 4, 6], [3, 3, 3], [1, 1, 1]),
         (32, 48, [4, 6, 5], [2, 3, 1], [0, 1, 0]),
         (3, 14, [5, 5, 5], [3, 1, 3], [2, 0, 1]),
+        (16, 16, [7, 9, 11], [3, 3, 3], [1, 1, 1]),
+        (40, 5, [4, 6, 37], [3, 3, 3], [1, 1, 1]),
+        (7, 1, [3, 3, 3], [3, 3, 3], [0, 0, 0]),
+        (2, 11, [6, 3, 2], [3, 2, 3], [1, 0, 2]),
+        (32, 14, [5, 7, 9], [1, 1, 1], [0, 0, 0]),
+        (3, 16, [2, 3, 50], [1, 1, 1], [0, 0, 0]),
     ] {
-        let x64 = Tensor::from_vec(rand(2 * ci * inp.iter().product::<usize>(), 5), (2, ci, inp[0], inp[1], inp[2]), &dev).unwrap();
-        let w64 = Tensor::from_vec(rand(co * ci * k.iter().product::<usize>(), 6), (co, ci, k[0], k[1], k[2]), &dev).unwrap();
-        let prm = Conv3dParams { stride: [1; 3], padding: p };
+        let x64 = Tensor::from_vec(
+            rand(2 * ci * inp.iter().product::<usize>(), 5),
+            (2, ci, inp[0], inp[1], inp[2]),
+            &dev,
+        )
+        .unwrap();
+        let w64 = Tensor::from_vec(
+            rand(co * ci * k.iter().product::<usize>(), 6),
+            (co, ci, k[0], k[1], k[2]),
+            &dev,
+        )
+        .unwrap();
+        let prm = Conv3dParams {
+            stride: [1; 3],
+            padding: p,
+        };
         let run = |dt: DType| {
             let x = Var::from_tensor(&x64.to_dtype(dt).unwrap()).unwrap();
             let w = Var::from_tensor(&w64.to_dtype(dt).unwrap()).unwrap();
             let y = conv3d(x.as_tensor(), w.as_tensor(), None, prm).unwrap();
-            let gy = Tensor::from_vec(rand(y.elem_count(), 7), y.shape(), &dev).unwrap().to_dtype(dt).unwrap();
+            let gy = Tensor::from_vec(rand(y.elem_count(), 7), y.shape(), &dev)
+                .unwrap()
+                .to_dtype(dt)
+                .unwrap();
             let g = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
-            let v = |t: &Tensor| t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            (v(&y), v(g.get(x.as_tensor()).unwrap()), v(g.get(w.as_tensor()).unwrap()))
+            let v = |t: &Tensor| {
+                t.to_dtype(DType::F64)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap()
+            };
+            (
+                v(&y),
+                v(g.get(x.as_tensor()).unwrap()),
+                v(g.get(w.as_tensor()).unwrap()),
+            )
         };
         let (a, b) = (run(DType::F32), run(DType::F64));
         let tag = format!("ci={ci} co={co} in={inp:?} k={k:?}");
-        assert!(max_rel(&a.0, &b.0) < 1e-5, "y {tag}: {}", max_rel(&a.0, &b.0));
-        assert!(max_rel(&a.1, &b.1) < 1e-5, "dx {tag}: {}", max_rel(&a.1, &b.1));
-        assert!(max_rel(&a.2, &b.2) < 1e-5, "dw {tag}: {}", max_rel(&a.2, &b.2));
+        assert!(
+            max_rel(&a.0, &b.0) < 1e-5,
+            "y {tag}: {}",
+            max_rel(&a.0, &b.0)
+        );
+        assert!(
+            max_rel(&a.1, &b.1) < 1e-5,
+            "dx {tag}: {}",
+            max_rel(&a.1, &b.1)
+        );
+        assert!(
+            max_rel(&a.2, &b.2) < 1e-5,
+            "dw {tag}: {}",
+            max_rel(&a.2, &b.2)
+        );
     }
 }

@@ -9,7 +9,10 @@
 //! Tiles run in parallel on rayon with single-threaded GEMMs; reductions (weight gradients) use a static
 //! partition of tiles over threads, so results are bit-identical from run to run.
 
-use super::{matmul, threads, with_scratch, zeros_written, Elem, Mat, SyncPtr};
+use super::{
+    as_f32, avx512, matmul, spatial_avx512, threads, with_scratch, zeros_written, Elem, Mat,
+    SyncPtr,
+};
 use rayon::prelude::*;
 
 /// Geometry of one convolution: NCDHW input, weight [co, ci, kd, kh, kw], no dilation, no groups.
@@ -188,13 +191,66 @@ pub fn conv3d_fwd<T: Elem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
     let mut y = vec![T::zero(); g.n * g.co * ov];
     let yp = SyncPtr(y.as_mut_ptr());
     let wo = g.output[2];
+    // A 1x1x1 conv to few channels (UNETR's residual projections and head at 96^3) is memory-bound:
+    // the positions-in-lanes kernel streams x once, where a GEMM would first pack it.
+    let spatial = (g.is_pointwise() && spatial_avx512::preferred(g.co) && avx512())
+        .then(|| as_f32(w).map(|w| spatial_avx512::pack_weights(w, g.co, g.ci, 1)))
+        .flatten();
     g.tiles().par_iter().for_each(|&(n, r0, r1)| {
         let xs = &x[n * g.ci * iv..(n + 1) * g.ci * iv];
         let (c0, pt) = (r0 * wo, (r1 - r0) * wo);
         let a = Mat::rows(w.as_ptr(), k);
-        // SAFETY (both): tile (n, r0..r1) owns columns c0..c0+pt of sample n's output rows.
+        // SAFETY (all): tile (n, r0..r1) owns columns c0..c0+pt of sample n's output rows.
         let dst = unsafe { yp.ptr().add(n * g.co * ov + c0) };
-        if g.is_pointwise() {
+        if let Some(packed) = &spatial {
+            const B: usize = spatial_avx512::COLS;
+            let body = pt / B * B;
+            // SAFETY: T is f32 (the weights were); the body reads and writes whole blocks in bounds.
+            unsafe {
+                spatial_avx512::tile(
+                    xs[c0..].as_ptr() as *const f32,
+                    iv,
+                    g.ci,
+                    &[0],
+                    packed,
+                    g.co,
+                    body,
+                    dst as *mut f32,
+                    ov,
+                )
+            };
+            if body < pt {
+                // The last partial block through a zero-padded copy, so nothing reads past x or writes past y.
+                let tail = pt - body;
+                with_scratch((g.ci + g.co) * B, |buf: &mut [T]| {
+                    let (xb, yb) = buf.split_at_mut(g.ci * B);
+                    for c in 0..g.ci {
+                        xb[c * B..(c + 1) * B].fill(T::zero());
+                        xb[c * B..][..tail].copy_from_slice(&xs[c * iv + c0 + body..][..tail]);
+                    }
+                    unsafe {
+                        spatial_avx512::tile(
+                            xb.as_ptr() as *const f32,
+                            B,
+                            g.ci,
+                            &[0],
+                            packed,
+                            g.co,
+                            B,
+                            yb.as_mut_ptr() as *mut f32,
+                            B,
+                        );
+                        for o in 0..g.co {
+                            std::ptr::copy_nonoverlapping(
+                                yb[o * B..].as_ptr(),
+                                dst.add(o * ov + body),
+                                tail,
+                            );
+                        }
+                    }
+                });
+            }
+        } else if g.is_pointwise() {
             unsafe {
                 matmul(
                     g.co,

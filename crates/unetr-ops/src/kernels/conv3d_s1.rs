@@ -9,7 +9,9 @@
 //! small tile per thread.
 
 use super::conv3d::ConvGeom;
-use super::{direct_avx512, matmul, threads, with_scratch, Elem, Mat, SyncPtr};
+use super::{
+    as_f32, direct_avx512, matmul, spatial_avx512, threads, with_scratch, Elem, Mat, SyncPtr,
+};
 use rayon::prelude::*;
 
 /// Columns per tile: the [co x cols] accumulator stays in L2 across the kd * kh GEMMs.
@@ -58,23 +60,60 @@ fn pad_slab<T: Elem>(x: &[T], g: &ConvGeom, p: &Plan, zp0: usize, planes: usize)
     let plane = p.hp * p.wp * ci;
     let slack = p.xp_len - (d + 2 * pd) * plane;
     let mut xp = vec![T::zero(); planes * plane + slack];
-    xp[..planes * plane].par_chunks_mut(plane).enumerate().for_each(|(j, dst)| {
-        let zp = zp0 + j;
-        if zp < pd || zp >= pd + d {
-            return; // a padding plane: zeros
-        }
-        let z = zp - pd;
-        for y in 0..h {
-            let row = &mut dst[((y + ph) * p.wp + pw) * ci..][..w * ci];
-            for c in 0..ci {
-                let src = &x[((c * d + z) * h + y) * w..][..w];
-                for (xi, &v) in src.iter().enumerate() {
-                    row[xi * ci + c] = v;
+    xp[..planes * plane]
+        .par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(j, dst)| {
+            let zp = zp0 + j;
+            if zp < pd || zp >= pd + d {
+                return; // a padding plane: zeros
+            }
+            let z = zp - pd;
+            for y in 0..h {
+                let row = &mut dst[((y + ph) * p.wp + pw) * ci..][..w * ci];
+                for c in 0..ci {
+                    let src = &x[((c * d + z) * h + y) * w..][..w];
+                    for (xi, &v) in src.iter().enumerate() {
+                        row[xi * ci + c] = v;
+                    }
                 }
             }
-        }
-    });
+        });
     xp
+}
+
+/// Channels-first, zero-padded copy of `planes` padded planes of one sample from padded plane `zp0`:
+/// xp[c * cs + ((zp - zp0) * hp + y) * wp + x], returned with the channel stride cs. The slack after
+/// the last channel covers the over-reads of `spatial_avx512` (tiles rounded up to its block, plus
+/// the taps); reads past a channel's end land in the next channel, only for dropped columns.
+fn pad_slab_cf<T: Elem>(
+    x: &[T],
+    g: &ConvGeom,
+    p: &Plan,
+    zp0: usize,
+    planes: usize,
+) -> (Vec<T>, usize) {
+    let [d, h, w] = g.input;
+    let [pd, ph, pw] = g.padding;
+    let plane = p.hp * p.wp;
+    let cs = planes * plane;
+    let slack = spatial_avx512::COLS + g.kernel[1] * p.wp + g.kernel[2] + 16;
+    let mut xp = vec![T::zero(); g.ci * cs + slack];
+    xp[..g.ci * cs]
+        .par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            let (c, zp) = (i / planes, zp0 + i % planes);
+            if zp < pd || zp >= pd + d {
+                return; // a padding plane: zeros
+            }
+            let z = zp - pd;
+            for y in 0..h {
+                dst[(y + ph) * p.wp + pw..][..w]
+                    .copy_from_slice(&x[((c * d + z) * h + y) * w..][..w]);
+            }
+        });
+    (xp, cs)
 }
 
 /// Output planes per slab of the forward: the padded channels-last copy then holds one slab plus the
@@ -82,7 +121,9 @@ fn pad_slab<T: Elem>(x: &[T], g: &ConvGeom, p: &Plan, zp0: usize, planes: usize)
 /// which bounds the forward's extra memory; the halo planes are copied twice, a few percent of the copy.
 fn slab_planes<T: Elem>(g: &ConvGeom, p: &Plan) -> usize {
     let plane_bytes = p.hp * p.wp * g.ci * std::mem::size_of::<T>();
-    ((32usize << 20) / plane_bytes.max(1)).saturating_sub(g.kernel[0] - 1).clamp(1, g.output[0].max(1))
+    ((32usize << 20) / plane_bytes.max(1))
+        .saturating_sub(g.kernel[0] - 1)
+        .clamp(1, g.output[0].max(1))
 }
 
 /// Weight [co, ci, kd, kh, kw] -> [kd * kh][co][kw * ci]: the A matrix of each (kz, ky) GEMM.
@@ -164,31 +205,52 @@ pub fn fwd<T: Elem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
     fwd_slabs(x, w, g, slab_planes::<T>(g, &plan(g)))
 }
 
+/// How a forward computes its tiles.
+enum Kernel<T> {
+    /// f32, AVX-512, many output channels: `direct_avx512` (channels in lanes) on the channels-last copy.
+    Channels {
+        packed: Vec<f32>,
+        co_pad: usize,
+        pb: usize,
+    },
+    /// f32, AVX-512, few output channels: `spatial_avx512` (positions in lanes) on the channels-first copy.
+    Spatial { packed: Vec<f32> },
+    /// Anything else: GEMMs over views of the channels-last copy.
+    Gemm { taps: Vec<T> },
+}
+
 fn fwd_slabs<T: Elem>(x: &[T], w: &[T], g: &ConvGeom, per_slab: usize) -> Vec<T> {
     let p = plan(g);
     let [kd, kh, kw] = g.kernel;
     let (iv, ov, kk) = (g.in_vol(), g.out_vol(), kw * g.ci);
-    let taps = if direct_avx512::available() && as_f32(w).is_some() {
-        Vec::new()
-    } else {
-        weight_taps(w, g)
+    let kernel = match as_f32(w).filter(|_| direct_avx512::available()) {
+        Some(w32) if spatial_avx512::preferred(g.co) => Kernel::Spatial {
+            packed: spatial_avx512::pack_weights(w32, g.co, g.ci, kd * kh * kw),
+        },
+        Some(w32) => {
+            let co_pad = g.co.next_multiple_of(16);
+            let (pb, nb) = direct_avx512::blocking(co_pad);
+            Kernel::Channels {
+                packed: direct_avx512::pack_weights(w32, g.co, g.ci, g.kernel, co_pad, nb),
+                co_pad,
+                pb,
+            }
+        }
+        None => Kernel::Gemm {
+            taps: weight_taps(w, g),
+        },
     };
     let mut y = vec![T::zero(); g.n * g.co * ov];
     let yp = SyncPtr(y.as_mut_ptr());
     let [_, ho, wo] = g.output;
+    // Offsets of the (kz, ky) taps on the channels-last copy, in floats.
     let offs: Vec<usize> = (0..kd * kh)
         .map(|t| ((t / kh) * p.hp * p.wp + (t % kh) * p.wp) * g.ci)
         .collect();
-    // f32 on an AVX-512 CPU: the direct microkernel; otherwise GEMMs over the same views.
-    let direct = as_f32(w).filter(|_| direct_avx512::available()).map(|w32| {
-        let co_pad = g.co.next_multiple_of(16);
-        let (pb, nb) = direct_avx512::blocking(co_pad);
-        (
-            direct_avx512::pack_weights(w32, g.co, g.ci, g.kernel, co_pad, nb),
-            co_pad,
-            pb,
-        )
-    });
+    // Offsets of every (kz, ky, kx) tap on one channel of the channels-first copy.
+    let offs_cf: Vec<usize> = (0..kd * kh * kw)
+        .map(|t| (t / (kh * kw)) * p.hp * p.wp + (t / kw % kh) * p.wp + t % kw)
+        .collect();
     // Sample by sample, slab by slab (see `slab_planes`); the tiles of a slab run in parallel.
     let plane_q = p.hp * p.wp;
     let mut slabs = Vec::new();
@@ -198,79 +260,109 @@ fn fwd_slabs<T: Elem>(x: &[T], w: &[T], g: &ConvGeom, per_slab: usize) -> Vec<T>
         }
     }
     for (n, oz0, oz1) in slabs {
-        let xp = pad_slab(&x[n * g.ci * iv..(n + 1) * g.ci * iv], g, &p, oz0, oz1 - oz0 + kd - 1);
+        let xn = &x[n * g.ci * iv..(n + 1) * g.ci * iv];
+        let planes = oz1 - oz0 + kd - 1;
+        let (xp, cs) = match kernel {
+            Kernel::Spatial { .. } => pad_slab_cf(xn, g, &p, oz0, planes),
+            _ => (pad_slab(xn, g, &p, oz0, planes), 0),
+        };
         let (q_lo, q_hi) = (oz0 * plane_q, oz1 * plane_q);
         // Whole padded rows per tile, enough tiles for every thread, at most the plan's width.
-        let rows = (p.cols / p.wp).min(((q_hi - q_lo) / p.wp).div_ceil(4 * threads())).max(1);
+        let rows = (p.cols / p.wp)
+            .min(((q_hi - q_lo) / p.wp).div_ceil(4 * threads()))
+            .max(1);
         let step = rows * p.wp;
-        let slab_tiles: Vec<(usize, usize)> = (q_lo..q_hi).step_by(step).map(|q0| (q0, step.min(q_hi - q0))).collect();
+        let slab_tiles: Vec<(usize, usize)> = (q_lo..q_hi)
+            .step_by(step)
+            .map(|q0| (q0, step.min(q_hi - q0)))
+            .collect();
         slab_tiles.into_par_iter().for_each(|(q0, cols)| {
-            let xs = &xp[(q0 - q_lo) * g.ci..];
-            let len = match &direct {
-                Some((_, co_pad, pb)) => co_pad * cols.next_multiple_of(*pb),
-                None => g.co * cols,
+            let (len, ld) = match &kernel {
+                Kernel::Channels { co_pad, pb, .. } => (co_pad * cols.next_multiple_of(*pb), 0),
+                Kernel::Spatial { .. } => {
+                    let ld = cols.next_multiple_of(spatial_avx512::COLS);
+                    (g.co * ld, ld)
+                }
+                Kernel::Gemm { .. } => (g.co * cols, cols),
             };
-            with_scratch(len, |acc: &mut [T]| match &direct {
-                Some((packed, co_pad, pb)) => {
-                    let cols_pad = cols.next_multiple_of(*pb);
-                    // SAFETY: T is f32 here (as_f32 succeeded); bounds: see `plan`'s slack.
-                    unsafe {
-                        direct_avx512::tile(
-                            xs.as_ptr() as *const f32,
-                            g.ci,
-                            &offs,
-                            kk,
-                            packed,
-                            *co_pad,
-                            cols_pad,
-                            acc.as_mut_ptr() as *mut f32,
-                            *co_pad,
-                        )
-                    };
-                    // acc is channels-last [col][co_pad]: transpose the valid rows into NCDHW.
-                    valid_rows(g, &p, q0, cols, |j, oz, oy| {
-                        let src = &acc[j * p.wp * co_pad..];
-                        for c in 0..g.co {
-                            let dst = unsafe {
-                                yp.slice(((n * g.co + c) * g.output[0] + oz) * ho * wo + oy * wo, wo)
-                            };
-                            for (x, d) in dst.iter_mut().enumerate() {
-                                *d = src[x * co_pad + c];
-                            }
-                        }
-                    });
-                }
-                None => {
-                    for (t, &off) in offs.iter().enumerate() {
-                        let a = Mat::rows(taps[t * g.co * kk..].as_ptr(), kk);
-                        let b = Mat {
-                            ptr: xs[off..].as_ptr(),
-                            rs: 1,
-                            cs: g.ci as isize,
+            with_scratch(len, |acc: &mut [T]| {
+                match &kernel {
+                    Kernel::Channels { packed, co_pad, pb } => {
+                        let xs = &xp[(q0 - q_lo) * g.ci..];
+                        // SAFETY: T is f32 here (as_f32 succeeded); bounds: see `plan`'s slack.
+                        unsafe {
+                            direct_avx512::tile(
+                                xs.as_ptr() as *const f32,
+                                g.ci,
+                                &offs,
+                                kk,
+                                packed,
+                                *co_pad,
+                                cols.next_multiple_of(*pb),
+                                acc.as_mut_ptr() as *mut f32,
+                                *co_pad,
+                            )
                         };
-                        unsafe { matmul(g.co, cols, kk, acc.as_mut_ptr(), cols, a, b, t > 0) };
+                        // acc is channels-last [col][co_pad]: transpose the valid rows into NCDHW.
+                        valid_rows(g, &p, q0, cols, |j, oz, oy| {
+                            let src = &acc[j * p.wp * co_pad..];
+                            for c in 0..g.co {
+                                let dst = unsafe {
+                                    yp.slice(
+                                        ((n * g.co + c) * g.output[0] + oz) * ho * wo + oy * wo,
+                                        wo,
+                                    )
+                                };
+                                for (x, d) in dst.iter_mut().enumerate() {
+                                    *d = src[x * co_pad + c];
+                                }
+                            }
+                        });
+                        return;
                     }
-                    valid_rows(g, &p, q0, cols, |j, oz, oy| {
-                        for c in 0..g.co {
-                            // SAFETY: each valid output row belongs to exactly one tile.
-                            let dst = unsafe {
-                                yp.slice(((n * g.co + c) * g.output[0] + oz) * ho * wo + oy * wo, wo)
+                    Kernel::Spatial { packed } => {
+                        // SAFETY: T is f32 here; bounds: see `pad_slab_cf`'s slack.
+                        unsafe {
+                            spatial_avx512::tile(
+                                xp[q0 - q_lo..].as_ptr() as *const f32,
+                                cs,
+                                g.ci,
+                                &offs_cf,
+                                packed,
+                                g.co,
+                                ld,
+                                acc.as_mut_ptr() as *mut f32,
+                                ld,
+                            )
+                        };
+                    }
+                    Kernel::Gemm { taps } => {
+                        let xs = &xp[(q0 - q_lo) * g.ci..];
+                        for (t, &off) in offs.iter().enumerate() {
+                            let a = Mat::rows(taps[t * g.co * kk..].as_ptr(), kk);
+                            let b = Mat {
+                                ptr: xs[off..].as_ptr(),
+                                rs: 1,
+                                cs: g.ci as isize,
                             };
-                            dst.copy_from_slice(&acc[c * cols + j * p.wp..][..wo]);
+                            unsafe { matmul(g.co, cols, kk, acc.as_mut_ptr(), cols, a, b, t > 0) };
                         }
-                    });
+                    }
                 }
+                // acc is [co][ld]: copy the valid rows out.
+                valid_rows(g, &p, q0, cols, |j, oz, oy| {
+                    for c in 0..g.co {
+                        // SAFETY: each valid output row belongs to exactly one tile.
+                        let dst = unsafe {
+                            yp.slice(((n * g.co + c) * g.output[0] + oz) * ho * wo + oy * wo, wo)
+                        };
+                        dst.copy_from_slice(&acc[c * ld + j * p.wp..][..wo]);
+                    }
+                });
             })
         });
     }
     y
-}
-
-/// The slice as f32 when T is f32.
-fn as_f32<T: Elem>(s: &[T]) -> Option<&[f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
-        // SAFETY: same type, checked above.
-        .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
 }
 
 pub fn bwd_weight<T: Elem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
@@ -279,7 +371,15 @@ pub fn bwd_weight<T: Elem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
     let (iv, kk) = (g.in_vol(), kw * g.ci);
     let [_, ho, wo] = g.output;
     let xps: Vec<Vec<T>> = (0..g.n)
-        .map(|n| pad_slab(&x[n * g.ci * iv..(n + 1) * g.ci * iv], g, &p, 0, g.input[0] + 2 * g.padding[0]))
+        .map(|n| {
+            pad_slab(
+                &x[n * g.ci * iv..(n + 1) * g.ci * iv],
+                g,
+                &p,
+                0,
+                g.input[0] + 2 * g.padding[0],
+            )
+        })
         .collect();
     let tiles = tiles(g, &p);
     let nt = threads().min(tiles.len()).max(1);
@@ -343,16 +443,40 @@ mod tests {
     /// Any slab height gives the output of one slab (halo planes, padding planes, slab ends).
     #[test]
     fn slabs_do_not_change_the_result() {
-        for (ci, co, pad, input) in [(3usize, 5usize, 1usize, [7usize, 5, 6]), (16, 16, 1, [6, 4, 5]), (2, 17, 0, [5, 6, 4])] {
+        for (ci, co, pad, input) in [
+            (3usize, 5usize, 1usize, [7usize, 5, 6]),
+            (16, 16, 1, [6, 4, 5]),
+            (2, 17, 0, [5, 6, 4]),
+        ] {
             let output = ConvGeom::out_size(input, [3; 3], [1; 3], [pad; 3]).unwrap();
-            let g = ConvGeom { n: 2, ci, co, input, kernel: [3; 3], stride: [1; 3], padding: [pad; 3], output };
-            let x: Vec<f32> = (0..2 * ci * input.iter().product::<usize>()).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-            let w: Vec<f32> = (0..co * ci * 27).map(|i| ((i * 53 % 97) as f32 - 48.0) / 97.0).collect();
+            let g = ConvGeom {
+                n: 2,
+                ci,
+                co,
+                input,
+                kernel: [3; 3],
+                stride: [1; 3],
+                padding: [pad; 3],
+                output,
+            };
+            let x: Vec<f32> = (0..2 * ci * input.iter().product::<usize>())
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let w: Vec<f32> = (0..co * ci * 27)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 97.0)
+                .collect();
             let whole = fwd_slabs(&x, &w, &g, g.output[0]);
             for per in 1..g.output[0] {
                 // (the GEMM path may sum in another order for another tile width: rounding only)
-                let err = fwd_slabs(&x, &w, &g, per).iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                assert!(err < 1e-5, "ci {ci} co {co} pad {pad}: {per} planes per slab, max error {err}");
+                let err = fwd_slabs(&x, &w, &g, per)
+                    .iter()
+                    .zip(&whole)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    err < 1e-5,
+                    "ci {ci} co {co} pad {pad}: {per} planes per slab, max error {err}"
+                );
             }
         }
     }

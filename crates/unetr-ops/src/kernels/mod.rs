@@ -1,12 +1,13 @@
 //! CPU kernels on plain slices (contiguous, row-major). The tensor-level ops in the crate root
 //! check shapes, make inputs contiguous and dispatch here.
 
+pub mod activation;
+pub mod attention;
 pub mod conv3d;
 mod conv3d_s1;
 mod direct_avx512;
 pub mod norm;
-pub mod activation;
-pub mod attention;
+mod spatial_avx512;
 
 use num_traits::Float;
 
@@ -54,7 +55,10 @@ impl Elem for f32 {
         let y = p * r * r + r + 1.0;
         // 2^n by building the exponent bits (n in [-126, 127] after the clamp): adding 2^23 puts the integer
         // n + 127 in the low mantissa bits, a bit cast reads it (`as i32` would not vectorise).
-        let e = (n + (127.0 + 8_388_608.0)).to_bits().wrapping_sub(0x4B00_0000) << 23;
+        let e = (n + (127.0 + 8_388_608.0))
+            .to_bits()
+            .wrapping_sub(0x4B00_0000)
+            << 23;
         y * f32::from_bits(e)
     }
 }
@@ -116,7 +120,11 @@ impl<T> Mat<T> {
     }
     /// The view from column `c0` on (a method, so closures capture the whole `Sync` view).
     pub fn cols_from(&self, c0: usize) -> Self {
-        Mat { ptr: self.ptr.wrapping_offset(c0 as isize * self.cs), rs: self.rs, cs: self.cs }
+        Mat {
+            ptr: self.ptr.wrapping_offset(c0 as isize * self.cs),
+            rs: self.rs,
+            cs: self.cs,
+        }
     }
     /// The transpose of a row-major matrix with the given row stride.
     pub fn t(ptr: *const T, row_stride: usize) -> Self {
@@ -277,6 +285,13 @@ macro_rules! multiversion {
 pub(crate) use multiversion;
 
 /// Number of worker threads the kernels split work over.
+/// The slice as f32 when T is f32.
+pub(crate) fn as_f32<T: Elem>(s: &[T]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: same type, checked above.
+        .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
+}
+
 pub(crate) fn threads() -> usize {
     rayon::current_num_threads().max(1)
 }
@@ -298,8 +313,14 @@ mod tests {
             let e = (z as f32).erf_v() as f64;
             worst_erf = worst_erf.max((e - libm::erf(z as f32 as f64)).abs());
         }
-        assert!(worst_exp < 4.0 * f32::EPSILON as f64, "exp max relative error {worst_exp:e}");
-        assert!(worst_erf < 4.0 * f32::EPSILON as f64, "erf max absolute error {worst_erf:e}");
+        assert!(
+            worst_exp < 4.0 * f32::EPSILON as f64,
+            "exp max relative error {worst_exp:e}"
+        );
+        assert!(
+            worst_erf < 4.0 * f32::EPSILON as f64,
+            "erf max absolute error {worst_erf:e}"
+        );
         assert!(f32::NAN.exp_v().is_nan() && f32::NAN.erf_v().is_nan());
         assert!((-1000f32).exp_v() < 1e-37);
         assert_eq!(0f32.exp_v(), 1.0);
