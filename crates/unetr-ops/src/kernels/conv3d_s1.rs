@@ -59,26 +59,52 @@ fn pad_slab<T: Elem>(x: &[T], g: &ConvGeom, p: &Plan, zp0: usize, planes: usize)
     let ci = g.ci;
     let plane = p.hp * p.wp * ci;
     let slack = p.xp_len - (d + 2 * pd) * plane;
-    let mut xp = vec![T::zero(); planes * plane + slack];
-    xp[..planes * plane]
-        .par_chunks_mut(plane)
-        .enumerate()
-        .for_each(|(j, dst)| {
-            let zp = zp0 + j;
-            if zp < pd || zp >= pd + d {
-                return; // a padding plane: zeros
-            }
-            let z = zp - pd;
+    uninit_planes(planes, plane, slack, |j, dst: *mut T| {
+        let zp = zp0 + j;
+        if zp < pd || zp >= pd + d {
+            return false; // a padding plane: zeros
+        }
+        let z = zp - pd;
+        // SAFETY: dst holds one plane; every element is written exactly once below.
+        unsafe {
+            std::ptr::write_bytes(dst, 0, ph * p.wp * ci);
             for y in 0..h {
-                let row = &mut dst[((y + ph) * p.wp + pw) * ci..][..w * ci];
+                let row = dst.add((y + ph) * p.wp * ci);
+                std::ptr::write_bytes(row, 0, pw * ci);
                 for c in 0..ci {
                     let src = &x[((c * d + z) * h + y) * w..][..w];
                     for (xi, &v) in src.iter().enumerate() {
-                        row[xi * ci + c] = v;
+                        row.add((pw + xi) * ci + c).write(v);
                     }
                 }
+                std::ptr::write_bytes(row.add((pw + w) * ci), 0, (p.wp - pw - w) * ci);
             }
-        });
+            std::ptr::write_bytes(dst.add((h + ph) * p.wp * ci), 0, (p.hp - ph - h) * p.wp * ci);
+        }
+        true
+    })
+}
+
+/// A buffer of `planes` planes of `plane` elements plus `slack` zeros, each plane filled by
+/// `fill(j, ptr)` (which writes all of it and returns true, or returns false for an all-zero plane), in
+/// parallel. No up-front zeroing: the padded copies are 30-120 MB per conv and a memset of them cost as
+/// much as the copy.
+fn uninit_planes<T: Elem>(planes: usize, plane: usize, slack: usize, fill: impl Fn(usize, *mut T) -> bool + Sync) -> Vec<T> {
+    let n = planes * plane + slack;
+    let mut xp: Vec<T> = Vec::with_capacity(n);
+    let base = SyncPtr(xp.as_mut_ptr());
+    (0..planes).into_par_iter().for_each(|j| {
+        // SAFETY: plane j is [j * plane, (j + 1) * plane) of the capacity, written by this task only.
+        let dst = unsafe { base.ptr().add(j * plane) };
+        if !fill(j, dst) {
+            unsafe { std::ptr::write_bytes(dst, 0, plane) };
+        }
+    });
+    // SAFETY: the planes were written above, the slack here; the bit pattern 0 is 0.0 in every float type.
+    unsafe {
+        std::ptr::write_bytes(base.ptr().add(planes * plane), 0, slack);
+        xp.set_len(n);
+    }
     xp
 }
 
@@ -98,21 +124,26 @@ fn pad_slab_cf<T: Elem>(
     let plane = p.hp * p.wp;
     let cs = planes * plane;
     let slack = spatial_avx512::COLS + g.kernel[1] * p.wp + g.kernel[2] + 16;
-    let mut xp = vec![T::zero(); g.ci * cs + slack];
-    xp[..g.ci * cs]
-        .par_chunks_mut(plane)
-        .enumerate()
-        .for_each(|(i, dst)| {
-            let (c, zp) = (i / planes, zp0 + i % planes);
-            if zp < pd || zp >= pd + d {
-                return; // a padding plane: zeros
-            }
-            let z = zp - pd;
+    let xp = uninit_planes(g.ci * planes, plane, slack, |i, dst: *mut T| {
+        let (c, zp) = (i / planes, zp0 + i % planes);
+        if zp < pd || zp >= pd + d {
+            return false; // a padding plane: zeros
+        }
+        let z = zp - pd;
+        // SAFETY: dst holds one plane; every element is written exactly once below.
+        unsafe {
+            std::ptr::write_bytes(dst, 0, ph * p.wp + pw);
             for y in 0..h {
-                dst[(y + ph) * p.wp + pw..][..w]
-                    .copy_from_slice(&x[((c * d + z) * h + y) * w..][..w]);
+                let row = dst.add((y + ph) * p.wp + pw);
+                std::ptr::copy_nonoverlapping(x[((c * d + z) * h + y) * w..][..w].as_ptr(), row, w);
+                // the right padding of this row and the left padding of the next
+                let gap = if y + 1 < h { p.wp - w } else { p.wp - pw - w };
+                std::ptr::write_bytes(row.add(w), 0, gap);
             }
-        });
+            std::ptr::write_bytes(dst.add((h + ph) * p.wp), 0, (p.hp - ph - h) * p.wp);
+        }
+        true
+    });
     (xp, cs)
 }
 
@@ -240,7 +271,8 @@ fn fwd_slabs<T: Elem>(x: &[T], w: &[T], g: &ConvGeom, per_slab: usize) -> Vec<T>
             taps: weight_taps(w, g),
         },
     };
-    let mut y = vec![T::zero(); g.n * g.co * ov];
+    // Written in full by the tiles' valid rows; no zeroing first.
+    let mut y: Vec<T> = Vec::with_capacity(g.n * g.co * ov);
     let yp = SyncPtr(y.as_mut_ptr());
     let [_, ho, wo] = g.output;
     // Offsets of the (kz, ky) taps on the channels-last copy, in floats.
@@ -362,6 +394,8 @@ fn fwd_slabs<T: Elem>(x: &[T], w: &[T], g: &ConvGeom, per_slab: usize) -> Vec<T>
             })
         });
     }
+    // SAFETY: every output row (n, c, oz, oy) is a valid row of exactly one tile, which wrote all of it.
+    unsafe { y.set_len(g.n * g.co * ov) };
     y
 }
 
