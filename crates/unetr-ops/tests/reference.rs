@@ -229,7 +229,9 @@ fn conv_transpose3d_matches_direct_loops() {
 /// forward and both gradients. Channels in lanes (more than 16 output channels): every register blocking
 /// (16, 32, 64-channel groups), compile-time and run-time channel counts, weights split into tap chunks.
 /// Positions in lanes (up to 16 output channels): every group width (1..8 channels), input channels split
-/// into passes, rows narrower than a vector, and the 1x1x1 convs with a partial last block.
+/// into passes, rows narrower than a vector, and the 1x1x1 convs with a partial last block. Winograd
+/// (3x3x3, padding 1, even sizes, up to 64 output channels): blocks of whole and partial tile rows, tile
+/// rows longer than a block, input channels in several passes.
 #[test]
 fn f32_direct_kernel_matches_f64() {
     let dev = Device::Cpu;
@@ -246,6 +248,10 @@ fn f32_direct_kernel_matches_f64() {
         (2, 11, [6, 3, 2], [3, 2, 3], [1, 0, 2]),
         (32, 14, [5, 7, 9], [1, 1, 1], [0, 0, 0]),
         (3, 16, [2, 3, 50], [1, 1, 1], [0, 0, 0]),
+        (16, 16, [6, 8, 10], [3, 3, 3], [1, 1, 1]),
+        (40, 64, [4, 2, 6], [3, 3, 3], [1, 1, 1]),
+        (16, 9, [2, 4, 100], [3, 3, 3], [1, 1, 1]),
+        (33, 5, [8, 14, 2], [3, 3, 3], [1, 1, 1]),
     ] {
         let x64 = Tensor::from_vec(
             rand(2 * ci * inp.iter().product::<usize>(), 5),

@@ -218,6 +218,7 @@ pub fn conv3d_fwd<T: Elem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
                     body,
                     dst as *mut f32,
                     ov,
+                    false,
                 )
             };
             if body < pt {
@@ -240,6 +241,7 @@ pub fn conv3d_fwd<T: Elem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
                             B,
                             yb.as_mut_ptr() as *mut f32,
                             B,
+                            false,
                         );
                         for o in 0..g.co {
                             std::ptr::copy_nonoverlapping(

@@ -10,7 +10,7 @@
 
 use super::conv3d::ConvGeom;
 use super::{
-    as_f32, direct_avx512, matmul, spatial_avx512, threads, with_scratch, Elem, Mat, SyncPtr,
+    as_f32, direct_avx512, matmul, spatial_avx512, threads, winograd, with_scratch, Elem, Mat, SyncPtr,
 };
 use rayon::prelude::*;
 
@@ -246,6 +246,9 @@ enum Kernel<T> {
     },
     /// f32, AVX-512, few output channels: `spatial_avx512` (positions in lanes) on the channels-first copy.
     Spatial { packed: Vec<f32> },
+    /// f32, AVX-512, 3x3x3 padding 1, even sizes, <= 64 output channels: Winograd F(2, 3) on the
+    /// channels-first copy.
+    Winograd { u: Vec<f32> },
     /// Anything else: GEMMs over views of the channels-last copy.
     Gemm { taps: Vec<T> },
 }
@@ -255,6 +258,9 @@ fn fwd_slabs<T: Elem>(x: &[T], w: &[T], g: &ConvGeom, per_slab: usize) -> Vec<T>
     let [kd, kh, kw] = g.kernel;
     let (iv, ov, kk) = (g.in_vol(), g.out_vol(), kw * g.ci);
     let kernel = match as_f32(w).filter(|_| direct_avx512::available()) {
+        Some(w32) if winograd::applies(g) => Kernel::Winograd {
+            u: winograd::pack(w32, g.co, g.ci),
+        },
         Some(w32) if spatial_avx512::preferred(g.co) => Kernel::Spatial {
             packed: spatial_avx512::pack_weights(w32, g.co, g.ci, kd * kh * kw),
         },
@@ -283,6 +289,8 @@ fn fwd_slabs<T: Elem>(x: &[T], w: &[T], g: &ConvGeom, per_slab: usize) -> Vec<T>
     let offs_cf: Vec<usize> = (0..kd * kh * kw)
         .map(|t| (t / (kh * kw)) * p.hp * p.wp + (t / kw % kh) * p.wp + t % kw)
         .collect();
+    // Winograd tiles are two planes deep: slabs of an even number of planes.
+    let per_slab = if matches!(kernel, Kernel::Winograd { .. }) { per_slab + per_slab % 2 } else { per_slab };
     // Sample by sample, slab by slab (see `slab_planes`); the tiles of a slab run in parallel.
     let plane_q = p.hp * p.wp;
     let mut slabs = Vec::new();
@@ -295,9 +303,17 @@ fn fwd_slabs<T: Elem>(x: &[T], w: &[T], g: &ConvGeom, per_slab: usize) -> Vec<T>
         let xn = &x[n * g.ci * iv..(n + 1) * g.ci * iv];
         let planes = oz1 - oz0 + kd - 1;
         let (xp, cs) = match kernel {
-            Kernel::Spatial { .. } => pad_slab_cf(xn, g, &p, oz0, planes),
+            Kernel::Spatial { .. } | Kernel::Winograd { .. } => pad_slab_cf(xn, g, &p, oz0, planes),
             _ => (pad_slab(xn, g, &p, oz0, planes), 0),
         };
+        if let Kernel::Winograd { u } = &kernel {
+            // SAFETY: T is f32 here (the weights were).
+            let (xp32, yp32) = unsafe {
+                (std::slice::from_raw_parts(xp.as_ptr() as *const f32, xp.len()), SyncPtr(yp.ptr() as *mut f32))
+            };
+            winograd::slab(xp32, cs, p.hp, p.wp, g, n, oz0, oz1, u, &yp32);
+            continue;
+        }
         let (q_lo, q_hi) = (oz0 * plane_q, oz1 * plane_q);
         // Whole padded rows per tile, enough tiles for every thread, at most the plan's width.
         let rows = (p.cols / p.wp)
@@ -316,6 +332,7 @@ fn fwd_slabs<T: Elem>(x: &[T], w: &[T], g: &ConvGeom, per_slab: usize) -> Vec<T>
                     (g.co * ld, ld)
                 }
                 Kernel::Gemm { .. } => (g.co * cols, cols),
+                Kernel::Winograd { .. } => unreachable!("Winograd slabs are done above"),
             };
             with_scratch(len, |acc: &mut [T]| {
                 match &kernel {
@@ -365,9 +382,11 @@ fn fwd_slabs<T: Elem>(x: &[T], w: &[T], g: &ConvGeom, per_slab: usize) -> Vec<T>
                                 ld,
                                 acc.as_mut_ptr() as *mut f32,
                                 ld,
+                                false,
                             )
                         };
                     }
+                    Kernel::Winograd { .. } => unreachable!("Winograd slabs are done above"),
                     Kernel::Gemm { taps } => {
                         let xs = &xp[(q0 - q_lo) * g.ci..];
                         for (t, &off) in offs.iter().enumerate() {

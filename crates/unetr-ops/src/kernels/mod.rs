@@ -8,6 +8,7 @@ mod conv3d_s1;
 mod direct_avx512;
 pub mod norm;
 mod spatial_avx512;
+mod winograd;
 
 use num_traits::Float;
 

@@ -105,7 +105,7 @@ unsafe fn micro<const N: usize>(
 
 /// One tile of `cols` (a multiple of [`COLS`]) virtual columns starting at `xp` (channel 0 of the
 /// tile's first column; channel c at `xp + c * cs`), all output channels, into out[co][col] with row
-/// stride `out_rs`.
+/// stride `out_rs` (added to what is there when `accumulate`).
 ///
 /// # Safety
 /// AVX-512F available; `xp` readable at every channel, tap offset and column; `out` holds co rows.
@@ -120,6 +120,7 @@ pub unsafe fn tile(
     cols: usize,
     out: *mut f32,
     out_rs: usize,
+    accumulate: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -131,7 +132,7 @@ pub unsafe fn tile(
         for i0 in (0..ci).step_by(chunk) {
             let nc = chunk.min(ci - i0);
             let x = xp.add(i0 * cs);
-            let acc = i0 > 0;
+            let acc = accumulate || i0 > 0;
             let mut c = 0;
             while c < cols {
                 let xc = x.add(c);
@@ -155,7 +156,7 @@ pub unsafe fn tile(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (xp, cs, ci, offs, packed, co, cols, out, out_rs);
+        let _ = (xp, cs, ci, offs, packed, co, cols, out, out_rs, accumulate);
         unreachable!("spatial_avx512::tile called without AVX-512");
     }
 }
