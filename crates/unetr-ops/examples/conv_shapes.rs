@@ -5,7 +5,7 @@ use std::time::Instant;
 // As the xtask binary: mimalloc (run with MIMALLOC_PURGE_DELAY=-1 to keep freed pages, as xtask does).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use unetr_ops::{conv3d, Conv3dParams};
+use unetr_ops::{conv3d, conv_transpose3d, Conv3dParams};
 
 fn main() -> candle_core::Result<()> {
     let filter = std::env::args().nth(1).unwrap_or_default();
@@ -44,6 +44,25 @@ fn main() -> candle_core::Result<()> {
             ts[2] * 1e3,
             gflop / ts[2]
         );
+    }
+    // The decoder's k2 s2 up-sampling (transposed convs), input size s -> 2 s.
+    for (ci, co, s) in [(32, 16, 48), (64, 32, 24), (768, 128, 6)] {
+        let name = format!("convT2 {ci}->{co} @{s}");
+        if !name.contains(&filter) {
+            continue;
+        }
+        let x = Tensor::randn(0f32, 1., (1, ci, s, s, s), &Device::Cpu)?;
+        let w = Tensor::randn(0f32, 0.1, (ci, co, 2, 2, 2), &Device::Cpu)?;
+        let p = Conv3dParams::new(2, 0);
+        conv_transpose3d(&x, &w, None, p, [0; 3])?;
+        let mut ts = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            conv_transpose3d(&x, &w, None, p, [0; 3])?;
+            ts.push(t.elapsed().as_secs_f64());
+        }
+        ts.sort_by(f64::total_cmp);
+        println!("{name:>20}: {:8.2} ms", ts[2] * 1e3);
     }
     Ok(())
 }
