@@ -142,36 +142,18 @@ pub fn slab(xp: &[f32], cs: usize, hp: usize, wp: usize, g: &ConvGeom, n: usize,
     });
 }
 
-/// The transforms' per-thread temporaries (~50 KB, kept: zeroing them per block cost more than the
-/// transforms). Named by their axes, the last one being the pair or quadruple a transform writes.
+/// The transforms' per-thread temporaries (~17 KB, kept: zeroing them per block cost more than the
+/// transforms).
 struct Work {
     /// input rows transformed along x: [a][b][k], with a vector of slack lanes
     x: [[[[f32; TB + 16]; 4]; 4]; 4],
-    /// then along y: [a][k][j]
-    xy: [[[[f32; TB]; 4]; 4]; 4],
-    /// one point's z transform on its way to V
-    o: [[f32; TB]; 4],
-    /// outputs along x: [i][j][dx]; then y: [i][dx][dy]; then z: [dy][dx][dz]
-    s1: [[[[f32; TB]; 2]; 4]; 4],
-    s2: [[[[f32; TB]; 2]; 2]; 4],
+    /// the output tile's values: [dy][dx][dz]
     s3: [[[[f32; TB]; 2]; 2]; 2],
 }
 
 thread_local! {
     // SAFETY (new_zeroed): all-zero bits are valid f32 arrays.
     static WORK: std::cell::RefCell<Box<Work>> = std::cell::RefCell::new(unsafe { Box::<Work>::new_zeroed().assume_init() });
-}
-
-/// B^T of F(2, 3) along one axis: (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
-#[inline(always)]
-fn bt(d: [&[f32; TB]; 4], o: &mut [[f32; TB]; 4]) {
-    for l in 0..TB {
-        let (d0, d1, d2, d3) = (d[0][l], d[1][l], d[2][l], d[3][l]);
-        o[0][l] = d0 - d2;
-        o[1][l] = d1 + d2;
-        o[2][l] = d2 - d1;
-        o[3][l] = d1 - d3;
-    }
 }
 
 /// V[xi][lane] for one channel (xi = 16 i + 4 j + k over z, y, x), at v[xi * xi_stride + lane].
@@ -207,23 +189,37 @@ unsafe fn input_transform(base: &[f32], plane: usize, wp: usize, segs: &[Segment
             }
         }
     }
-    fn lane(a: &[f32; TB + 16]) -> &[f32; TB] {
-        a[..TB].try_into().unwrap()
-    }
-    for a in 0..4 {
+    // Along y, then z, 16 lanes at a time in registers, straight into V.
+    for lc in (0..TB).step_by(16) {
         for k in 0..4 {
-            bt([lane(&x[a][0][k]), lane(&x[a][1][k]), lane(&x[a][2][k]), lane(&x[a][3][k])], &mut work.xy[a][k]);
-        }
-    }
-    let (xy, o) = (&work.xy, &mut work.o);
-    for j in 0..4 {
-        for k in 0..4 {
-            bt([&xy[0][k][j], &xy[1][k][j], &xy[2][k][j], &xy[3][k][j]], o);
-            for i in 0..4 {
-                v[(i * 16 + j * 4 + k) * xi_stride..][..TB].copy_from_slice(&o[i]);
+            let mut t = [[_mm512_setzero_ps(); 4]; 4]; // [a][j]
+            for (a, ta) in t.iter_mut().enumerate() {
+                *ta = bt4([0, 1, 2, 3].map(|b| _mm512_loadu_ps(x[a][b][k].as_ptr().add(lc))));
+            }
+            for j in 0..4 {
+                let r = bt4([t[0][j], t[1][j], t[2][j], t[3][j]]);
+                for (i, ri) in r.iter().enumerate() {
+                    _mm512_storeu_ps(v.as_mut_ptr().add((i * 16 + j * 4 + k) * xi_stride + lc), *ri);
+                }
             }
         }
     }
+}
+
+/// B^T of F(2, 3) on four vectors.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn bt4(d: [std::arch::x86_64::__m512; 4]) -> [std::arch::x86_64::__m512; 4] {
+    use std::arch::x86_64::*;
+    [_mm512_sub_ps(d[0], d[2]), _mm512_add_ps(d[1], d[2]), _mm512_sub_ps(d[2], d[1]), _mm512_sub_ps(d[1], d[3])]
+}
+
+/// A^T of F(2, 3) on four vectors: (m0 + m1 + m2, m1 - m2 - m3).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn at4(d: [std::arch::x86_64::__m512; 4]) -> [std::arch::x86_64::__m512; 2] {
+    use std::arch::x86_64::*;
+    [_mm512_add_ps(_mm512_add_ps(d[0], d[1]), d[2]), _mm512_sub_ps(_mm512_sub_ps(d[1], d[2]), d[3])]
 }
 
 /// Y = A^T M per axis for output channel o, written to y's 2x2x2 tiles.
@@ -233,30 +229,29 @@ unsafe fn input_transform(base: &[f32], plane: usize, wp: usize, segs: &[Segment
 unsafe fn output_transform(m: &[f32], g: &ConvGeom, n: usize, o: usize, tz: usize, segs: &[Segment], y: &SyncPtr<f32>, work: &mut Work) {
     use std::arch::x86_64::*;
     let co = g.co;
-    let mv = |xi: usize| -> &[f32; TB] { m[(xi * co + o) * TB..][..TB].try_into().unwrap() };
-    // A^T of F(2, 3): (m0 + m1 + m2, m1 - m2 - m3).
-    #[inline(always)]
-    fn at(d: [&[f32; TB]; 4], r: &mut [[f32; TB]; 2]) {
-        for l in 0..TB {
-            r[0][l] = d[0][l] + d[1][l] + d[2][l];
-            r[1][l] = d[1][l] - d[2][l] - d[3][l];
+    let s3 = &mut work.s3;
+    // Along x, y, then z, 16 lanes at a time in registers.
+    for lc in (0..TB).step_by(16) {
+        let mut s2 = [[[_mm512_setzero_ps(); 2]; 2]; 4]; // [i][dy][dx]
+        for (i, s2i) in s2.iter_mut().enumerate() {
+            let mut s1 = [[_mm512_setzero_ps(); 2]; 4]; // [j][dx]
+            for (j, s1j) in s1.iter_mut().enumerate() {
+                let b = i * 16 + j * 4;
+                *s1j = at4([0, 1, 2, 3].map(|q| _mm512_loadu_ps(m.as_ptr().add(((b + q) * co + o) * TB + lc))));
+            }
+            for dx in 0..2 {
+                let [r0, r1] = at4([s1[0][dx], s1[1][dx], s1[2][dx], s1[3][dx]]);
+                s2i[0][dx] = r0;
+                s2i[1][dx] = r1;
+            }
         }
-    }
-    let Work { s1, s2, s3, .. } = work;
-    for i in 0..4 {
-        for j in 0..4 {
-            let b = i * 16 + j * 4;
-            at([mv(b), mv(b + 1), mv(b + 2), mv(b + 3)], &mut s1[i][j]);
-        }
-    }
-    for i in 0..4 {
-        for dx in 0..2 {
-            at([&s1[i][0][dx], &s1[i][1][dx], &s1[i][2][dx], &s1[i][3][dx]], &mut s2[i][dx]);
-        }
-    }
-    for dy in 0..2 {
-        for dx in 0..2 {
-            at([&s2[0][dx][dy], &s2[1][dx][dy], &s2[2][dx][dy], &s2[3][dx][dy]], &mut s3[dy][dx]);
+        for dy in 0..2 {
+            for dx in 0..2 {
+                let r = at4([s2[0][dy][dx], s2[1][dy][dx], s2[2][dy][dx], s2[3][dy][dx]]);
+                for (dz, rz) in r.iter().enumerate() {
+                    _mm512_storeu_ps(s3[dy][dx][dz].as_mut_ptr().add(lc), *rz);
+                }
+            }
         }
     }
     let [d, h, w] = g.output;
