@@ -26,7 +26,10 @@ pub use conv::{conv3d, conv_transpose3d, Conv3dParams};
 pub use error::OpsError;
 pub use linear::linear;
 pub use storage::inplace_ok;
-pub use norm::{batch_norm, instance_norm, instance_norm_, instance_norm_leaky_relu, instance_norm_leaky_relu_, layer_norm, RunningStats};
+pub use norm::{
+    batch_norm, instance_norm, instance_norm_, instance_norm_add_leaky_relu_, instance_norm_leaky_relu, instance_norm_leaky_relu_, layer_norm,
+    RunningStats,
+};
 
 /// The CUDA C source of the GPU kernels (compiled by NVRTC at run time with the `cuda` feature; available
 /// without it so that a CPU-only test can compile it to PTX).

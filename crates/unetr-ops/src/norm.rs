@@ -406,3 +406,49 @@ pub fn instance_norm_(x: &Tensor, eps: f64) -> Result<()> {
 pub fn instance_norm_leaky_relu_(x: &Tensor, eps: f64, slope: f64) -> Result<()> {
     normalize_(x, NormOp { kind: Kind::Instance, eps, slope: Some(slope) })
 }
+
+struct NormAddLeakyReluInplace {
+    eps: f64,
+    norm_b: bool,
+    slope: f64,
+}
+
+impl candle_core::InplaceOp2 for NormAddLeakyReluInplace {
+    fn name(&self) -> &'static str {
+        "instance_norm_add_leaky_relu"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let gs = NormOp { kind: Kind::Instance, eps: self.eps, slope: None }.groups(l1.dims())?;
+        let b = crate::storage::data(self.name(), s2, l2)?;
+        crate::profile::timed(self.name(), || {
+            use crate::kernels::norm::norm_add_leaky_relu_inplace as run;
+            use crate::storage::{Data, DataMut};
+            match (crate::storage::data_mut(self.name(), s1, l1)?, b) {
+                (DataMut::F32(a), Data::F32(b)) => run(a, b, &gs, self.eps, self.norm_b, self.slope),
+                (DataMut::F64(a), Data::F64(b)) => run(a, b, &gs, self.eps, self.norm_b, self.slope),
+                _ => return Err(OpsError::Param { op: "instance_norm_add_leaky_relu", msg: "the inputs differ in dtype".into() }.into()),
+            }
+            Ok(())
+        })
+    }
+}
+
+/// UnetResBlock's end in place, for inference: a = LeakyReLU(IN(a) + (norm_b ? IN(b) : b)) with instance
+/// norms without affine (eps), overwriting `a`. One pass over both tensors after their statistics, where
+/// [`instance_norm_`] twice and [`crate::add_leaky_relu_`] make three; the values are the same. The same
+/// contract as [`instance_norm_`] for `a`.
+pub fn instance_norm_add_leaky_relu_(a: &Tensor, b: &Tensor, norm_b: bool, eps: f64, slope: f64) -> Result<()> {
+    const OP: &str = "instance_norm_add_leaky_relu";
+    crate::storage::check_inplace(OP, a)?;
+    check_float(OP, a.dtype())?;
+    if a.rank() < 3 || a.elem_count() == 0 {
+        return Err(shape_err(OP, "expected a non-empty [N, C, spatial...] tensor", &[a.dims()]));
+    }
+    if a.dims() != b.dims() {
+        return Err(shape_err(OP, "the two inputs differ in shape", &[a.dims(), b.dims()]));
+    }
+    if a.dtype() != b.dtype() {
+        return Err(OpsError::DTypeMismatch { op: OP, a: a.dtype(), b: b.dtype() }.into());
+    }
+    a.inplace_op2(&b.contiguous()?, &NormAddLeakyReluInplace { eps, norm_b, slope })
+}

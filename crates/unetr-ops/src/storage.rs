@@ -117,7 +117,8 @@ fn inplace_problem(x: &candle_core::Tensor) -> Option<&'static str> {
     }
 }
 
-/// Whether the in-place ops (`instance_norm_`, `instance_norm_leaky_relu_`, `add_leaky_relu_`) accept `x`.
+/// Whether the in-place ops (`instance_norm_`, `instance_norm_leaky_relu_`, `add_leaky_relu_`,
+/// `instance_norm_add_leaky_relu_`) accept `x`.
 pub fn inplace_ok(x: &candle_core::Tensor) -> bool {
     inplace_problem(x).is_none()
 }

@@ -179,10 +179,17 @@ fn inplace_ops_match_and_refuse_graph_tensors() {
     let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
     type OutOfPlace<'a> = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor> + 'a>;
     type InPlace<'a> = Box<dyn Fn(&Tensor) -> candle_core::Result<()> + 'a>;
-    let cases: [(&str, OutOfPlace, InPlace); 3] = [
+    // UnetResBlock's end, composed from the out-of-place ops.
+    let res_end = |t: &Tensor, norm_b: bool| {
+        let r = if norm_b { instance_norm(&b, None, None, 1e-5)? } else { b.clone() };
+        add_leaky_relu(&instance_norm(t, None, None, 1e-5)?, &r, 0.01)
+    };
+    let cases: [(&str, OutOfPlace, InPlace); 5] = [
         ("instance_norm", Box::new(|t| instance_norm(t, None, None, 1e-5)), Box::new(|t| instance_norm_(t, 1e-5))),
         ("instance_norm_leaky_relu", Box::new(|t| instance_norm_leaky_relu(t, 1e-5, 0.01)), Box::new(|t| instance_norm_leaky_relu_(t, 1e-5, 0.01))),
         ("add_leaky_relu", Box::new(|t| add_leaky_relu(t, &b, 0.01)), Box::new(|t| add_leaky_relu_(t, &b, 0.01))),
+        ("instance_norm_add_leaky_relu", Box::new(|t| res_end(t, true)), Box::new(|t| instance_norm_add_leaky_relu_(t, &b, true, 1e-5, 0.01))),
+        ("instance_norm_add_leaky_relu", Box::new(|t| res_end(t, false)), Box::new(|t| instance_norm_add_leaky_relu_(t, &b, false, 1e-5, 0.01))),
     ];
     for (name, out_of_place, in_place) in &cases {
         let want = out_of_place(&x).unwrap();
@@ -194,4 +201,5 @@ fn inplace_ops_match_and_refuse_graph_tensors() {
         err_contains(in_place(&x.transpose(3, 4).unwrap()), &[name, "contiguous"]);
     }
     err_contains(add_leaky_relu_(&x.copy().unwrap(), &t(&[2, 3]), 0.01), &["add_leaky_relu", "[2, 3]"]);
+    err_contains(instance_norm_add_leaky_relu_(&x.copy().unwrap(), &t(&[2, 3]), true, 1e-5, 0.01), &["instance_norm_add_leaky_relu", "[2, 3]"]);
 }

@@ -285,7 +285,6 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
-/// Number of worker threads the kernels split work over.
 /// The slice as f32 when T is f32.
 pub(crate) fn as_f32<T: Elem>(s: &[T]) -> Option<&[f32]> {
     (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
@@ -293,6 +292,7 @@ pub(crate) fn as_f32<T: Elem>(s: &[T]) -> Option<&[f32]> {
         .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
 }
 
+/// Number of worker threads the kernels split work over.
 pub(crate) fn threads() -> usize {
     rayon::current_num_threads().max(1)
 }
