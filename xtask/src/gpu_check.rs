@@ -1,7 +1,7 @@
 //! `cargo xtask gpu-check`: one command for a GPU machine. Checks every op on the device against the CPU
 //! (forward and input gradients, per-dtype tolerances), the model forward against the CPU, a few training
-//! steps, then times forward, training step and the fused attention against the unfused path, and writes
-//! one report (markdown + JSON) under --out.
+//! steps, a short run of the trainer itself on the device, then times forward, training step and the fused
+//! attention against the unfused path, and writes one report (markdown + JSON) under --out.
 //!
 //! `--dry-run` runs the same logic with the CPU standing in for the device (small sizes), so the command's
 //! logic is exercised on machines without a GPU; a build without `--features cuda` can only dry-run.
@@ -61,10 +61,15 @@ fn tol(dt: DType) -> f64 {
     }
 }
 
-/// Runs `f` on CPU f32 inputs and on device inputs of `dt`; compares outputs and input gradients of
-/// sum(f(x) * r) for a fixed random r.
+/// Runs `f` on CPU f32 inputs and on the same inputs in `dt` on the device; compares outputs and input
+/// gradients of sum(f(x) * r) for a fixed random r.
 fn check_op(name: &str, dev: &Device, dt: DType, shapes: &[&[usize]], f: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>, out: &mut Vec<Check>) -> Result<()> {
-    let cpu_in: Vec<Tensor> = shapes.iter().map(|s| Tensor::randn(0f32, 1.0, *s, &Device::Cpu)).collect::<candle_core::Result<_>>()?;
+    // Inputs representable in `dt`, so that the reference sees the device's inputs: otherwise rounding an
+    // input can move it across a kink (LeakyReLU at 0) and the gradient legitimately differs there.
+    let cpu_in: Vec<Tensor> = shapes
+        .iter()
+        .map(|s| Tensor::randn(0f32, 1.0, *s, &Device::Cpu)?.to_dtype(dt)?.to_dtype(DType::F32))
+        .collect::<candle_core::Result<_>>()?;
     let run = |ins: Vec<Tensor>, r: &Tensor| -> Result<(Tensor, Vec<Tensor>)> {
         let vars: Vec<candle_core::Var> = ins.iter().map(candle_core::Var::from_tensor).collect::<candle_core::Result<_>>()?;
         let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
@@ -159,6 +164,16 @@ pub fn run(a: Args) -> Result<()> {
     }
     // Three f32 steps, then three bf16 mixed-precision steps continuing the same optimisation.
     let train_ok = losses.iter().all(|l| l.is_finite()) && losses[2] < losses[0] && losses[5] < losses[3];
+    // The trainer itself on the device (a config's `device = "cuda"`): the phantom preset, 4 steps with a
+    // sliding-window validation at steps 2 and 4, checkpoints and predictions written.
+    let preset = include_str!("../../data/presets/phantom.toml");
+    let mut tcfg = unetr_train::trainer::TrainConfig::from_toml(preset, std::path::Path::new("data/presets/phantom.toml"))?;
+    tcfg.device = if dev.is_cpu() { "cpu" } else { "cuda" }.into();
+    (tcfg.optim.steps, tcfg.optim.warmup_steps, tcfg.validation.every, tcfg.data.phantom_cases) = (4, 1, 2, 4);
+    tcfg.output.dir = a.out.join("trainer");
+    let _ = std::fs::remove_dir_all(&tcfg.output.dir);
+    let ts = unetr_train::trainer::train(&tcfg, false)?;
+    let trainer_ok = ts.losses.iter().all(|l| l.is_finite()) && ts.final_dice.is_finite();
     // Benchmarks.
     let fwd_ms = median_ms(&dev, a.repeats, || Ok(drop(w_dev.model.forward_t(&xd, false)?)))?;
     let xb = xd.to_dtype(bf)?;
@@ -187,6 +202,10 @@ pub fn run(a: Args) -> Result<()> {
     }
     r += &format!("\nTraining steps (DiceCE + AdamW lr 1e-3 on one batch; 3 in f32, then 3 in bf16 mixed precision): losses {:?} ({})\n\n", losses, if train_ok { "ok: finite, decreasing" } else { "FAIL" });
     r += &format!(
+        "Trainer (`unetr_train::trainer::train`, phantom preset, device {:?}, 4 steps, validation at 2 and 4): losses {:?}, validation Dice {:.3}, {:.1} s ({})\n\n",
+        tcfg.device, ts.losses, ts.final_dice, ts.seconds, if trainer_ok { "ok" } else { "FAIL" }
+    );
+    r += &format!(
         "| benchmark (median of {}) | ms |\n|---|---:|\n| UNETR forward {:?}, f32 | {:.2} |\n| UNETR forward, bf16 compute, f32 weights | {:.2} |\n| training step (forward + DiceCE + backward + AdamW), f32 | {:.2} |\n| training step, bf16 mixed precision | {:.2} |\n| attention fwd+bwd, fused, [1, 12, {attn_l}, 64] | {:.3} |\n| attention fwd+bwd, unfused (matmul + softmax + matmul) | {:.3} |\n",
         a.repeats, size, fwd_ms, fwd_bf16_ms, step_ms, step_bf16_ms, fused_ms, unfused_ms
     );
@@ -197,12 +216,17 @@ pub fn run(a: Args) -> Result<()> {
     let j = serde_json::json!({
         "device": if dev.is_cpu() { "cpu".to_string() } else { format!("{:?}", dev.location()) },
         "checks": checks.iter().map(|c| serde_json::json!({"name": c.name, "dtype": format!("{:?}", c.dtype), "err": c.err, "tol": c.tol})).collect::<Vec<_>>(),
-        "losses": losses, "forward_ms": fwd_ms, "forward_bf16_ms": fwd_bf16_ms, "train_step_ms": step_ms, "train_step_bf16_ms": step_bf16_ms, "attention_fused_ms": fused_ms, "attention_unfused_ms": unfused_ms,
+        "losses": losses, "trainer_losses": ts.losses, "trainer_dice": ts.final_dice, "forward_ms": fwd_ms, "forward_bf16_ms": fwd_bf16_ms, "train_step_ms": step_ms, "train_step_bf16_ms": step_bf16_ms, "attention_fused_ms": fused_ms, "attention_unfused_ms": unfused_ms,
     });
     std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&j)?)?;
     println!("{r}\nreport: {}", out.join("report.md").display());
-    if !failed.is_empty() || !train_ok {
-        bail!("{} check(s) failed{}", failed.len(), if train_ok { "" } else { ", and the training steps" });
+    if !failed.is_empty() || !train_ok || !trainer_ok {
+        bail!(
+            "{} check(s) failed{}{}",
+            failed.len(),
+            if train_ok { "" } else { ", and the training steps" },
+            if trainer_ok { "" } else { ", and the trainer run" }
+        );
     }
     Ok(())
 }

@@ -15,6 +15,9 @@ pub struct Args {
     /// Number of optimiser steps (overrides optim.steps).
     #[arg(long)]
     steps: Option<u64>,
+    /// "cpu", "cuda" or "cuda:N" (overrides the config's device; CUDA needs a build with --features cuda).
+    #[arg(long)]
+    device: Option<String>,
     /// Continue from <out>/checkpoint.
     #[arg(long)]
     resume: bool,
@@ -32,6 +35,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     if let Some(s) = a.steps {
         cfg.optim.steps = s;
+    }
+    if let Some(d) = a.device {
+        cfg.device = d;
     }
     // Relative paths in presets are relative to the repository root.
     if cfg.output.dir.is_relative() {

@@ -87,6 +87,11 @@ impl Unetr {
         self.run(x, train, None, None)
     }
 
+    /// The device the weights live on (inputs must be there too).
+    pub fn device(&self) -> &candle_core::Device {
+        self.out.conv.weight.device()
+    }
+
     /// Logits plus every named intermediate (as MONAI's module names).
     pub fn forward_features(&self, x: &Tensor) -> Result<(Tensor, Features)> {
         let mut f = Vec::new();

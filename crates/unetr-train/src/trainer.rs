@@ -239,15 +239,48 @@ impl Default for ValidationConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
+    /// "cpu" (default), "cuda" or "cuda:N" (a build with the `cuda` feature); top-level key of the TOML.
+    pub device: String,
     pub data: DataConfig,
     pub transforms: TransformConfig,
     pub model: ModelConfig,
     pub optim: OptimConfig,
     pub validation: ValidationConfig,
     pub output: OutputConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            device: "cpu".into(),
+            data: DataConfig::default(),
+            transforms: TransformConfig::default(),
+            model: ModelConfig::default(),
+            optim: OptimConfig::default(),
+            validation: ValidationConfig::default(),
+            output: OutputConfig::default(),
+        }
+    }
+}
+
+/// The device a name stands for: "cpu", "cuda" (GPU 0) or "cuda:N". A CUDA name in a build without the
+/// `cuda` feature, or a GPU that cannot be opened, is an error that says so.
+pub fn parse_device(name: &str) -> Result<Device> {
+    let gpu = match name.trim() {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => i,
+            _ => return Err(TrainError::Config(format!("device {name:?}: expected \"cpu\", \"cuda\" or \"cuda:N\""))),
+        },
+    };
+    if !cfg!(feature = "cuda") {
+        return Err(TrainError::Config(format!("device {name:?}: this build has no CUDA support (build with --features cuda)")));
+    }
+    Device::new_cuda(gpu).map_err(|e| TrainError::Config(format!("device {name:?}: {e}")))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -472,7 +505,7 @@ pub fn predict_labels(model: &unetr_model::Unetr, s: &Sample, v: &ValidationConf
 /// As [`predict_labels`]; with `tta`, logits are averaged over the identity and a mirror flip of each axis.
 pub fn predict(model: &unetr_model::Unetr, s: &Sample, v: &ValidationConfig, tta: bool) -> Result<(Vec<f32>, Tensor)> {
     let d = s.dims;
-    let x = Tensor::from_vec(s.image.clone(), (1, s.channels, d[0], d[1], d[2]), &Device::Cpu)?;
+    let x = Tensor::from_vec(s.image.clone(), (1, s.channels, d[0], d[1], d[2]), model.device())?;
     let sw = SlidingWindow { roi: model.cfg.img_size, overlap: v.overlap, sw_batch: v.sw_batch, blend: v.blend };
     let run = |x: &Tensor| sliding_window_inference(x, &sw, |b| model.forward_t(b, false).map_err(candle_core::Error::wrap));
     let mut logits = run(&x)?;
@@ -491,8 +524,8 @@ pub fn predict(model: &unetr_model::Unetr, s: &Sample, v: &ValidationConfig, tta
 pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
     let t0 = Instant::now();
     let out = cfg.output.dir.clone();
+    let dev = parse_device(&cfg.device)?;
     std::fs::create_dir_all(&out).map_err(|e| ferr(&out, e))?;
-    let dev = Device::Cpu;
     // Data.
     let json = match &cfg.data.dataset {
         Some(p) => p.clone(),

@@ -200,3 +200,23 @@ fn fused_dice_ce_matches_composition() {
         }
     }
 }
+
+/// The trainer's device: "cpu" trains; unknown names and (in a build without the `cuda` feature) CUDA
+/// names fail before anything is written, saying why.
+#[test]
+fn device_names_are_checked() {
+    use unetr_train::trainer::{parse_device, TrainError};
+    assert!(parse_device("cpu").unwrap().is_cpu());
+    for bad in ["tpu", "cuda:x", "cuda:", "gpu0"] {
+        let e = parse_device(bad).unwrap_err().to_string();
+        assert!(e.contains(bad) && e.contains("cuda:N"), "{bad}: {e}");
+    }
+    if !cfg!(feature = "cuda") {
+        let dir = std::env::temp_dir().join(format!("unetr-device-test-{}", std::process::id()));
+        let mut cfg = tiny(&dir, 1);
+        cfg.device = "cuda:1".into();
+        let e = train(&cfg, false).unwrap_err();
+        assert!(matches!(e, TrainError::Config(_)) && e.to_string().contains("--features cuda"), "{e}");
+        assert!(!dir.exists(), "nothing is written for a bad device");
+    }
+}
