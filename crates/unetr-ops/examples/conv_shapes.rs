@@ -1,8 +1,10 @@
-//! Times the forward of UNETR's stride-1 conv shapes: `cargo run --release -p unetr-ops --example conv_shapes [filter]`.
+//! Times the forward of UNETR's conv shapes: `cargo run --release -p unetr-ops --example conv_shapes [filter]`.
+//! Set `MIMALLOC_PURGE_DELAY=-1 MIMALLOC_ARENA_EAGER_COMMIT=1` (the xtask binary's allocator settings):
+//! otherwise mapping fresh pages for each 56 MB output dominates the 96^3 timings.
 use candle_core::{Device, Tensor};
 use std::time::Instant;
 
-// As the xtask binary: mimalloc (run with MIMALLOC_PURGE_DELAY=-1 to keep freed pages, as xtask does).
+// As the xtask binary: mimalloc (see above for its settings).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use unetr_ops::{conv3d, conv_transpose3d, Conv3dParams};
