@@ -1,5 +1,6 @@
 //! 3D convolution on the CPU: dispatch, the 1x1x1 and the general (strided) paths.
-//! Stride-1 convolutions (UNETR's 3x3x3) take the channels-last implicit GEMM of `conv3d_s1`.
+//! Stride-1 convolutions (UNETR's 3x3x3) go to `conv3d_s1`; 1x1x1 convs to <= 16 channels (f32, AVX-512)
+//! to `spatial_avx512`, reading x in place.
 //!
 //! General path: tiled im2col + GEMM.
 //!

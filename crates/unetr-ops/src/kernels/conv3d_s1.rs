@@ -7,6 +7,11 @@
 //! Outputs are computed on "virtual" columns q = (oz * Hp + oy) * Wp + ox of the padded grid; the few
 //! columns with oy >= Ho or ox >= Wo are computed and dropped. Extra memory: the padded input plus one
 //! small tile per thread.
+//!
+//! The forward picks one of four kernels over these views (`Kernel`): in f32 on AVX-512, Winograd
+//! F(2, 3) (`winograd`, 3x3x3 padding 1, 16+ input and <= 64 output channels), else positions in lanes
+//! (`spatial_avx512`, <= 16 output channels, channels-first copy), else channels in lanes
+//! (`direct_avx512`); otherwise (f64, no AVX-512) the GEMMs. The input is padded one depth slab at a time.
 
 use super::conv3d::ConvGeom;
 use super::{
