@@ -38,36 +38,31 @@ impl UnetResBlock {
     /// reference): the residual branch runs first. In inference the norms and the residual join work in
     /// place on tensors made here; this is what bounds the peak memory of the 96^3 decoder stage.
     pub fn forward_owned(&self, x: Tensor, train: bool) -> Result<Tensor> {
-        let instance = matches!(self.norm2, NormLayer::Instance)
+        // Inference with instance norms: norm2, norm3, the join and its LReLU become one in-place pass
+        // (`instance_norm_add_leaky_relu_`) over the raw conv outputs, so norm3 waits for it.
+        let fuse = !train
+            && matches!(self.norm2, NormLayer::Instance)
             && self.conv3.as_ref().is_none_or(|(_, n)| matches!(n, NormLayer::Instance));
-        if instance && !train {
-            // Inference with instance norms: norm2, norm3, the join and its LReLU as one in-place pass
-            // (`instance_norm_add_leaky_relu_`) over the raw conv outputs.
-            let (residual, norm_residual) = match &self.conv3 {
-                Some((conv, _)) => (conv.forward(&x)?, true),
-                None => (x.clone(), false),
-            };
-            let h = self.norm1.forward_owned(self.conv1.forward(&x)?, true, train)?;
-            drop(x);
-            let out = self.conv2.forward(&h)?;
-            drop(h);
-            if inplace_ok(&out, train) && out.dtype() == residual.dtype() {
-                unetr_ops::instance_norm_add_leaky_relu_(&out, &residual, norm_residual, 1e-5, LEAKY_SLOPE)?;
-                return Ok(out);
-            }
-            let out = self.norm2.forward_owned(out, false, train)?;
-            let residual = if norm_residual { unetr_ops::instance_norm(&residual, None, None, 1e-5)? } else { residual };
-            return unetr_ops::add_leaky_relu(&out, &residual, LEAKY_SLOPE);
-        }
         let residual = match &self.conv3 {
+            Some((conv, _)) if fuse => conv.forward(&x)?,
             Some((conv, norm)) => norm.forward_owned(conv.forward(&x)?, false, train)?,
             None => x.clone(),
         };
         let h = self.norm1.forward_owned(self.conv1.forward(&x)?, true, train)?;
         drop(x);
-        let out = self.norm2.forward_owned(self.conv2.forward(&h)?, false, train)?;
+        let out = self.conv2.forward(&h)?;
         drop(h);
-        if inplace_ok(&out, train) && out.dtype() == residual.dtype() {
+        let same = inplace_ok(&out, train) && out.dtype() == residual.dtype();
+        if fuse && same {
+            unetr_ops::instance_norm_add_leaky_relu_(&out, &residual, self.conv3.is_some(), 1e-5, LEAKY_SLOPE)?;
+            return Ok(out);
+        }
+        let out = self.norm2.forward_owned(out, false, train)?;
+        let residual = match &self.conv3 {
+            Some((_, norm)) if fuse => norm.forward_owned(residual, false, train)?,
+            _ => residual,
+        };
+        if same {
             unetr_ops::add_leaky_relu_(&out, &residual, LEAKY_SLOPE)?;
             return Ok(out);
         }

@@ -91,6 +91,11 @@ fn rand(n: usize, seed: u64) -> Vec<f64> {
         .collect()
 }
 
+/// A tensor's values as f64, flattened.
+fn to_f64(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
+}
+
 fn max_rel(a: &[f64], b: &[f64]) -> f64 {
     let d = a
         .iter()
@@ -140,14 +145,7 @@ fn check(
     let gy = Tensor::from_vec(gyv.clone(), y.shape(), &dev).unwrap();
     let grads = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
     let r = naive(&xv, &wv, &gyv, n, ci, co, inp, k, s, p, out, transposed);
-    let v = |t: &Tensor| {
-        t.to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap()
-    };
+    let v = to_f64;
     let tag = format!("transposed={transposed} in={inp:?} k={k:?} s={s:?} p={p:?}");
     assert!(max_rel(&v(&y), &r.y) < 1e-12, "y {tag}");
     assert!(
@@ -278,14 +276,7 @@ fn f32_direct_kernel_matches_f64() {
                 .to_dtype(dt)
                 .unwrap();
             let g = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
-            let v = |t: &Tensor| {
-                t.to_dtype(DType::F64)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f64>()
-                    .unwrap()
-            };
+            let v = to_f64;
             (
                 v(&y),
                 v(g.get(x.as_tensor()).unwrap()),
