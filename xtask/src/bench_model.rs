@@ -44,6 +44,9 @@ pub struct Args {
 pub struct Measured {
     pub forward_s: Vec<f64>,
     pub peak_rss_kb: u64,
+    /// Peak of the live heap bytes (what the program holds, without the allocator's retained pages).
+    #[serde(default)]
+    pub peak_live_kb: u64,
     /// Per top-level module wall time in ms (profile mode).
     #[serde(default)]
     pub modules: std::collections::BTreeMap<String, f64>,
@@ -77,7 +80,16 @@ fn profiled(f: impl FnOnce() -> Result<()>) -> Result<(Vec<OpRow>, f64)> {
     let wall = t.elapsed().as_secs_f64();
     let rows = unetr_ops::profile::take();
     r?;
-    Ok((rows.into_iter().map(|r| OpRow { name: r.name, calls: r.calls, seconds: r.seconds }).collect(), wall))
+    Ok((
+        rows.into_iter()
+            .map(|r| OpRow {
+                name: r.name,
+                calls: r.calls,
+                seconds: r.seconds,
+            })
+            .collect(),
+        wall,
+    ))
 }
 
 fn config(a: &Args) -> Result<UnetrConfig> {
@@ -88,8 +100,14 @@ fn config(a: &Args) -> Result<UnetrConfig> {
         other => bail!("unknown config {other:?} (btcv, spleen, brats)"),
     };
     if let Some(s) = &a.size {
-        let v: Vec<usize> = s.split(',').map(|x| x.trim().parse()).collect::<std::result::Result<_, _>>().context("--size D,H,W")?;
-        let [d, h, w] = v[..] else { bail!("--size takes three numbers D,H,W") };
+        let v: Vec<usize> = s
+            .split(',')
+            .map(|x| x.trim().parse())
+            .collect::<std::result::Result<_, _>>()
+            .context("--size D,H,W")?;
+        let [d, h, w] = v[..] else {
+            bail!("--size takes three numbers D,H,W")
+        };
         c.img_size = [d, h, w];
     }
     c.validate()?;
@@ -99,7 +117,11 @@ fn config(a: &Args) -> Result<UnetrConfig> {
 fn peak_rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -125,7 +147,15 @@ pub fn child(a: Args) -> Result<()> {
                 per.entry(k).or_default().push(v);
             }
         }
-        modules = per.into_iter().map(|(k, mut v)| (k, { v.sort_by(|a, b| a.partial_cmp(b).unwrap()); v[v.len() / 2] })).collect();
+        modules = per
+            .into_iter()
+            .map(|(k, mut v)| {
+                (k, {
+                    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                    v[v.len() / 2]
+                })
+            })
+            .collect();
         (ops, ops_wall_s) = profiled(|| Ok(drop(model.forward_t(&x, false)?)))?;
         // The machine's f32 GEMM rate, with the same thread split as our linear layers.
         let n = 2048;
@@ -140,9 +170,16 @@ pub fn child(a: Args) -> Result<()> {
         use unetr_train::inferers::{sliding_window_inference, Blend, SlidingWindow};
         let model = UnetrWeights::init(&cfg, &dev)?.inference_model()?;
         let big = Tensor::randn(0f32, 1.0, (1, cfg.in_channels, 256, 256, 160), &dev)?;
-        let sw = SlidingWindow { roi: cfg.img_size, overlap: 0.5, sw_batch: 4, blend: Blend::Gaussian };
+        let sw = SlidingWindow {
+            roi: cfg.img_size,
+            overlap: 0.5,
+            sw_batch: 4,
+            blend: Blend::Gaussian,
+        };
         let t = Instant::now();
-        drop(sliding_window_inference(&big, &sw, |b| model.forward_t(b, false).map_err(candle_core::Error::wrap))?);
+        drop(sliding_window_inference(&big, &sw, |b| {
+            model.forward_t(b, false).map_err(candle_core::Error::wrap)
+        })?);
         forward_s.push(t.elapsed().as_secs_f64());
     } else if a.mode == "train" {
         // forward + DiceCE (research settings) + backward + AdamW (lr 1e-4, wd 1e-5)
@@ -150,10 +187,22 @@ pub fn child(a: Args) -> Result<()> {
         use unetr_train::optim::{AdamW, AdamWConfig};
         let w = UnetrWeights::init(&cfg, &dev)?;
         let y = Tensor::rand(0f32, cfg.out_channels as f32, (1, 1, d, h, ww), &dev)?.floor()?;
-        let vars: Vec<_> = w.varmap.data().lock().unwrap().iter().filter(|(k, _)| !k.contains("running_")).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let vars: Vec<_> = w
+            .varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| !k.contains("running_"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let mut opt = AdamW::new(vars, AdamWConfig::default());
         let mut step = || -> Result<()> {
-            let loss = dice_ce_loss(&w.model.forward_t(&x, true)?, &y, &DiceCeOptions::research())?;
+            let loss = dice_ce_loss(
+                &w.model.forward_t(&x, true)?,
+                &y,
+                &DiceCeOptions::research(),
+            )?;
             opt.step(&loss.backward()?)?;
             Ok(())
         };
@@ -173,7 +222,19 @@ pub fn child(a: Args) -> Result<()> {
             forward_s.push(t.elapsed().as_secs_f64());
         }
     }
-    println!("{}", serde_json::to_string(&Measured { forward_s, peak_rss_kb: peak_rss_kb(), modules, gemm_gflops, ops, ops_wall_s, ops_self_total_s: 0.0 })?);
+    println!(
+        "{}",
+        serde_json::to_string(&Measured {
+            forward_s,
+            peak_rss_kb: peak_rss_kb(),
+            peak_live_kb: (crate::GLOBAL.peak() / 1024) as u64,
+            modules,
+            gemm_gflops,
+            ops,
+            ops_wall_s,
+            ops_self_total_s: 0.0
+        })?
+    );
     Ok(())
 }
 
@@ -185,21 +246,42 @@ fn stats(v: &[f64]) -> (f64, f64) {
 
 fn last_json<T: for<'de> Deserialize<'de>>(out: &[u8]) -> Result<T> {
     let text = String::from_utf8_lossy(out);
-    let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).context("no JSON line in the output")?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .context("no JSON line in the output")?;
     Ok(serde_json::from_str(line)?)
 }
 
 /// Runs one measuring process of ours and one of PyTorch's for `mode` (forward or train).
-fn measure(a: &Args, cfg: &UnetrConfig, mode: &str) -> Result<(Measured, Option<(Measured, serde_json::Value)>)> {
+fn measure(
+    a: &Args,
+    cfg: &UnetrConfig,
+    mode: &str,
+) -> Result<(Measured, Option<(Measured, serde_json::Value)>)> {
     let size = cfg.img_size.map(|s| s.to_string()).join(",");
     eprintln!("measuring ours ({mode}, {size}) ...");
     let exe = std::env::current_exe()?;
     let out = Command::new(exe)
-        .args(["bench-child", "--config", &a.config, "--size", &size, "--repeats", &a.repeats.to_string(), "--mode", mode])
+        .args([
+            "bench-child",
+            "--config",
+            &a.config,
+            "--size",
+            &size,
+            "--repeats",
+            &a.repeats.to_string(),
+            "--mode",
+            mode,
+        ])
         .output()
         .context("running the measuring process")?;
     if !out.status.success() {
-        bail!("measuring process failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "measuring process failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let ours: Measured = last_json(&out.stdout)?;
     if a.no_pytorch {
@@ -230,7 +312,11 @@ fn measure(a: &Args, cfg: &UnetrConfig, mode: &str) -> Result<(Measured, Option<
     ];
     let out = Command::new(py).arg(script).args(&args).output()?;
     if !out.status.success() {
-        eprintln!("note: PyTorch side failed (is MONAI installed? {}): {}", crate::python::HOW_TO, String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "note: PyTorch side failed (is MONAI installed? {}): {}",
+            crate::python::HOW_TO,
+            String::from_utf8_lossy(&out.stderr)
+        );
         return Ok((ours, None));
     }
     let v: serde_json::Value = last_json(&out.stdout)?;
@@ -240,9 +326,24 @@ fn measure(a: &Args, cfg: &UnetrConfig, mode: &str) -> Result<(Measured, Option<
 pub fn run(a: Args) -> Result<()> {
     let cfg = config(&a)?;
     let fwd = measure(&a, &cfg, "forward")?;
-    let train = if a.no_train { None } else { Some(measure(&a, &cfg, "train")?) };
+    let train = if a.no_train {
+        None
+    } else {
+        Some(measure(&a, &cfg, "train")?)
+    };
     let prof = measure(&a, &cfg, "profile")?;
-    let sliding = if a.sliding { Some(measure(&Args { repeats: 1, ..a.clone() }, &cfg, "sliding")?) } else { None };
+    let sliding = if a.sliding {
+        Some(measure(
+            &Args {
+                repeats: 1,
+                ..a.clone()
+            },
+            &cfg,
+            "sliding",
+        )?)
+    } else {
+        None
+    };
     let mut report = render(&a, &cfg, &fwd, train.as_ref());
     report += &render_profile(&prof, sliding.as_ref(), &cfg);
     report += &render_ops("forward", &prof);
@@ -291,7 +392,15 @@ fn render_ops(what: &str, p: &Side) -> String {
     );
     s += "| # | ours | calls | ms | % | PyTorch | calls | ms | % |\n|---:|---|---:|---:|---:|---|---:|---:|---:|\n";
     let row = |r: Option<&OpRow>, wall: f64| {
-        r.map_or("| | | |".to_string(), |r| format!("{} | {} | {:.1} | {:.1}", r.name, r.calls, r.seconds * 1e3, 100.0 * r.seconds / wall.max(1e-9)))
+        r.map_or("| | | |".to_string(), |r| {
+            format!(
+                "{} | {} | {:.1} | {:.1}",
+                r.name,
+                r.calls,
+                r.seconds * 1e3,
+                100.0 * r.seconds / wall.max(1e-9)
+            )
+        })
     };
     for i in 0..ROWS.min(o.ops.len().max(t.map_or(0, |t| t.ops.len()))) {
         s += &format!(
@@ -299,7 +408,14 @@ fn render_ops(what: &str, p: &Side) -> String {
 ",
             i + 1,
             row(o.ops.get(i), o.ops_wall_s),
-            t.map_or("| | |".to_string(), |t| row(t.ops.get(i), if t.ops_self_total_s > 0.0 { t.ops_self_total_s } else { t.ops_wall_s }))
+            t.map_or("| | |".to_string(), |t| row(
+                t.ops.get(i),
+                if t.ops_self_total_s > 0.0 {
+                    t.ops_self_total_s
+                } else {
+                    t.ops_wall_s
+                }
+            ))
         );
     }
     s
@@ -310,9 +426,16 @@ fn render_profile(p: &Side, sliding: Option<&Side>, cfg: &UnetrConfig) -> String
     let (o, t) = (&p.0, p.1.as_ref().map(|t| &t.0));
     let costs = layer_costs(cfg);
     let mut s = String::from("\n| module (forward) | GMACs | ours ms | PyTorch ms | ratio | ours GFLOP/s |\n|---|---:|---:|---:|---:|---:|\n");
-    let order = ["vit", "encoder1", "encoder2", "encoder3", "encoder4", "decoder5", "decoder4", "decoder3", "decoder2", "out"];
+    let order = [
+        "vit", "encoder1", "encoder2", "encoder3", "encoder4", "decoder5", "decoder4", "decoder3",
+        "decoder2", "out",
+    ];
     for m in order {
-        let macs: f64 = costs.iter().filter(|c| c.module.split('.').next() == Some(m)).map(|c| c.macs as f64).sum();
+        let macs: f64 = costs
+            .iter()
+            .filter(|c| c.module.split('.').next() == Some(m))
+            .map(|c| c.macs as f64)
+            .sum();
         let ours = o.modules.get(m).copied().unwrap_or(f64::NAN);
         let theirs = t.and_then(|t| t.modules.get(m).copied());
         s += &format!(
@@ -351,7 +474,11 @@ fn render(a: &Args, cfg: &UnetrConfig, fwd: &Side, train: Option<&Side>) -> Stri
     let params = count_params(cfg);
     let costs = layer_costs(cfg);
     let macs = count_macs(cfg) as f64;
-    let norm_macs: f64 = costs.iter().filter(|c| c.kind == OpKind::Norm).map(|c| c.macs as f64).sum();
+    let norm_macs: f64 = costs
+        .iter()
+        .filter(|c| c.kind == OpKind::Norm)
+        .map(|c| c.macs as f64)
+        .sum();
     let mut s = String::new();
     let size = cfg.img_size.map(|v| v.to_string()).join(",");
     s += &format!(
@@ -397,24 +524,52 @@ fn render(a: &Args, cfg: &UnetrConfig, fwd: &Side, train: Option<&Side>) -> Stri
     let t = torch.map(|t| (stats(&t.0.forward_s), t.0.peak_rss_kb));
     let cell = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);
     let ratio = |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.2}", a / b));
-    s += &format!("| forward, median (s) | {omed:.3} | {} | {} |\n", cell(t.map(|t| t.0 .1), &|v| format!("{v:.3}")), ratio(omed, t.map(|t| t.0 .1)));
-    s += &format!("| forward, min (s) | {omin:.3} | {} | {} |\n", cell(t.map(|t| t.0 .0), &|v| format!("{v:.3}")), ratio(omin, t.map(|t| t.0 .0)));
+    s += &format!(
+        "| forward, median (s) | {omed:.3} | {} | {} |\n",
+        cell(t.map(|t| t.0 .1), &|v| format!("{v:.3}")),
+        ratio(omed, t.map(|t| t.0 .1))
+    );
+    s += &format!(
+        "| forward, min (s) | {omin:.3} | {} | {} |\n",
+        cell(t.map(|t| t.0 .0), &|v| format!("{v:.3}")),
+        ratio(omin, t.map(|t| t.0 .0))
+    );
     s += &format!(
         "| forward, GFLOP/s (median) | {:.0} | {} | |\n",
         2.0 * macs / 1e9 / omed,
-        cell(t.map(|t| t.0 .1), &|v| format!("{:.0}", 2.0 * macs / 1e9 / v))
+        cell(t.map(|t| t.0 .1), &|v| format!(
+            "{:.0}",
+            2.0 * macs / 1e9 / v
+        ))
     );
     let (om, tm) = (ours.peak_rss_kb as f64 / 1e6, t.map(|t| t.1 as f64 / 1e6));
-    s += &format!("| peak RSS of the process, inference (GB) | {om:.2} | {} | {} |\n", cell(tm, &|v| format!("{v:.2}")), ratio(om, tm));
+    s += &format!(
+        "| peak RSS of the process, inference (GB) | {om:.2} | {} | {} |\n",
+        cell(tm, &|v| format!("{v:.2}")),
+        ratio(om, tm)
+    );
     if let Some((o, tr)) = train {
         let (omin, omed) = stats(&o.forward_s);
-        let t = tr.as_ref().map(|t| (stats(&t.0.forward_s), t.0.peak_rss_kb));
-        s += &format!("| training step, median (s) | {omed:.3} | {} | {} |\n", cell(t.map(|t| t.0 .1), &|v| format!("{v:.3}")), ratio(omed, t.map(|t| t.0 .1)));
-        s += &format!("| training step, min (s) | {omin:.3} | {} | {} |\n", cell(t.map(|t| t.0 .0), &|v| format!("{v:.3}")), ratio(omin, t.map(|t| t.0 .0)));
+        let t = tr
+            .as_ref()
+            .map(|t| (stats(&t.0.forward_s), t.0.peak_rss_kb));
+        s += &format!(
+            "| training step, median (s) | {omed:.3} | {} | {} |\n",
+            cell(t.map(|t| t.0 .1), &|v| format!("{v:.3}")),
+            ratio(omed, t.map(|t| t.0 .1))
+        );
+        s += &format!(
+            "| training step, min (s) | {omin:.3} | {} | {} |\n",
+            cell(t.map(|t| t.0 .0), &|v| format!("{v:.3}")),
+            ratio(omin, t.map(|t| t.0 .0))
+        );
         let (om, tm) = (o.peak_rss_kb as f64 / 1e6, t.map(|t| t.1 as f64 / 1e6));
-        s += &format!("| peak RSS of the process, training (GB) | {om:.2} | {} | {} |\n", cell(tm, &|v| format!("{v:.2}")), ratio(om, tm));
+        s += &format!(
+            "| peak RSS of the process, training (GB) | {om:.2} | {} | {} |\n",
+            cell(tm, &|v| format!("{v:.2}")),
+            ratio(om, tm)
+        );
         s += "\nTraining step: forward + DiceCE (squared_pred, smooth_dr 1e-6) + backward + AdamW (lr 1e-4, wd 1e-5), batch 1.\n";
     }
     s
 }
-

@@ -3,6 +3,7 @@
 use crate::layers::{inplace_ok, ConvLayer, NormKind, NormLayer, TransConvLayer, LEAKY_SLOPE};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
+use unetr_ops::cast_to;
 
 /// `UnetResBlock`: conv3 -> norm -> LReLU -> conv3 -> norm, + residual (1x1x1 conv3 + norm3 when the channel
 /// count changes), then LReLU.
@@ -18,7 +19,10 @@ pub struct UnetResBlock {
 impl UnetResBlock {
     pub fn new(ci: usize, co: usize, k: usize, norm: NormKind, vb: VarBuilder) -> Result<Self> {
         let conv3 = if ci != co {
-            Some((ConvLayer::new(ci, co, 1, false, vb.pp("conv3"))?, NormLayer::new(norm, co, vb.pp("norm3"))?))
+            Some((
+                ConvLayer::new(ci, co, 1, false, vb.pp("conv3"))?,
+                NormLayer::new(norm, co, vb.pp("norm3"))?,
+            ))
         } else {
             None
         };
@@ -42,19 +46,39 @@ impl UnetResBlock {
         // (`instance_norm_add_leaky_relu_`) over the raw conv outputs, so norm3 waits for it.
         let fuse = !train
             && matches!(self.norm2, NormLayer::Instance)
-            && self.conv3.as_ref().is_none_or(|(_, n)| matches!(n, NormLayer::Instance));
+            && self
+                .conv3
+                .as_ref()
+                .is_none_or(|(_, n)| matches!(n, NormLayer::Instance));
         let residual = match &self.conv3 {
             Some((conv, _)) if fuse => conv.forward(&x)?,
             Some((conv, norm)) => norm.forward_owned(conv.forward(&x)?, false, train)?,
             None => x.clone(),
         };
-        let h = self.norm1.forward_owned(self.conv1.forward(&x)?, true, train)?;
+        let h = self
+            .norm1
+            .forward_owned(self.conv1.forward(&x)?, true, train)?;
         drop(x);
-        let out = self.conv2.forward(&h)?;
-        drop(h);
+        self.finish(h, residual, fuse, train)
+    }
+
+    /// conv2, norm2, the join with the residual and LeakyReLU; `h` is norm1's output, made by the caller.
+    fn finish(&self, h: Tensor, residual: Tensor, fuse: bool, train: bool) -> Result<Tensor> {
+        let out = if fuse && self.conv2.inplace_ok(&h, train) {
+            self.conv2.forward_(&h)?;
+            h
+        } else {
+            self.conv2.forward(&h)?
+        };
         let same = inplace_ok(&out, train) && out.dtype() == residual.dtype();
         if fuse && same {
-            unetr_ops::instance_norm_add_leaky_relu_(&out, &residual, self.conv3.is_some(), 1e-5, LEAKY_SLOPE)?;
+            unetr_ops::instance_norm_add_leaky_relu_(
+                &out,
+                &residual,
+                self.conv3.is_some(),
+                1e-5,
+                LEAKY_SLOPE,
+            )?;
             return Ok(out);
         }
         let out = self.norm2.forward_owned(out, false, train)?;
@@ -67,6 +91,47 @@ impl UnetResBlock {
             return Ok(out);
         }
         unetr_ops::add_leaky_relu(&out, &residual, LEAKY_SLOPE)
+    }
+}
+
+impl UnetResBlock {
+    /// Inference on cat([a, b], channels) without the concatenation or new activation buffers, when the
+    /// block has instance norms and a residual projection (decoder blocks): conv1 and the projection write
+    /// over `a` and `b` (`unetr_ops::conv3d_cat_`), conv2 over conv1's output, and the end is fused. Both
+    /// inputs are overwritten: pass tensors nothing else reads. Otherwise the same as `forward_owned` on
+    /// the concatenation.
+    pub fn forward_cat_reusing(&self, a: Tensor, b: Tensor) -> Result<Tensor> {
+        let instance = matches!(
+            (&self.norm1, &self.norm2),
+            (NormLayer::Instance, NormLayer::Instance)
+        );
+        if let Some((conv3, NormLayer::Instance)) = &self.conv3 {
+            let p = self.conv1.params;
+            let ok = instance
+                && self.conv1.bias.is_none()
+                && conv3.bias.is_none()
+                && inplace_ok(&a, false)
+                && inplace_ok(&b, false)
+                && a.dtype() == b.dtype()
+                && self.conv1.weight.dim(0).ok() == a.dim(1).ok()
+                && p.stride == [1; 3]
+                && conv3.weight.dims()[2..] == [1, 1, 1];
+            if ok {
+                let dt = a.dtype();
+                unetr_ops::conv3d_cat_(
+                    &a,
+                    &b,
+                    &cast_to(&self.conv1.weight, dt)?,
+                    &cast_to(&conv3.weight, dt)?,
+                    p,
+                )?;
+                let h = self.norm1.forward_owned(a, true, false)?;
+                return self.finish(h, b, true, false);
+            }
+        }
+        let x = unetr_ops::profile::timed("skip_concat", || Tensor::cat(&[&a, &b], 1))?;
+        drop((a, b));
+        self.forward_owned(x, false)
     }
 }
 
@@ -89,8 +154,11 @@ impl UnetBasicBlock {
         })
     }
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.norm1.forward_owned(self.conv1.forward(x)?, true, train)?;
-        self.norm2.forward_owned(self.conv2.forward(&h)?, true, train)
+        let h = self
+            .norm1
+            .forward_owned(self.conv1.forward(x)?, true, train)?;
+        self.norm2
+            .forward_owned(self.conv2.forward(&h)?, true, train)
     }
 }
 
@@ -103,7 +171,11 @@ pub enum ConvBlock {
 
 impl ConvBlock {
     pub fn new(ci: usize, co: usize, norm: NormKind, res: bool, vb: VarBuilder) -> Result<Self> {
-        Ok(if res { ConvBlock::Res(UnetResBlock::new(ci, co, 3, norm, vb)?) } else { ConvBlock::Basic(UnetBasicBlock::new(ci, co, 3, norm, vb)?) })
+        Ok(if res {
+            ConvBlock::Res(UnetResBlock::new(ci, co, 3, norm, vb)?)
+        } else {
+            ConvBlock::Basic(UnetBasicBlock::new(ci, co, 3, norm, vb)?)
+        })
     }
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_owned(x.clone(), train)
@@ -125,7 +197,9 @@ pub struct UnetrBasicBlock {
 
 impl UnetrBasicBlock {
     pub fn new(ci: usize, co: usize, norm: NormKind, res: bool, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { layer: ConvBlock::new(ci, co, norm, res, vb.pp("layer"))? })
+        Ok(Self {
+            layer: ConvBlock::new(ci, co, norm, res, vb.pp("layer"))?,
+        })
     }
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.layer.forward_t(x, train)
@@ -142,14 +216,28 @@ pub struct UnetrPrUpBlock {
 }
 
 impl UnetrPrUpBlock {
-    pub fn new(ci: usize, co: usize, num_layer: usize, up_init: [usize; 3], norm: NormKind, res: bool, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        ci: usize,
+        co: usize,
+        num_layer: usize,
+        up_init: [usize; 3],
+        norm: NormKind,
+        res: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let blocks = (0..num_layer)
             .map(|i| {
                 let vb = vb.pp(format!("blocks.{i}"));
-                Ok((TransConvLayer::new(co, co, [2; 3], vb.pp("0"))?, ConvBlock::new(co, co, norm, res, vb.pp("1"))?))
+                Ok((
+                    TransConvLayer::new(co, co, [2; 3], vb.pp("0"))?,
+                    ConvBlock::new(co, co, norm, res, vb.pp("1"))?,
+                ))
             })
             .collect::<Result<_>>()?;
-        Ok(Self { transp_conv_init: TransConvLayer::new(ci, co, up_init, vb.pp("transp_conv_init"))?, blocks })
+        Ok(Self {
+            transp_conv_init: TransConvLayer::new(ci, co, up_init, vb.pp("transp_conv_init"))?,
+            blocks,
+        })
     }
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = self.transp_conv_init.forward(x)?;
@@ -169,7 +257,14 @@ pub struct UnetrUpBlock {
 }
 
 impl UnetrUpBlock {
-    pub fn new(ci: usize, co: usize, up: [usize; 3], norm: NormKind, res: bool, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        ci: usize,
+        co: usize,
+        up: [usize; 3],
+        norm: NormKind,
+        res: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
             transp_conv: TransConvLayer::new(ci, co, up, vb.pp("transp_conv"))?,
             conv_block: ConvBlock::new(2 * co, co, norm, res, vb.pp("conv_block"))?,
@@ -184,6 +279,23 @@ impl UnetrUpBlock {
         drop(skip);
         self.conv_block.forward_owned(cat, train)
     }
+
+    /// Inference, as `forward_t(x, skip, false)`, computed in the storage of the up-sampled `x` and of
+    /// `skip` (residual conv blocks with instance norms; see `UnetResBlock::forward_cat_reusing`): no
+    /// concatenation and no new activation buffers, which is what bounds the peak memory of UNETR's 96^3
+    /// stage. `skip`'s values are overwritten: pass a tensor nothing else reads (keep no clone or view).
+    /// `x` is taken by value so that it is freed once up-sampled (when the caller keeps no clone).
+    pub fn forward_reusing_skip(&self, x: Tensor, skip: Tensor) -> Result<Tensor> {
+        if let ConvBlock::Basic(_) = &self.conv_block {
+            return self.forward_t(&x, skip, false);
+        }
+        let up = self.transp_conv.forward(&x)?;
+        drop(x);
+        match &self.conv_block {
+            ConvBlock::Res(b) => b.forward_cat_reusing(up, skip),
+            ConvBlock::Basic(_) => unreachable!("handled above"),
+        }
+    }
 }
 
 /// `UnetOutBlock`: 1x1x1 conv with bias (raw logits), key `conv.conv.{weight,bias}`.
@@ -194,7 +306,9 @@ pub struct UnetOutBlock {
 
 impl UnetOutBlock {
     pub fn new(ci: usize, co: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { conv: ConvLayer::new(ci, co, 1, true, vb.pp("conv"))? })
+        Ok(Self {
+            conv: ConvLayer::new(ci, co, 1, true, vb.pp("conv"))?,
+        })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.conv.forward(x)

@@ -27,14 +27,43 @@ impl ConvLayer {
         let vb = vb.pp("conv");
         let init = uniform_init(ci * k * k * k);
         let weight = vb.get_with_hints((co, ci, k, k, k), "weight", init)?;
-        let bias = if bias { Some(vb.get_with_hints(co, "bias", init)?) } else { None };
+        let bias = if bias {
+            Some(vb.get_with_hints(co, "bias", init)?)
+        } else {
+            None
+        };
         let pad = (k - 1) / 2; // MONAI: (k - s + 1) // 2 with s = 1
-        Ok(Self { weight, bias, params: Conv3dParams::new(1, pad) })
+        Ok(Self {
+            weight,
+            bias,
+            params: Conv3dParams::new(1, pad),
+        })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // Parameters follow the input's dtype (f32 master weights in a bf16/f16 pass; the cast is differentiable).
         let dt = x.dtype();
-        unetr_ops::conv3d(x, &cast_to(&self.weight, dt)?, self.bias.as_ref().map(|b| cast_to(b, dt)).transpose()?.as_ref(), self.params)
+        unetr_ops::conv3d(
+            x,
+            &cast_to(&self.weight, dt)?,
+            self.bias
+                .as_ref()
+                .map(|b| cast_to(b, dt))
+                .transpose()?
+                .as_ref(),
+            self.params,
+        )
+    }
+    /// Whether [`forward_`](Self::forward_) can run on `x`: inference, no bias, as many output as input
+    /// channels, and a tensor the in-place ops accept.
+    pub fn inplace_ok(&self, x: &Tensor, train: bool) -> bool {
+        self.bias.is_none()
+            && x.rank() == 5
+            && self.weight.dim(0).ok() == x.dim(1).ok()
+            && inplace_ok(x, train)
+    }
+    /// The forward written over `x` (inference; see `unetr_ops::conv3d_`): pass a tensor nothing else reads.
+    pub fn forward_(&self, x: &Tensor) -> Result<()> {
+        unetr_ops::conv3d_(x, &cast_to(&self.weight, x.dtype())?, self.params)
     }
 }
 
@@ -49,11 +78,22 @@ impl TransConvLayer {
     pub fn new(ci: usize, co: usize, k: [usize; 3], vb: VarBuilder) -> Result<Self> {
         // PyTorch computes a transposed conv's fan_in from weight.size(1) = out channels.
         let init = uniform_init(co * k.iter().product::<usize>());
-        let weight = vb.pp("conv").get_with_hints((ci, co, k[0], k[1], k[2]), "weight", init)?;
+        let weight = vb
+            .pp("conv")
+            .get_with_hints((ci, co, k[0], k[1], k[2]), "weight", init)?;
         Ok(Self { weight, stride: k })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        unetr_ops::conv_transpose3d(x, &cast_to(&self.weight, x.dtype())?, None, Conv3dParams { stride: self.stride, padding: [0; 3] }, [0; 3])
+        unetr_ops::conv_transpose3d(
+            x,
+            &cast_to(&self.weight, x.dtype())?,
+            None,
+            Conv3dParams {
+                stride: self.stride,
+                padding: [0; 3],
+            },
+            [0; 3],
+        )
     }
 }
 
@@ -82,9 +122,18 @@ impl BatchNorm3d {
         let weight = vb.get_with_hints(c, "weight", Init::Const(1.0))?;
         let bias = vb.get_with_hints(c, "bias", Init::Const(0.0))?;
         // Var::from_tensor shares storage with a VarMap-backed builder, so saving sees the updates.
-        let running_mean = Var::from_tensor(&vb.get_with_hints(c, "running_mean", Init::Const(0.0))?)?;
-        let running_var = Var::from_tensor(&vb.get_with_hints(c, "running_var", Init::Const(1.0))?)?;
-        Ok(Self { weight, bias, running_mean, running_var, eps: 1e-5, momentum: 0.1 })
+        let running_mean =
+            Var::from_tensor(&vb.get_with_hints(c, "running_mean", Init::Const(0.0))?)?;
+        let running_var =
+            Var::from_tensor(&vb.get_with_hints(c, "running_var", Init::Const(1.0))?)?;
+        Ok(Self {
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            eps: 1e-5,
+            momentum: 0.1,
+        })
     }
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         // Batch norm runs in its parameters' dtype (as under PyTorch's autocast: f32 statistics).

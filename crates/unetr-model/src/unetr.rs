@@ -28,7 +28,12 @@ pub type Features = Vec<(String, Tensor)>;
 impl Unetr {
     pub fn new(cfg: &UnetrConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
-        let (f, h, n, r) = (cfg.feature_size, cfg.hidden_size, cfg.norm_name, cfg.res_block);
+        let (f, h, n, r) = (
+            cfg.feature_size,
+            cfg.hidden_size,
+            cfg.norm_name,
+            cfg.res_block,
+        );
         let up0 = cfg.first_up();
         let two = [2; 3];
         Ok(Self {
@@ -55,7 +60,10 @@ impl Unetr {
         } else if d[0] == 0 {
             Some("empty batch".to_string())
         } else if d[1] != c.in_channels {
-            Some(format!("the model takes {} input channel(s), got {}", c.in_channels, d[1]))
+            Some(format!(
+                "the model takes {} input channel(s), got {}",
+                c.in_channels, d[1]
+            ))
         } else if d[2..] != c.img_size {
             Some(format!(
                 "spatial size must equal img_size {:?} (the position embedding has a fixed token grid {:?}); \
@@ -70,7 +78,10 @@ impl Unetr {
             None
         };
         match why {
-            Some(why) => Err(ModelError::Input { got: d.to_vec(), why }),
+            Some(why) => Err(ModelError::Input {
+                got: d.to_vec(),
+                why,
+            }),
             None => Ok(()),
         }
     }
@@ -79,7 +90,11 @@ impl Unetr {
     fn proj_feat(&self, x: &Tensor) -> Result<Tensor> {
         let [a, b, c] = self.cfg.feat_size();
         let bs = x.dim(0)?;
-        Ok(unetr_ops::profile::timed("proj_feat", || x.reshape((bs, a, b, c, self.cfg.hidden_size))?.permute((0, 4, 1, 2, 3))?.contiguous())?)
+        Ok(unetr_ops::profile::timed("proj_feat", || {
+            x.reshape((bs, a, b, c, self.cfg.hidden_size))?
+                .permute((0, 4, 1, 2, 3))?
+                .contiguous()
+        })?)
     }
 
     /// Logits [B, out_channels, D, H, W]. `train` switches dropout and batch-norm statistics.
@@ -107,7 +122,13 @@ impl Unetr {
         Ok((y, t))
     }
 
-    fn run(&self, x: &Tensor, train: bool, mut sink: Option<&mut Features>, mut times: Option<&mut Vec<(String, f64)>>) -> Result<Tensor> {
+    fn run(
+        &self,
+        x: &Tensor,
+        train: bool,
+        mut sink: Option<&mut Features>,
+        mut times: Option<&mut Vec<(String, f64)>>,
+    ) -> Result<Tensor> {
         self.check_input(x)?;
         let mut last = std::time::Instant::now();
         let mut keep = |name: &str, t: &Tensor| {
@@ -118,7 +139,18 @@ impl Unetr {
                 }
             }
             if let Some(s) = sink.as_mut() {
-                s.push((name.to_string(), t.clone()));
+                // A copy: inference overwrites the skips in place (`forward_reusing_skip`).
+                if let Ok(c) = t.copy() {
+                    s.push((name.to_string(), c));
+                }
+            }
+        };
+        // Inference runs the decoders in the storage of their inputs; the skips are made here and moved in.
+        let up = |d: &UnetrUpBlock, x: Tensor, skip: Tensor| {
+            if train {
+                d.forward_t(&x, skip, true)
+            } else {
+                d.forward_reusing_skip(x, skip)
             }
         };
         let vit = self.vit.forward_t(x, train)?;
@@ -128,27 +160,31 @@ impl Unetr {
         }
         keep("vit", &vit.last);
         // The decoder path is ordered so each large activation is dropped as soon as it was used; the skips
-        // move into the up blocks, which free them once concatenated.
-        let enc4 = self.encoder4.forward_t(&self.proj_feat(&vit.hidden_states[s4])?, train)?;
+        // and the decoder outputs move into the up blocks, which free them (training) or compute in their
+        // storage (inference).
+        let enc4 = self
+            .encoder4
+            .forward_t(&self.proj_feat(&vit.hidden_states[s4])?, train)?;
         keep("encoder4", &enc4);
-        let dec3 = self.decoder5.forward_t(&self.proj_feat(&vit.last)?, enc4, train)?;
+        let dec3 = up(&self.decoder5, self.proj_feat(&vit.last)?, enc4)?;
         keep("decoder5", &dec3);
-        let enc3 = self.encoder3.forward_t(&self.proj_feat(&vit.hidden_states[s3])?, train)?;
+        let enc3 = self
+            .encoder3
+            .forward_t(&self.proj_feat(&vit.hidden_states[s3])?, train)?;
         keep("encoder3", &enc3);
-        let dec2 = self.decoder4.forward_t(&dec3, enc3, train)?;
+        let dec2 = up(&self.decoder4, dec3, enc3)?;
         keep("decoder4", &dec2);
-        drop(dec3);
-        let enc2 = self.encoder2.forward_t(&self.proj_feat(&vit.hidden_states[s2])?, train)?;
+        let enc2 = self
+            .encoder2
+            .forward_t(&self.proj_feat(&vit.hidden_states[s2])?, train)?;
         keep("encoder2", &enc2);
         drop(vit);
-        let dec1 = self.decoder3.forward_t(&dec2, enc2, train)?;
+        let dec1 = up(&self.decoder3, dec2, enc2)?;
         keep("decoder3", &dec1);
-        drop(dec2);
         let enc1 = self.encoder1.forward_t(x, train)?;
         keep("encoder1", &enc1);
-        let out = self.decoder2.forward_t(&dec1, enc1, train)?;
+        let out = up(&self.decoder2, dec1, enc1)?;
         keep("decoder2", &out);
-        drop(dec1);
         let logits = self.out.forward(&out)?;
         keep("out", &logits);
         Ok(logits)

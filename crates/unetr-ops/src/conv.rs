@@ -150,14 +150,16 @@ impl CustomOp2 for ConvOp {
             Kind::BwdInput => "conv3d_bwd_input",
             Kind::BwdWeight => "conv3d_bwd_weight",
         };
-        crate::profile::timed(label, || dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |a, b| {
-            let v = match self.kind {
-                Kind::Fwd => conv3d_fwd(a, b, &g),
-                Kind::BwdInput => conv3d_bwd_input(a, b, &g),
-                Kind::BwdWeight => conv3d_bwd_weight(a, b, &g),
-            };
-            out(v, shape)
-        }))
+        crate::profile::timed(label, || {
+            dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |a, b| {
+                let v = match self.kind {
+                    Kind::Fwd => conv3d_fwd(a, b, &g),
+                    Kind::BwdInput => conv3d_bwd_input(a, b, &g),
+                    Kind::BwdWeight => conv3d_bwd_weight(a, b, &g),
+                };
+                out(v, shape)
+            })
+        })
     }
 
     #[cfg(feature = "cuda")]
@@ -174,7 +176,10 @@ impl CustomOp2 for ConvOp {
             Kind::BwdInput => "bwd_input",
             Kind::BwdWeight => "bwd_weight",
         };
-        Ok((crate::cuda::conv(kind, s1, l1, s2, l2, &g, shape.elem_count())?, shape))
+        Ok((
+            crate::cuda::conv(kind, s1, l1, s2, l2, &g, shape.elem_count())?,
+            shape,
+        ))
     }
 
     fn bwd(
@@ -185,23 +190,25 @@ impl CustomOp2 for ConvOp {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let sp = self.sp;
-        let (ga, gb) = crate::profile::timed("conv3d_backward", || -> Result<(Tensor, Tensor)> { Ok(match self.kind {
-            // y = F(x, w): dx = B_in(dy, w), dw = B_w(x, dy)
-            Kind::Fwd => (
-                apply(Kind::BwdInput, sp, g, b)?,
-                apply(Kind::BwdWeight, sp, a, g)?,
-            ),
-            // dx = B_in(dy, w): d(dy) = F(g, w), dw = B_w(g, dy)
-            Kind::BwdInput => (
-                apply(Kind::Fwd, sp, g, b)?,
-                apply(Kind::BwdWeight, sp, g, a)?,
-            ),
-            // dw = B_w(x, dy): dx = B_in(dy, g), d(dy) = F(x, g)
-            Kind::BwdWeight => (
-                apply(Kind::BwdInput, sp, b, g)?,
-                apply(Kind::Fwd, sp, a, g)?,
-            ),
-        })})?;
+        let (ga, gb) = crate::profile::timed("conv3d_backward", || -> Result<(Tensor, Tensor)> {
+            Ok(match self.kind {
+                // y = F(x, w): dx = B_in(dy, w), dw = B_w(x, dy)
+                Kind::Fwd => (
+                    apply(Kind::BwdInput, sp, g, b)?,
+                    apply(Kind::BwdWeight, sp, a, g)?,
+                ),
+                // dx = B_in(dy, w): d(dy) = F(g, w), dw = B_w(g, dy)
+                Kind::BwdInput => (
+                    apply(Kind::Fwd, sp, g, b)?,
+                    apply(Kind::BwdWeight, sp, g, a)?,
+                ),
+                // dw = B_w(x, dy): dx = B_in(dy, g), d(dy) = F(x, g)
+                Kind::BwdWeight => (
+                    apply(Kind::BwdInput, sp, b, g)?,
+                    apply(Kind::Fwd, sp, a, g)?,
+                ),
+            })
+        })?;
         Ok((Some(ga), Some(gb)))
     }
 }
@@ -255,8 +262,62 @@ fn check_pair(
 
 fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     match bias {
-        Some(b) => crate::profile::timed("conv_bias_add", || y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1, 1))?)),
+        // Nothing tracks gradients (inference): add into the fresh output instead of making another
+        // (UNETR's head: a second 14 x 96^3 buffer at the end of the forward).
+        Some(b) if crate::storage::inplace_ok(&y) && !b.track_op() && b.dtype() == y.dtype() => {
+            y.inplace_op2(&b.contiguous()?, &BiasInplace)?;
+            Ok(y)
+        }
+        Some(b) => crate::profile::timed("conv_bias_add", || {
+            y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1, 1))?)
+        }),
         None => Ok(y),
+    }
+}
+
+/// y[n, c, ...] += bias[c], in place.
+struct BiasInplace;
+
+impl candle_core::InplaceOp2 for BiasInplace {
+    fn name(&self) -> &'static str {
+        "conv_bias_add"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        // y is [n, co, vol]: channel i % co for each of the n * co rows.
+        fn add<T: crate::kernels::Elem>(y: &mut [T], b: &[T], n: usize) {
+            let vol = y.len() / (n * b.len()).max(1);
+            for (i, row) in y.chunks_mut(vol.max(1)).enumerate() {
+                let v = b[i % b.len()];
+                row.iter_mut().for_each(|y| *y = *y + v);
+            }
+        }
+        let b = crate::storage::data(self.name(), s2, l2)?;
+        let (n, co) = (l1.dims()[0], l1.dims()[1]);
+        crate::profile::timed(self.name(), || {
+            use crate::storage::{Data, DataMut};
+            match (crate::storage::data_mut(self.name(), s1, l1)?, b) {
+                (DataMut::F32(y), Data::F32(b)) if b.len() == co && y.len() % (n * co) == 0 => {
+                    add(y, b, n)
+                }
+                (DataMut::F64(y), Data::F64(b)) if b.len() == co && y.len() % (n * co) == 0 => {
+                    add(y, b, n)
+                }
+                _ => {
+                    return Err(OpsError::Param {
+                        op: "conv_bias_add",
+                        msg: "bias does not match the output".into(),
+                    }
+                    .into())
+                }
+            }
+            Ok(())
+        })
     }
 }
 
@@ -341,7 +402,8 @@ pub fn conv_transpose3d(
         full[i] = span - 2 * p.padding[i];
     }
     if via_f32(x) {
-        return conv_transpose3d(&up(x)?, &up(w)?, up_opt(bias)?.as_ref(), p, output_padding)?.to_dtype(x.dtype());
+        return conv_transpose3d(&up(x)?, &up(w)?, up_opt(bias)?.as_ref(), p, output_padding)?
+            .to_dtype(x.dtype());
     }
     // The transposed convolution is the input-adjoint of the convolution from `full` back to x's size.
     let sp = Spatial {
@@ -352,4 +414,216 @@ pub fn conv_transpose3d(
         output: [xd[2], xd[3], xd[4]],
     };
     add_bias(apply(Kind::BwdInput, sp, x, w)?, bias)
+}
+
+/// The in-place forwards (`conv3d_`, `conv3d_cat_`): `a` (and `b`) are overwritten, see those.
+struct ConvInplace {
+    /// The second input block and output (`conv3d_cat_`), the 1x1x1 weight for it.
+    b: Option<(Tensor, Tensor)>,
+    w: Tensor,
+    g: ConvGeom,
+}
+
+const OP_INPLACE: &str = "conv3d_inplace";
+
+/// The contiguous data of a CPU tensor (the weights of an in-place conv), as a read guard and range.
+fn read_cpu(
+    t: &Tensor,
+) -> Result<(
+    impl std::ops::Deref<Target = candle_core::Storage> + '_,
+    std::ops::Range<usize>,
+)> {
+    let (st, l) = t.storage_and_layout();
+    let (a, b) = l.contiguous_offsets().ok_or_else(|| OpsError::Param {
+        op: OP_INPLACE,
+        msg: "non-contiguous weight".into(),
+    })?;
+    Ok((st, a..b))
+}
+
+/// The typed slice of a CPU storage range, or a dtype error.
+fn typed<'a, T: candle_core::WithDType>(
+    s: &'a candle_core::Storage,
+    r: std::ops::Range<usize>,
+) -> Result<&'a [T]> {
+    match s {
+        candle_core::Storage::Cpu(c) => Ok(&c.as_slice::<T>()?[r]),
+        _ => Err(OpsError::Param {
+            op: OP_INPLACE,
+            msg: "weights must be on the CPU".into(),
+        }
+        .into()),
+    }
+}
+
+impl ConvInplace {
+    fn run<T: crate::kernels::Elem>(&self, a: &mut [T]) -> Result<()> {
+        let (ws, wr) = read_cpu(&self.w)?;
+        let w = typed::<T>(&ws, wr)?;
+        match &self.b {
+            None => crate::kernels::conv3d::conv3d_fwd_inplace(a, None, w, &self.g),
+            Some((b, w_side)) => {
+                let (ss, sr) = read_cpu(w_side)?;
+                let w_side = typed::<T>(&ss, sr)?;
+                // `b` is a second tensor to write: its own in-place op hands out its storage, while this one
+                // holds `a`'s (two distinct write locks).
+                let inner = Inner {
+                    a: crate::kernels::SyncPtr(a.as_mut_ptr()),
+                    len: a.len(),
+                    w,
+                    w_side,
+                    g: self.g,
+                };
+                b.inplace_op1(&inner)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Inner<'a, T> {
+    a: crate::kernels::SyncPtr<T>,
+    len: usize,
+    w: &'a [T],
+    w_side: &'a [T],
+    g: ConvGeom,
+}
+
+impl<T: crate::kernels::Elem> candle_core::InplaceOp1 for Inner<'_, T> {
+    fn name(&self) -> &'static str {
+        OP_INPLACE
+    }
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let b = crate::storage::slice_mut::<T>(OP_INPLACE, s, l)?;
+        // SAFETY: `a` points at the storage the outer op holds under its write lock for this whole call,
+        // and nothing else uses it meanwhile; `b` is another tensor's storage (checked by the caller).
+        let a = unsafe { std::slice::from_raw_parts_mut(self.a.ptr(), self.len) };
+        crate::kernels::conv3d::conv3d_fwd_inplace(a, Some((b, self.w_side)), self.w, &self.g);
+        Ok(())
+    }
+}
+
+impl candle_core::InplaceOp1 for ConvInplace {
+    fn name(&self) -> &'static str {
+        OP_INPLACE
+    }
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        crate::profile::timed(OP_INPLACE, || {
+            match crate::storage::data_mut(OP_INPLACE, s, l)? {
+                crate::storage::DataMut::F32(a) => self.run(a),
+                crate::storage::DataMut::F64(a) => self.run(a),
+            }
+        })
+    }
+}
+
+/// Whether two tensors share one storage (then one of them cannot be written while the other is read).
+fn same_storage(a: &Tensor, b: &Tensor) -> bool {
+    let (sa, _) = a.storage_and_layout();
+    let (sb, _) = b.storage_and_layout();
+    std::ptr::eq(&*sa, &*sb)
+}
+
+/// Checks of the in-place convs; returns the geometry.
+fn inplace_geom(
+    a: &Tensor,
+    b: Option<(&Tensor, &Tensor)>,
+    w: &Tensor,
+    p: Conv3dParams,
+) -> Result<ConvGeom> {
+    const OP: &str = OP_INPLACE;
+    crate::storage::check_inplace(OP, a)?;
+    check_pair(OP, a, w, None, w.dims().first().copied().unwrap_or(0))?;
+    let (ad, wd) = (a.dims(), w.dims());
+    let cb = match b {
+        Some((b, ws)) => {
+            crate::storage::check_inplace(OP, b)?;
+            check_pair(OP, b, ws, None, 0)?;
+            if b.dims()[0] != ad[0] || b.dims()[2..] != ad[2..] {
+                return Err(shape_err(
+                    OP,
+                    "the two input blocks differ in batch or spatial size",
+                    &[ad, b.dims()],
+                ));
+            }
+            if b.dtype() != a.dtype() {
+                return Err(OpsError::DTypeMismatch {
+                    op: OP,
+                    a: a.dtype(),
+                    b: b.dtype(),
+                }
+                .into());
+            }
+            if same_storage(a, b) {
+                return Err(OpsError::Param {
+                    op: OP,
+                    msg: "the two input blocks share storage".into(),
+                }
+                .into());
+            }
+            let ci = ad[1] + b.dims()[1];
+            if ws.dims() != [b.dims()[1], ci, 1, 1, 1] {
+                return Err(shape_err(
+                    OP,
+                    format!("the side weight must be [{}, {ci}, 1, 1, 1]", b.dims()[1]),
+                    &[ws.dims()],
+                ));
+            }
+            b.dims()[1]
+        }
+        None => 0,
+    };
+    let ci = ad[1] + cb;
+    let kernel = [wd[2], wd[3], wd[4]];
+    if wd[0] != ad[1] || wd[1] != ci {
+        return Err(shape_err(OP, format!("in place, the weight must be [{}, {ci}, k, k, k] (output channels = the first block's)", ad[1]), &[ad, wd]));
+    }
+    if p.stride != [1; 3] || (0..3).any(|i| kernel[i] != 2 * p.padding[i] + 1) {
+        return Err(OpsError::Param { op: OP, msg: format!("in place needs stride 1 and padding (k - 1) / 2 (kernel {kernel:?}, stride {:?}, padding {:?})", p.stride, p.padding) }.into());
+    }
+    let input = [ad[2], ad[3], ad[4]];
+    Ok(ConvGeom {
+        n: ad[0],
+        ci,
+        co: ad[1],
+        input,
+        kernel,
+        stride: [1; 3],
+        padding: p.padding,
+        output: input,
+    })
+}
+
+/// In-place `conv3d(x, w)` for inference: a "same" convolution (stride 1, padding (k - 1) / 2) with as many
+/// output as input channels, written over `x`, which saves an activation-sized buffer. Same results as
+/// [`conv3d`]. `x` must be a tensor nothing else reads (as [`crate::instance_norm_`]); refuses tensors that
+/// track gradients, non-contiguous ones, non-CPU devices and other dtypes than f32/f64.
+pub fn conv3d_(x: &Tensor, w: &Tensor, p: Conv3dParams) -> Result<()> {
+    let g = inplace_geom(x, None, w, p)?;
+    x.inplace_op1(&ConvInplace {
+        b: None,
+        w: w.contiguous()?,
+        g,
+    })
+}
+
+/// In place, for inference: with x = cat([a, b], channels), writes `a <- conv3d(x, w)` (a "same"
+/// convolution with as many output channels as `a` has) and `b <- conv3d(x, w_side)` (1x1x1, as many
+/// output channels as `b` has). This is the start of UNETR's decoder residual blocks (conv1 and the
+/// residual projection conv3 of the skip concatenation), done without the concatenation and without new
+/// activation buffers; the same results as the out-of-place ops. `a` and `b` must be tensors nothing else
+/// reads, with the contract of [`conv3d_`].
+pub fn conv3d_cat_(
+    a: &Tensor,
+    b: &Tensor,
+    w: &Tensor,
+    w_side: &Tensor,
+    p: Conv3dParams,
+) -> Result<()> {
+    let g = inplace_geom(a, Some((b, w_side)), w, p)?;
+    a.inplace_op1(&ConvInplace {
+        b: Some((b.clone(), w_side.contiguous()?)),
+        w: w.contiguous()?,
+        g,
+    })
 }

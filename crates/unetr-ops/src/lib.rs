@@ -9,9 +9,9 @@
 pub mod activation;
 pub mod attention;
 pub mod conv;
-pub mod dtype;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod dtype;
 pub mod error;
 pub mod kernels;
 pub mod linear;
@@ -21,15 +21,15 @@ mod storage;
 
 pub use activation::{add_leaky_relu, add_leaky_relu_, gelu, leaky_relu, softmax_last_dim};
 pub use attention::attention;
+pub use conv::{conv3d, conv3d_, conv3d_cat_, conv_transpose3d, Conv3dParams};
 pub use dtype::cast_to;
-pub use conv::{conv3d, conv_transpose3d, Conv3dParams};
 pub use error::OpsError;
 pub use linear::linear;
-pub use storage::inplace_ok;
 pub use norm::{
-    batch_norm, instance_norm, instance_norm_, instance_norm_add_leaky_relu_, instance_norm_leaky_relu, instance_norm_leaky_relu_, layer_norm,
-    RunningStats,
+    batch_norm, instance_norm, instance_norm_, instance_norm_add_leaky_relu_,
+    instance_norm_leaky_relu, instance_norm_leaky_relu_, layer_norm, RunningStats,
 };
+pub use storage::inplace_ok;
 
 /// The CUDA C source of the GPU kernels (compiled by NVRTC at run time with the `cuda` feature; available
 /// without it so that a CPU-only test can compile it to PTX).

@@ -92,9 +92,16 @@ impl CustomOp1 for NormOp {
         })
     }
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
         let gs = self.groups(l.dims())?;
-        Ok((crate::cuda::norm(s, l, None, gs.groups, gs.segs, gs.len, self.eps, self.slope)?, l.shape().clone()))
+        Ok((
+            crate::cuda::norm(s, l, None, gs.groups, gs.segs, gs.len, self.eps, self.slope)?,
+            l.shape().clone(),
+        ))
     }
     fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(
@@ -148,10 +155,26 @@ impl CustomOp2 for NormBwd {
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         if l1.dims() != l2.dims() {
-            return Err(shape_err(self.0.name_str(), "gradient shape differs from input shape", &[l1.dims(), l2.dims()]));
+            return Err(shape_err(
+                self.0.name_str(),
+                "gradient shape differs from input shape",
+                &[l1.dims(), l2.dims()],
+            ));
         }
         let gs = self.0.groups(l1.dims())?;
-        Ok((crate::cuda::norm(s1, l1, Some((s2, l2)), gs.groups, gs.segs, gs.len, self.0.eps, self.0.slope)?, l1.shape().clone()))
+        Ok((
+            crate::cuda::norm(
+                s1,
+                l1,
+                Some((s2, l2)),
+                gs.groups,
+                gs.segs,
+                gs.len,
+                self.0.eps,
+                self.0.slope,
+            )?,
+            l1.shape().clone(),
+        ))
     }
 }
 
@@ -378,8 +401,12 @@ impl candle_core::InplaceOp1 for NormInplace {
         let gs = self.0.groups(l.dims())?;
         crate::profile::timed(self.0.name_str(), || {
             match crate::storage::data_mut(self.0.name_str(), s, l)? {
-                crate::storage::DataMut::F32(x) => norm_fwd_inplace(x, &gs, self.0.eps, self.0.slope),
-                crate::storage::DataMut::F64(x) => norm_fwd_inplace(x, &gs, self.0.eps, self.0.slope),
+                crate::storage::DataMut::F32(x) => {
+                    norm_fwd_inplace(x, &gs, self.0.eps, self.0.slope)
+                }
+                crate::storage::DataMut::F64(x) => {
+                    norm_fwd_inplace(x, &gs, self.0.eps, self.0.slope)
+                }
             }
             Ok(())
         })
@@ -390,7 +417,11 @@ fn normalize_(x: &Tensor, op: NormOp) -> Result<()> {
     crate::storage::check_inplace(op.name_str(), x)?;
     check_float(op.name_str(), x.dtype())?;
     if x.rank() < 3 || x.elem_count() == 0 {
-        return Err(shape_err(op.name_str(), "expected a non-empty [N, C, spatial...] tensor", &[x.dims()]));
+        return Err(shape_err(
+            op.name_str(),
+            "expected a non-empty [N, C, spatial...] tensor",
+            &[x.dims()],
+        ));
     }
     x.inplace_op1(&NormInplace(op))
 }
@@ -399,12 +430,26 @@ fn normalize_(x: &Tensor, op: NormOp) -> Result<()> {
 /// saving an activation-sized buffer. For a tensor the caller just made and nothing else reads; refuses
 /// tensors that track gradients, non-contiguous ones and non-CPU devices.
 pub fn instance_norm_(x: &Tensor, eps: f64) -> Result<()> {
-    normalize_(x, NormOp { kind: Kind::Instance, eps, slope: None })
+    normalize_(
+        x,
+        NormOp {
+            kind: Kind::Instance,
+            eps,
+            slope: None,
+        },
+    )
 }
 
 /// In-place [`instance_norm_leaky_relu`]; the same contract as [`instance_norm_`].
 pub fn instance_norm_leaky_relu_(x: &Tensor, eps: f64, slope: f64) -> Result<()> {
-    normalize_(x, NormOp { kind: Kind::Instance, eps, slope: Some(slope) })
+    normalize_(
+        x,
+        NormOp {
+            kind: Kind::Instance,
+            eps,
+            slope: Some(slope),
+        },
+    )
 }
 
 struct NormAddLeakyReluInplace {
@@ -417,16 +462,37 @@ impl candle_core::InplaceOp2 for NormAddLeakyReluInplace {
     fn name(&self) -> &'static str {
         "instance_norm_add_leaky_relu"
     }
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
-        let gs = NormOp { kind: Kind::Instance, eps: self.eps, slope: None }.groups(l1.dims())?;
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let gs = NormOp {
+            kind: Kind::Instance,
+            eps: self.eps,
+            slope: None,
+        }
+        .groups(l1.dims())?;
         let b = crate::storage::data(self.name(), s2, l2)?;
         crate::profile::timed(self.name(), || {
             use crate::kernels::norm::norm_add_leaky_relu_inplace as run;
             use crate::storage::{Data, DataMut};
             match (crate::storage::data_mut(self.name(), s1, l1)?, b) {
-                (DataMut::F32(a), Data::F32(b)) => run(a, b, &gs, self.eps, self.norm_b, self.slope),
-                (DataMut::F64(a), Data::F64(b)) => run(a, b, &gs, self.eps, self.norm_b, self.slope),
-                _ => return Err(OpsError::Param { op: "instance_norm_add_leaky_relu", msg: "the inputs differ in dtype".into() }.into()),
+                (DataMut::F32(a), Data::F32(b)) => {
+                    run(a, b, &gs, self.eps, self.norm_b, self.slope)
+                }
+                (DataMut::F64(a), Data::F64(b)) => {
+                    run(a, b, &gs, self.eps, self.norm_b, self.slope)
+                }
+                _ => {
+                    return Err(OpsError::Param {
+                        op: "instance_norm_add_leaky_relu",
+                        msg: "the inputs differ in dtype".into(),
+                    }
+                    .into())
+                }
             }
             Ok(())
         })
@@ -437,18 +503,40 @@ impl candle_core::InplaceOp2 for NormAddLeakyReluInplace {
 /// norms without affine (eps), overwriting `a`. One pass over both tensors after their statistics, where
 /// [`instance_norm_`] twice and [`crate::add_leaky_relu_`] make three; the values are the same. The same
 /// contract as [`instance_norm_`] for `a`.
-pub fn instance_norm_add_leaky_relu_(a: &Tensor, b: &Tensor, norm_b: bool, eps: f64, slope: f64) -> Result<()> {
+pub fn instance_norm_add_leaky_relu_(
+    a: &Tensor,
+    b: &Tensor,
+    norm_b: bool,
+    eps: f64,
+    slope: f64,
+) -> Result<()> {
     const OP: &str = "instance_norm_add_leaky_relu";
     crate::storage::check_inplace(OP, a)?;
     check_float(OP, a.dtype())?;
     if a.rank() < 3 || a.elem_count() == 0 {
-        return Err(shape_err(OP, "expected a non-empty [N, C, spatial...] tensor", &[a.dims()]));
+        return Err(shape_err(
+            OP,
+            "expected a non-empty [N, C, spatial...] tensor",
+            &[a.dims()],
+        ));
     }
     if a.dims() != b.dims() {
-        return Err(shape_err(OP, "the two inputs differ in shape", &[a.dims(), b.dims()]));
+        return Err(shape_err(
+            OP,
+            "the two inputs differ in shape",
+            &[a.dims(), b.dims()],
+        ));
     }
     if a.dtype() != b.dtype() {
-        return Err(OpsError::DTypeMismatch { op: OP, a: a.dtype(), b: b.dtype() }.into());
+        return Err(OpsError::DTypeMismatch {
+            op: OP,
+            a: a.dtype(),
+            b: b.dtype(),
+        }
+        .into());
     }
-    a.inplace_op2(&b.contiguous()?, &NormAddLeakyReluInplace { eps, norm_b, slope })
+    a.inplace_op2(
+        &b.contiguous()?,
+        &NormAddLeakyReluInplace { eps, norm_b, slope },
+    )
 }

@@ -92,12 +92,23 @@ pub(crate) enum DataMut<'a> {
     F64(&'a mut [f64]),
 }
 
-pub(crate) fn data_mut<'a>(op: &'static str, s: &'a mut CpuStorage, l: &Layout) -> Result<DataMut<'a>> {
-    let (a, b) = l.contiguous_offsets().ok_or_else(|| OpsError::Param { op, msg: format!("in-place op on a non-contiguous layout {:?}", l.shape()) })?;
+pub(crate) fn data_mut<'a>(
+    op: &'static str,
+    s: &'a mut CpuStorage,
+    l: &Layout,
+) -> Result<DataMut<'a>> {
+    let (a, b) = l.contiguous_offsets().ok_or_else(|| OpsError::Param {
+        op,
+        msg: format!("in-place op on a non-contiguous layout {:?}", l.shape()),
+    })?;
     match s {
         CpuStorage::F32(v) => Ok(DataMut::F32(&mut v[a..b])),
         CpuStorage::F64(v) => Ok(DataMut::F64(&mut v[a..b])),
-        other => Err(OpsError::DType { op, dtype: other.dtype() }.into()),
+        other => Err(OpsError::DType {
+            op,
+            dtype: other.dtype(),
+        }
+        .into()),
     }
 }
 
@@ -126,6 +137,36 @@ pub fn inplace_ok(x: &candle_core::Tensor) -> bool {
 pub(crate) fn check_inplace(op: &'static str, x: &candle_core::Tensor) -> Result<()> {
     match inplace_problem(x) {
         None => Ok(()),
-        Some(why) => Err(OpsError::Param { op, msg: format!("in-place {op} {why}") }.into()),
+        Some(why) => Err(OpsError::Param {
+            op,
+            msg: format!("in-place {op} {why}"),
+        }
+        .into()),
+    }
+}
+
+/// The contiguous data of a storage as `&mut [T]`, or a dtype-mismatch error (for generic in-place kernels).
+pub(crate) fn slice_mut<'a, T: crate::kernels::Elem>(
+    op: &'static str,
+    s: &'a mut CpuStorage,
+    l: &Layout,
+) -> Result<&'a mut [T]> {
+    use std::any::TypeId;
+    let dtype = s.dtype();
+    let same = |id| TypeId::of::<T>() == id;
+    match data_mut(op, s, l)? {
+        // SAFETY (both): T is the slice's element type, checked through TypeId.
+        DataMut::F32(v) if same(TypeId::of::<f32>()) => {
+            Ok(unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut T, v.len()) })
+        }
+        DataMut::F64(v) if same(TypeId::of::<f64>()) => {
+            Ok(unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut T, v.len()) })
+        }
+        _ => Err(OpsError::DTypeMismatch {
+            op,
+            a: T::DTYPE,
+            b: dtype,
+        }
+        .into()),
     }
 }

@@ -64,11 +64,27 @@ fn conv3d_rejects_bad_input() {
     );
     // bf16 on the CPU is not an error: it computes in f32 and rounds back (mixed precision).
     let xbf = t(&[1, 2, 4, 4, 4]).to_dtype(DType::BF16).unwrap();
-    let y = conv3d(&xbf, &t(&[3, 2, 3, 3, 3]).to_dtype(DType::BF16).unwrap(), None, p).unwrap();
+    let y = conv3d(
+        &xbf,
+        &t(&[3, 2, 3, 3, 3]).to_dtype(DType::BF16).unwrap(),
+        None,
+        p,
+    )
+    .unwrap();
     assert_eq!(y.dtype(), DType::BF16);
     let y32 = conv3d(&t(&[1, 2, 4, 4, 4]), &t(&[3, 2, 3, 3, 3]), None, p).unwrap();
-    let d = (y.to_dtype(DType::F32).unwrap() - y32).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-    assert!(d.to_scalar::<f32>().unwrap() < 1e-6, "integer-valued sums are exact in bf16 here");
+    let d = (y.to_dtype(DType::F32).unwrap() - y32)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
+    assert!(
+        d.to_scalar::<f32>().unwrap() < 1e-6,
+        "integer-valued sums are exact in bf16 here"
+    );
     err_contains(
         conv3d(&t(&[1, 0, 4, 4, 4]), &t(&[3, 0, 3, 3, 3]), None, p),
         &["conv3d", "zero-sized"],
@@ -164,10 +180,19 @@ fn attention_rejects_bad_input() {
 
 #[test]
 fn activations_reject_bad_input() {
-    err_contains(add_leaky_relu(&t(&[2, 3]), &t(&[3, 2]), 0.01), &["add_leaky_relu", "[2, 3]", "[3, 2]"]);
+    err_contains(
+        add_leaky_relu(&t(&[2, 3]), &t(&[3, 2]), 0.01),
+        &["add_leaky_relu", "[2, 3]", "[3, 2]"],
+    );
     let x64 = t(&[2, 3]).to_dtype(DType::F64).unwrap();
-    err_contains(add_leaky_relu(&t(&[2, 3]), &x64, 0.01), &["add_leaky_relu", "F64"]);
-    err_contains(gelu(&t(&[2, 3]).to_dtype(DType::U32).unwrap()), &["gelu", "U32"]);
+    err_contains(
+        add_leaky_relu(&t(&[2, 3]), &x64, 0.01),
+        &["add_leaky_relu", "F64"],
+    );
+    err_contains(
+        gelu(&t(&[2, 3]).to_dtype(DType::U32).unwrap()),
+        &["gelu", "U32"],
+    );
 }
 
 /// The in-place inference variants equal the out-of-place ops, and refuse tensors whose overwrite would
@@ -176,30 +201,191 @@ fn activations_reject_bad_input() {
 fn inplace_ops_match_and_refuse_graph_tensors() {
     let x = Tensor::randn(0f32, 1.0, (2, 3, 4, 5, 6), &Device::Cpu).unwrap();
     let b = Tensor::randn(0f32, 1.0, (2, 3, 4, 5, 6), &Device::Cpu).unwrap();
-    let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let max_diff = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let (p0, p1) = (Conv3dParams::new(1, 0), Conv3dParams::new(1, 1));
+    let w = (Tensor::randn(0f32, 1.0, (3, 3, 3, 3, 3), &Device::Cpu).unwrap() * 0.2).unwrap();
+    let w6 = (Tensor::randn(0f32, 1.0, (3, 6, 3, 3, 3), &Device::Cpu).unwrap() * 0.2).unwrap();
+    let w6s = Tensor::randn(0f32, 1.0, (3, 6, 1, 1, 1), &Device::Cpu).unwrap();
+    let cat = |t: &Tensor| Tensor::cat(&[t, &b], 1);
     type OutOfPlace<'a> = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor> + 'a>;
     type InPlace<'a> = Box<dyn Fn(&Tensor) -> candle_core::Result<()> + 'a>;
     // UnetResBlock's end, composed from the out-of-place ops.
     let res_end = |t: &Tensor, norm_b: bool| {
-        let r = if norm_b { instance_norm(&b, None, None, 1e-5)? } else { b.clone() };
+        let r = if norm_b {
+            instance_norm(&b, None, None, 1e-5)?
+        } else {
+            b.clone()
+        };
         add_leaky_relu(&instance_norm(t, None, None, 1e-5)?, &r, 0.01)
     };
-    let cases: [(&str, OutOfPlace, InPlace); 5] = [
-        ("instance_norm", Box::new(|t| instance_norm(t, None, None, 1e-5)), Box::new(|t| instance_norm_(t, 1e-5))),
-        ("instance_norm_leaky_relu", Box::new(|t| instance_norm_leaky_relu(t, 1e-5, 0.01)), Box::new(|t| instance_norm_leaky_relu_(t, 1e-5, 0.01))),
-        ("add_leaky_relu", Box::new(|t| add_leaky_relu(t, &b, 0.01)), Box::new(|t| add_leaky_relu_(t, &b, 0.01))),
-        ("instance_norm_add_leaky_relu", Box::new(|t| res_end(t, true)), Box::new(|t| instance_norm_add_leaky_relu_(t, &b, true, 1e-5, 0.01))),
-        ("instance_norm_add_leaky_relu", Box::new(|t| res_end(t, false)), Box::new(|t| instance_norm_add_leaky_relu_(t, &b, false, 1e-5, 0.01))),
+    let cases: [(&str, OutOfPlace, InPlace); 7] = [
+        (
+            "instance_norm",
+            Box::new(|t| instance_norm(t, None, None, 1e-5)),
+            Box::new(|t| instance_norm_(t, 1e-5)),
+        ),
+        (
+            "instance_norm_leaky_relu",
+            Box::new(|t| instance_norm_leaky_relu(t, 1e-5, 0.01)),
+            Box::new(|t| instance_norm_leaky_relu_(t, 1e-5, 0.01)),
+        ),
+        (
+            "add_leaky_relu",
+            Box::new(|t| add_leaky_relu(t, &b, 0.01)),
+            Box::new(|t| add_leaky_relu_(t, &b, 0.01)),
+        ),
+        (
+            "instance_norm_add_leaky_relu",
+            Box::new(|t| res_end(t, true)),
+            Box::new(|t| instance_norm_add_leaky_relu_(t, &b, true, 1e-5, 0.01)),
+        ),
+        (
+            "instance_norm_add_leaky_relu",
+            Box::new(|t| res_end(t, false)),
+            Box::new(|t| instance_norm_add_leaky_relu_(t, &b, false, 1e-5, 0.01)),
+        ),
+        (
+            "conv3d_inplace",
+            Box::new(|t| conv3d(t, &w, None, p1)),
+            Box::new(|t| conv3d_(t, &w, p1)),
+        ),
+        (
+            "conv3d_inplace",
+            Box::new(|t| {
+                Tensor::cat(
+                    &[
+                        conv3d(&cat(t)?, &w6, None, p1)?,
+                        conv3d(&cat(t)?, &w6s, None, p0)?,
+                    ],
+                    1,
+                )
+            }),
+            Box::new(|t| conv3d_cat_(t, &b.copy()?, &w6, &w6s, p1)),
+        ),
     ];
     for (name, out_of_place, in_place) in &cases {
         let want = out_of_place(&x).unwrap();
         let y = x.copy().unwrap();
         in_place(&y).unwrap();
-        assert!(max_diff(&y, &want) < 1e-6, "{name}");
+        // (conv3d_cat_ writes its second output into its own copy of b: compare the first half)
+        let want = want.narrow(1, 0, 3).unwrap();
+        assert!(max_diff(&y, &want) < 1e-5, "{name}");
         let v = candle_core::Var::from_tensor(&x).unwrap();
         err_contains(in_place(v.as_tensor()), &[name, "gradients"]);
         err_contains(in_place(&x.transpose(3, 4).unwrap()), &[name, "contiguous"]);
     }
-    err_contains(add_leaky_relu_(&x.copy().unwrap(), &t(&[2, 3]), 0.01), &["add_leaky_relu", "[2, 3]"]);
-    err_contains(instance_norm_add_leaky_relu_(&x.copy().unwrap(), &t(&[2, 3]), true, 1e-5, 0.01), &["instance_norm_add_leaky_relu", "[2, 3]"]);
+    err_contains(
+        add_leaky_relu_(&x.copy().unwrap(), &t(&[2, 3]), 0.01),
+        &["add_leaky_relu", "[2, 3]"],
+    );
+    err_contains(
+        instance_norm_add_leaky_relu_(&x.copy().unwrap(), &t(&[2, 3]), true, 1e-5, 0.01),
+        &["instance_norm_add_leaky_relu", "[2, 3]"],
+    );
+}
+
+/// `conv3d_cat_`: both outputs equal the out-of-place convs of the concatenation (batch 2, f32 and f64),
+/// and what it cannot do in place is refused with a message.
+#[test]
+fn conv3d_cat_inplace_matches_and_refuses() {
+    for dt in [DType::F32, DType::F64] {
+        let r = |s: (usize, usize, usize, usize, usize), k: f64| {
+            (Tensor::randn(0f32, 1.0, s, &Device::Cpu).unwrap() * k)
+                .unwrap()
+                .to_dtype(dt)
+                .unwrap()
+        };
+        let (a, b) = (r((2, 4, 6, 5, 4), 1.0), r((2, 3, 6, 5, 4), 1.0));
+        let (w, ws) = (r((4, 7, 3, 3, 3), 0.2), r((3, 7, 1, 1, 1), 1.0));
+        let x = Tensor::cat(&[&a, &b], 1).unwrap();
+        let want_a = conv3d(&x, &w, None, Conv3dParams::new(1, 1)).unwrap();
+        let want_b = conv3d(&x, &ws, None, Conv3dParams::new(1, 0)).unwrap();
+        let (ya, yb) = (a.copy().unwrap(), b.copy().unwrap());
+        conv3d_cat_(&ya, &yb, &w, &ws, Conv3dParams::new(1, 1)).unwrap();
+        let diff = |u: &Tensor, v: &Tensor| {
+            (u - v)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        assert!(
+            diff(&ya, &want_a) < 1e-5 && diff(&yb, &want_b) < 1e-5,
+            "{dt:?}"
+        );
+    }
+    let (a, b) = (t(&[1, 4, 6, 5, 4]), t(&[1, 3, 6, 5, 4]));
+    let (w, ws) = (t(&[4, 7, 3, 3, 3]), t(&[3, 7, 1, 1, 1]));
+    let p1 = Conv3dParams::new(1, 1);
+    err_contains(
+        conv3d_cat_(&a, &a, &t(&[4, 8, 3, 3, 3]), &t(&[4, 8, 1, 1, 1]), p1),
+        &["conv3d_inplace", "share storage"],
+    );
+    err_contains(
+        conv3d_cat_(&a, &t(&[1, 3, 6, 5, 5]), &w, &ws, p1),
+        &["conv3d_inplace", "spatial"],
+    );
+    err_contains(
+        conv3d_cat_(&a, &b, &t(&[3, 7, 3, 3, 3]), &ws, p1),
+        &["conv3d_inplace", "[4, 7, k, k, k]"],
+    );
+    err_contains(
+        conv3d_cat_(&a, &b, &w, &t(&[3, 7, 3, 3, 3]), p1),
+        &["conv3d_inplace", "side weight"],
+    );
+    err_contains(
+        conv3d_cat_(&a, &b, &w, &ws, Conv3dParams::new(2, 1)),
+        &["conv3d_inplace", "stride 1"],
+    );
+    err_contains(
+        conv3d_cat_(&a, &b.to_dtype(DType::F64).unwrap(), &w, &ws, p1),
+        &["conv3d_inplace"],
+    );
+    err_contains(
+        conv3d_(&a, &t(&[4, 4, 3, 3, 3]), Conv3dParams::new(1, 0)),
+        &["conv3d_inplace", "padding"],
+    );
+    err_contains(conv3d_(&a, &t(&[5, 4, 3, 3, 3]), p1), &["conv3d_inplace"]);
+}
+
+/// In inference the bias is added in place into the conv's fresh output; per channel, for every sample.
+#[test]
+fn conv_bias_in_place_matches_broadcast_add() {
+    let x = Tensor::randn(0f32, 1.0, (3, 2, 4, 3, 5), &Device::Cpu).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (4, 2, 1, 1, 1), &Device::Cpu).unwrap();
+    let b = Tensor::randn(0f32, 1.0, 4, &Device::Cpu).unwrap();
+    let y = conv3d(&x, &w, Some(&b), Conv3dParams::default()).unwrap();
+    let want = conv3d(&x, &w, None, Conv3dParams::default())
+        .unwrap()
+        .broadcast_add(&b.reshape((1, 4, 1, 1, 1)).unwrap())
+        .unwrap();
+    let e = (y - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(e < 1e-6, "max-abs {e}");
 }

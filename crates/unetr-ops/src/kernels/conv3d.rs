@@ -279,6 +279,60 @@ pub fn conv3d_fwd<T: Elem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
     y
 }
 
+/// The forward of a "same" convolution (stride 1, odd kernel, padding (k - 1) / 2) written over its input,
+/// for inference without an activation-sized output buffer. The input is the channel concatenation of `a`
+/// and, with `side = (b, w_side)`, `b`; `a` receives conv(input, w) (so `g.co` is `a`'s channel count), and
+/// `b` the 1x1x1 conv of the input by `w_side` [cb, ci]. Without `side`, `g.ci == g.co`.
+pub fn conv3d_fwd_inplace<T: Elem>(
+    a: &mut [T],
+    side: Option<(&mut [T], &[T])>,
+    w: &[T],
+    g: &ConvGeom,
+) {
+    let iv = g.in_vol();
+    assert!(
+        super::conv3d_s1::in_place_ok(g),
+        "conv3d_fwd_inplace: not a same-size stride-1 convolution: {g:?}"
+    );
+    assert_eq!(a.len(), g.n * g.co * iv);
+    assert_eq!(w.len(), g.co * g.k());
+    use super::conv3d_s1::{fwd_into, Part, Side};
+    let pa = Part {
+        ptr: a.as_ptr(),
+        channels: g.co,
+    };
+    let ya = SyncPtr(a.as_mut_ptr());
+    let per_slab = super::conv3d_s1::default_slab::<T>(g);
+    match side {
+        Some((b, ws)) => {
+            let cb = b.len() / (g.n * iv);
+            assert_eq!(b.len(), g.n * cb * iv);
+            assert_eq!(g.ci, g.co + cb);
+            assert_eq!(ws.len(), cb * g.ci);
+            let parts = [
+                pa,
+                Part {
+                    ptr: b.as_ptr(),
+                    channels: cb,
+                },
+            ];
+            let side = Side {
+                w: ws,
+                co: cb,
+                y: SyncPtr(b.as_mut_ptr()),
+            };
+            // SAFETY: a and b are distinct buffers of the sizes checked above; the outputs overwrite them in
+            // the way `fwd_into` allows for a same-size convolution (checked above).
+            unsafe { fwd_into(&parts, w, g, Some(side), ya, per_slab) }
+        }
+        None => {
+            assert_eq!(g.ci, g.co);
+            // SAFETY: as above, with a alone.
+            unsafe { fwd_into(&[pa], w, g, None, ya, per_slab) }
+        }
+    }
+}
+
 /// dw[co, ci, k] = sum over positions of dy[n, co, out] * x[n, ci, out * s + k - p].
 pub fn conv3d_bwd_weight<T: Elem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
     let (iv, ov, k) = (g.in_vol(), g.out_vol(), g.k());

@@ -15,7 +15,8 @@
 
 use super::conv3d::ConvGeom;
 use super::{
-    as_f32, direct_avx512, matmul, spatial_avx512, threads, winograd, with_scratch, Elem, Mat, SyncPtr,
+    as_f32, direct_avx512, matmul, spatial_avx512, threads, winograd, with_scratch, Elem, Mat,
+    SyncPtr,
 };
 use rayon::prelude::*;
 
@@ -56,108 +57,151 @@ fn plan(g: &ConvGeom) -> Plan {
     }
 }
 
-/// Channels-last, zero-padded copy of `planes` padded planes of one sample from padded plane `zp0`:
-/// xp[(((zp - zp0) * hp) + y) * wp + x][c], with the plan's slack after them.
-fn pad_slab<T: Elem>(x: &[T], g: &ConvGeom, p: &Plan, zp0: usize, planes: usize) -> Vec<T> {
+/// One channel block of a forward's input, NCDHW and contiguous; a forward reads the concatenation of its
+/// blocks along channels (a plain input is one block). A raw pointer, because a forward in place
+/// ([`fwd_into`]) overwrites the blocks it reads.
+#[derive(Clone, Copy)]
+pub struct Part<T> {
+    pub ptr: *const T,
+    pub channels: usize,
+}
+unsafe impl<T> Send for Part<T> {}
+unsafe impl<T> Sync for Part<T> {}
+
+/// Channel `c` of sample `n` of the concatenated parts, `iv` values.
+///
+/// # Safety
+/// The parts hold `n + 1` samples of `iv`-value channels, and nothing writes that channel meanwhile.
+unsafe fn channel<T>(parts: &[Part<T>], iv: usize, n: usize, mut c: usize) -> &[T] {
+    for p in parts {
+        if c < p.channels {
+            return std::slice::from_raw_parts(p.ptr.add((n * p.channels + c) * iv), iv);
+        }
+        c -= p.channels;
+    }
+    unreachable!("channel beyond the parts")
+}
+
+/// Fills padded planes `j0..planes` (from padded plane `zp0`) of sample `n` into a channels-last, zero-padded
+/// slab: xp[(((zp - zp0) * hp) + y) * wp + x][c]. Planes below `j0` were carried over from the previous slab.
+#[allow(clippy::too_many_arguments)]
+fn pad_slab<T: Elem>(
+    parts: &[Part<T>],
+    n: usize,
+    g: &ConvGeom,
+    p: &Plan,
+    zp0: usize,
+    j0: usize,
+    planes: usize,
+    xp: &mut [T],
+) {
     let [d, h, w] = g.input;
     let [pd, ph, pw] = g.padding;
     let ci = g.ci;
     let plane = p.hp * p.wp * ci;
-    let slack = p.xp_len - (d + 2 * pd) * plane;
-    uninit_planes(planes, plane, slack, |j, dst: *mut T| {
-        let zp = zp0 + j;
-        if zp < pd || zp >= pd + d {
-            return false; // a padding plane: zeros
-        }
-        let z = zp - pd;
-        // SAFETY: dst holds one plane; every element is written exactly once below.
-        unsafe {
-            std::ptr::write_bytes(dst, 0, ph * p.wp * ci);
-            for y in 0..h {
-                let row = dst.add((y + ph) * p.wp * ci);
-                std::ptr::write_bytes(row, 0, pw * ci);
-                for c in 0..ci {
-                    let src = &x[((c * d + z) * h + y) * w..][..w];
-                    for (xi, &v) in src.iter().enumerate() {
-                        row.add((pw + xi) * ci + c).write(v);
-                    }
-                }
-                std::ptr::write_bytes(row.add((pw + w) * ci), 0, (p.wp - pw - w) * ci);
+    fill_planes(
+        &mut xp[j0 * plane..planes * plane],
+        plane,
+        |j, dst: *mut T| {
+            let zp = zp0 + j0 + j;
+            if zp < pd || zp >= pd + d {
+                return false; // a padding plane: zeros
             }
-            std::ptr::write_bytes(dst.add((h + ph) * p.wp * ci), 0, (p.hp - ph - h) * p.wp * ci);
-        }
-        true
-    })
+            let z = zp - pd;
+            // SAFETY: dst holds one plane; every element is written exactly once below; the caller keeps the
+            // source planes unchanged while this runs.
+            unsafe {
+                std::ptr::write_bytes(dst, 0, ph * p.wp * ci);
+                for y in 0..h {
+                    let row = dst.add((y + ph) * p.wp * ci);
+                    std::ptr::write_bytes(row, 0, pw * ci);
+                    for c in 0..ci {
+                        let src = &channel(parts, d * h * w, n, c)[(z * h + y) * w..][..w];
+                        for (xi, &v) in src.iter().enumerate() {
+                            row.add((pw + xi) * ci + c).write(v);
+                        }
+                    }
+                    std::ptr::write_bytes(row.add((pw + w) * ci), 0, (p.wp - pw - w) * ci);
+                }
+                std::ptr::write_bytes(
+                    dst.add((h + ph) * p.wp * ci),
+                    0,
+                    (p.hp - ph - h) * p.wp * ci,
+                );
+            }
+            true
+        },
+    )
 }
 
-/// A buffer of `planes` planes of `plane` elements plus `slack` zeros, each plane filled by
-/// `fill(j, ptr)` (which writes all of it and returns true, or returns false for an all-zero plane), in
-/// parallel. No up-front zeroing: the padded copies are 30-120 MB per conv and a memset of them cost as
-/// much as the copy.
-fn uninit_planes<T: Elem>(planes: usize, plane: usize, slack: usize, fill: impl Fn(usize, *mut T) -> bool + Sync) -> Vec<T> {
-    let n = planes * plane + slack;
-    let mut xp: Vec<T> = Vec::with_capacity(n);
-    let base = SyncPtr(xp.as_mut_ptr());
-    (0..planes).into_par_iter().for_each(|j| {
-        // SAFETY: plane j is [j * plane, (j + 1) * plane) of the capacity, written by this task only.
+/// Fills `buf`'s planes of `plane` elements by `fill(j, ptr)` (which writes all of plane j and returns true,
+/// or returns false for an all-zero plane), in parallel.
+fn fill_planes<T: Elem>(buf: &mut [T], plane: usize, fill: impl Fn(usize, *mut T) -> bool + Sync) {
+    let base = SyncPtr(buf.as_mut_ptr());
+    (0..buf.len() / plane).into_par_iter().for_each(|j| {
+        // SAFETY: plane j is [j * plane, (j + 1) * plane) of buf, written by this task only.
         let dst = unsafe { base.ptr().add(j * plane) };
         if !fill(j, dst) {
             unsafe { std::ptr::write_bytes(dst, 0, plane) };
         }
     });
-    // SAFETY: the planes were written above, the slack here; the bit pattern 0 is 0.0 in every float type.
-    unsafe {
-        std::ptr::write_bytes(base.ptr().add(planes * plane), 0, slack);
-        xp.set_len(n);
-    }
-    xp
 }
 
-/// Channels-first, zero-padded copy of `planes` padded planes of one sample from padded plane `zp0`:
-/// xp[c * cs + ((zp - zp0) * hp + y) * wp + x], returned with the channel stride cs. The slack after
-/// the last channel covers the over-reads of `spatial_avx512` (tiles rounded up to its block, plus
-/// the taps); reads past a channel's end land in the next channel, only for dropped columns.
+/// Fills padded planes `j0..planes` (from padded plane `zp0`) of sample `n` into a channels-first,
+/// zero-padded slab: xp[c * cs + ((zp - zp0) * hp + y) * wp + x]. Planes below `j0` were carried over.
+#[allow(clippy::too_many_arguments)]
 fn pad_slab_cf<T: Elem>(
-    x: &[T],
+    parts: &[Part<T>],
+    n: usize,
     g: &ConvGeom,
     p: &Plan,
     zp0: usize,
+    j0: usize,
     planes: usize,
-) -> (Vec<T>, usize) {
+    cs: usize,
+    xp: &mut [T],
+) {
     let [d, h, w] = g.input;
     let [pd, ph, pw] = g.padding;
     let plane = p.hp * p.wp;
-    let cs = planes * plane;
-    let slack = spatial_avx512::COLS + g.kernel[1] * p.wp + g.kernel[2] + 16;
-    let xp = uninit_planes(g.ci * planes, plane, slack, |i, dst: *mut T| {
-        let (c, zp) = (i / planes, zp0 + i % planes);
+    let fresh = planes - j0;
+    if fresh == 0 {
+        return;
+    }
+    let base = SyncPtr(xp.as_mut_ptr());
+    (0..g.ci * fresh).into_par_iter().for_each(|i| {
+        let (c, j) = (i / fresh, j0 + i % fresh);
+        // SAFETY: plane j of channel c lies inside xp (cs >= planes * plane) and is written by this task only.
+        let dst = unsafe { base.ptr().add(c * cs + j * plane) };
+        let zp = zp0 + j;
         if zp < pd || zp >= pd + d {
-            return false; // a padding plane: zeros
+            unsafe { std::ptr::write_bytes(dst, 0, plane) }; // a padding plane
+            return;
         }
         let z = zp - pd;
-        // SAFETY: dst holds one plane; every element is written exactly once below.
+        // SAFETY: every element of the plane is written once below; the caller keeps the source planes
+        // unchanged while this runs.
         unsafe {
+            let src = channel(parts, d * h * w, n, c);
             std::ptr::write_bytes(dst, 0, ph * p.wp + pw);
             for y in 0..h {
                 let row = dst.add((y + ph) * p.wp + pw);
-                std::ptr::copy_nonoverlapping(x[((c * d + z) * h + y) * w..][..w].as_ptr(), row, w);
+                std::ptr::copy_nonoverlapping(src[(z * h + y) * w..][..w].as_ptr(), row, w);
                 // the right padding of this row and the left padding of the next
                 let gap = if y + 1 < h { p.wp - w } else { p.wp - pw - w };
                 std::ptr::write_bytes(row.add(w), 0, gap);
             }
             std::ptr::write_bytes(dst.add((h + ph) * p.wp), 0, (p.hp - ph - h) * p.wp);
         }
-        true
     });
-    (xp, cs)
 }
 
-/// Output planes per slab of the forward: the padded channels-last copy then holds one slab plus the
-/// kernel's halo (about 32 MB) instead of the whole sample (120 MB for UNETR's 32-channel 96^3 convs),
-/// which bounds the forward's extra memory; the halo planes are copied twice, a few percent of the copy.
+/// Output planes per slab of the forward: the padded copy holds one slab plus the kernel's halo (about
+/// 8 MB), not the whole sample (120 MB for UNETR's 32-channel 96^3 convs), which bounds the forward's extra
+/// memory. The halo planes are carried from slab to slab, not copied again.
 fn slab_planes<T: Elem>(g: &ConvGeom, p: &Plan) -> usize {
     let plane_bytes = p.hp * p.wp * g.ci * std::mem::size_of::<T>();
-    ((32usize << 20) / plane_bytes.max(1))
+    ((8usize << 20) / plane_bytes.max(1))
         .saturating_sub(g.kernel[0] - 1)
         .clamp(1, g.output[0].max(1))
 }
@@ -238,7 +282,34 @@ pub fn applies(g: &ConvGeom) -> bool {
 }
 
 pub fn fwd<T: Elem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
-    fwd_slabs(x, w, g, slab_planes::<T>(g, &plan(g)))
+    fwd_slabs(x, w, g, default_slab::<T>(g))
+}
+
+/// Output planes per slab for `g` (see `slab_planes`).
+pub fn default_slab<T: Elem>(g: &ConvGeom) -> usize {
+    slab_planes::<T>(g, &plan(g))
+}
+
+fn fwd_slabs<T: Elem>(x: &[T], w: &[T], g: &ConvGeom, per_slab: usize) -> Vec<T> {
+    assert_eq!(x.len(), g.n * g.ci * g.in_vol());
+    // Written in full by the tiles' valid rows; no zeroing first.
+    let mut y: Vec<T> = Vec::with_capacity(g.n * g.co * g.out_vol());
+    // SAFETY: x holds the input, y room for the output; they do not overlap.
+    unsafe {
+        fwd_into(
+            &[Part {
+                ptr: x.as_ptr(),
+                channels: g.ci,
+            }],
+            w,
+            g,
+            None,
+            SyncPtr(y.as_mut_ptr()),
+            per_slab,
+        );
+        y.set_len(g.n * g.co * g.out_vol());
+    }
+    y
 }
 
 /// How a forward computes its tiles.
@@ -258,11 +329,47 @@ enum Kernel<T> {
     Gemm { taps: Vec<T> },
 }
 
-fn fwd_slabs<T: Elem>(x: &[T], w: &[T], g: &ConvGeom, per_slab: usize) -> Vec<T> {
+/// A second convolution of the same input computed by [`fwd_into`] on the same padded slabs: 1x1x1, no
+/// padding, weight [co][ci], output NCDHW at `y` (the input's spatial size).
+pub struct Side<'a, T> {
+    pub w: &'a [T],
+    pub co: usize,
+    pub y: SyncPtr<T>,
+}
+
+/// Whether a forward of `g` may write its output over its input ([`fwd_into`]): a "same" convolution
+/// (odd kernel, padding (k - 1) / 2, stride 1), so that output plane z depends on input planes up to z + p
+/// only, and every plane is read into the padded slab before its slab's outputs are written.
+pub fn in_place_ok(g: &ConvGeom) -> bool {
+    applies(g) && (0..3).all(|i| g.kernel[i] == 2 * g.padding[i] + 1) && g.output == g.input
+}
+
+/// The forward of `g` over the channel concatenation of `parts`, written to `y` (NCDHW), plus the optional
+/// `side` 1x1x1 convolution of the same input.
+///
+/// The outputs may overwrite the input (`y` or `side.y` pointing into the parts) when [`in_place_ok`]: the
+/// input is read slab by slab into a padded copy, which carries the halo planes to the next slab, and a
+/// slab's outputs are written after its planes were read, and only over planes no later slab reads from
+/// the input. UNETR's decoder uses this to run a residual block's convolutions without new activations.
+///
+/// # Safety
+/// `parts` hold `g.n` samples of their channels (summing to `g.ci`); `y` has room for `g.n * g.co * out_vol`
+/// values and `side.y` for `g.n * side.co * in_vol`; outputs overlap the input only as said above, and
+/// never each other.
+pub unsafe fn fwd_into<T: Elem>(
+    parts: &[Part<T>],
+    w: &[T],
+    g: &ConvGeom,
+    side: Option<Side<T>>,
+    yp: SyncPtr<T>,
+    per_slab: usize,
+) {
     let p = plan(g);
     let [kd, kh, kw] = g.kernel;
-    let (iv, ov, kk) = (g.in_vol(), g.out_vol(), kw * g.ci);
-    let kernel = match as_f32(w).filter(|_| direct_avx512::available()) {
+    let kk = kw * g.ci;
+    debug_assert_eq!(parts.iter().map(|p| p.channels).sum::<usize>(), g.ci);
+    let simd = as_f32(w).filter(|_| direct_avx512::available());
+    let kernel = match simd {
         Some(w32) if winograd::applies(g) => Kernel::Winograd {
             u: winograd::pack(w32, g.co, g.ci),
         },
@@ -282,9 +389,15 @@ fn fwd_slabs<T: Elem>(x: &[T], w: &[T], g: &ConvGeom, per_slab: usize) -> Vec<T>
             taps: weight_taps(w, g),
         },
     };
-    // Written in full by the tiles' valid rows; no zeroing first.
-    let mut y: Vec<T> = Vec::with_capacity(g.n * g.co * ov);
-    let yp = SyncPtr(y.as_mut_ptr());
+    let cf = matches!(kernel, Kernel::Spatial { .. } | Kernel::Winograd { .. });
+    // The side conv's weights for the positions-in-lanes kernel (it reads the channels-first copy).
+    let side_packed = match (&side, simd) {
+        (Some(sd), Some(_)) if cf => {
+            as_f32(sd.w).map(|w| spatial_avx512::pack_weights(w, sd.co, g.ci, 1))
+        }
+        _ => None,
+    };
+    debug_assert!(!cf || side.is_none() || side_packed.is_some());
     let [_, ho, wo] = g.output;
     // Offsets of the (kz, ky) taps on the channels-last copy, in floats.
     let offs: Vec<usize> = (0..kd * kh)
@@ -295,56 +408,99 @@ fn fwd_slabs<T: Elem>(x: &[T], w: &[T], g: &ConvGeom, per_slab: usize) -> Vec<T>
         .map(|t| (t / (kh * kw)) * p.hp * p.wp + (t / kw % kh) * p.wp + t % kw)
         .collect();
     // Winograd tiles are two planes deep: slabs of an even number of planes.
-    let per_slab = if matches!(kernel, Kernel::Winograd { .. }) { per_slab + per_slab % 2 } else { per_slab };
-    // Sample by sample, slab by slab (see `slab_planes`); the tiles of a slab run in parallel.
+    let per_slab = if matches!(kernel, Kernel::Winograd { .. }) {
+        per_slab + per_slab % 2
+    } else {
+        per_slab
+    };
     let plane_q = p.hp * p.wp;
-    let mut slabs = Vec::new();
+    // One padded slab buffer for the whole forward, zeroed once: it has room for the largest slab plus
+    // the kernels' over-reads (the tail of a tile rounded up to a block, the taps), which only feed
+    // dropped columns. Channels-first: channel stride cs; channels-last: planes of plane_q * ci.
+    let max_planes = per_slab.min(g.output[0]) + kd - 1;
+    let cs = max_planes * plane_q;
+    let len = if cf {
+        g.ci * cs + spatial_avx512::COLS + kh * p.wp + kw + 16
+    } else {
+        max_planes * plane_q * g.ci + ((kh - 1) * p.wp + kw + p.cols + 16) * g.ci
+    };
+    let mut xp = vec![T::zero(); len];
+    // The input position of output (oz, oy, ox) for the side conv, relative to a slab's first padded plane.
+    let [pd, ph, pw] = g.padding;
+    let center = pd * plane_q + ph * p.wp + pw;
+    // Sample by sample, slab by slab (see `slab_planes`); the tiles of a slab run in parallel.
     for n in 0..g.n {
+        let mut prev_planes = 0;
         for oz0 in (0..g.output[0]).step_by(per_slab) {
-            slabs.push((n, oz0, (oz0 + per_slab).min(g.output[0])));
-        }
-    }
-    for (n, oz0, oz1) in slabs {
-        let xn = &x[n * g.ci * iv..(n + 1) * g.ci * iv];
-        let planes = oz1 - oz0 + kd - 1;
-        let (xp, cs) = match kernel {
-            Kernel::Spatial { .. } | Kernel::Winograd { .. } => pad_slab_cf(xn, g, &p, oz0, planes),
-            _ => (pad_slab(xn, g, &p, oz0, planes), 0),
-        };
-        if let Kernel::Winograd { u } = &kernel {
-            // SAFETY: T is f32 here (the weights were).
-            let (xp32, yp32) = unsafe {
-                (std::slice::from_raw_parts(xp.as_ptr() as *const f32, xp.len()), SyncPtr(yp.ptr() as *mut f32))
-            };
-            winograd::slab(xp32, cs, p.hp, p.wp, g, n, oz0, oz1, u, &yp32);
-            continue;
-        }
-        let (q_lo, q_hi) = (oz0 * plane_q, oz1 * plane_q);
-        // Whole padded rows per tile, enough tiles for every thread, at most the plan's width.
-        let rows = (p.cols / p.wp)
-            .min(((q_hi - q_lo) / p.wp).div_ceil(4 * threads()))
-            .max(1);
-        let step = rows * p.wp;
-        let slab_tiles: Vec<(usize, usize)> = (q_lo..q_hi)
-            .step_by(step)
-            .map(|q0| (q0, step.min(q_hi - q0)))
-            .collect();
-        slab_tiles.into_par_iter().for_each(|(q0, cols)| {
-            let (len, ld) = match &kernel {
-                Kernel::Channels { co_pad, pb, .. } => (co_pad * cols.next_multiple_of(*pb), 0),
-                Kernel::Spatial { .. } => {
-                    let ld = cols.next_multiple_of(spatial_avx512::COLS);
-                    (g.co * ld, ld)
+            let oz1 = (oz0 + per_slab).min(g.output[0]);
+            let planes = oz1 - oz0 + kd - 1;
+            // The last kd - 1 padded planes of the previous slab are this slab's first: move them.
+            let carried = if prev_planes > 0 { kd - 1 } else { 0 };
+            if carried > 0 {
+                if cf {
+                    for c in 0..g.ci {
+                        let from = c * cs + (prev_planes - carried) * plane_q;
+                        xp.copy_within(from..from + carried * plane_q, c * cs);
+                    }
+                } else {
+                    let from = (prev_planes - carried) * plane_q * g.ci;
+                    xp.copy_within(from..from + carried * plane_q * g.ci, 0);
                 }
-                Kernel::Gemm { .. } => (g.co * cols, cols),
-                Kernel::Winograd { .. } => unreachable!("Winograd slabs are done above"),
-            };
-            with_scratch(len, |acc: &mut [T]| {
-                match &kernel {
-                    Kernel::Channels { packed, co_pad, pb } => {
-                        let xs = &xp[(q0 - q_lo) * g.ci..];
-                        // SAFETY: T is f32 here (as_f32 succeeded); bounds: see `plan`'s slack.
-                        unsafe {
+            }
+            if cf {
+                pad_slab_cf(parts, n, g, &p, oz0, carried, planes, cs, &mut xp);
+            } else {
+                pad_slab(parts, n, g, &p, oz0, carried, planes, &mut xp);
+            }
+            prev_planes = planes;
+            let xp = &xp[..];
+            let (q_lo, q_hi) = (oz0 * plane_q, oz1 * plane_q);
+            // Whole padded rows per tile, enough tiles for every thread, at most the plan's width.
+            let rows = (p.cols / p.wp)
+                .min(((q_hi - q_lo) / p.wp).div_ceil(4 * threads()))
+                .max(1);
+            let step = rows * p.wp;
+            let slab_tiles: Vec<(usize, usize)> = (q_lo..q_hi)
+                .step_by(step)
+                .map(|q0| (q0, step.min(q_hi - q0)))
+                .collect();
+            // Copies the valid rows of a tile's accumulator acc[c][ld] (column j * wp + x = row j) to an output.
+            let copy_out =
+                |acc: &[T], ld: usize, co: usize, y: &SyncPtr<T>, q0: usize, cols: usize| {
+                    valid_rows(g, &p, q0, cols, |j, oz, oy| {
+                        for c in 0..co {
+                            // SAFETY: each valid output row belongs to exactly one tile.
+                            let dst = unsafe {
+                                y.slice(((n * co + c) * g.output[0] + oz) * ho * wo + oy * wo, wo)
+                            };
+                            dst.copy_from_slice(&acc[c * ld + j * p.wp..][..wo]);
+                        }
+                    });
+                };
+            if let Kernel::Winograd { u } = &kernel {
+                // SAFETY: T is f32 here (the weights were).
+                let (xp32, yp32) = (
+                    std::slice::from_raw_parts(xp.as_ptr() as *const f32, xp.len()),
+                    SyncPtr(yp.ptr() as *mut f32),
+                );
+                winograd::slab(xp32, cs, p.hp, p.wp, g, n, oz0, oz1, u, &yp32);
+            } else {
+                slab_tiles.par_iter().for_each(|&(q0, cols)| {
+                    let (len, ld) = match &kernel {
+                        Kernel::Channels { co_pad, pb, .. } => {
+                            (co_pad * cols.next_multiple_of(*pb), 0)
+                        }
+                        Kernel::Spatial { .. } => {
+                            let ld = cols.next_multiple_of(spatial_avx512::COLS);
+                            (g.co * ld, ld)
+                        }
+                        Kernel::Gemm { .. } => (g.co * cols, cols),
+                        Kernel::Winograd { .. } => unreachable!("Winograd slabs are done above"),
+                    };
+                    with_scratch(len, |acc: &mut [T]| match &kernel {
+                        Kernel::Channels { packed, co_pad, pb } => {
+                            let xs = &xp[(q0 - q_lo) * g.ci..];
+                            // SAFETY: T is f32 here (as_f32 succeeded); bounds: see the buffer's slack.
                             direct_avx512::tile(
                                 xs.as_ptr() as *const f32,
                                 g.ci,
@@ -355,28 +511,23 @@ fn fwd_slabs<T: Elem>(x: &[T], w: &[T], g: &ConvGeom, per_slab: usize) -> Vec<T>
                                 cols.next_multiple_of(*pb),
                                 acc.as_mut_ptr() as *mut f32,
                                 *co_pad,
-                            )
-                        };
-                        // acc is channels-last [col][co_pad]: transpose the valid rows into NCDHW.
-                        valid_rows(g, &p, q0, cols, |j, oz, oy| {
-                            let src = &acc[j * p.wp * co_pad..];
-                            for c in 0..g.co {
-                                let dst = unsafe {
-                                    yp.slice(
+                            );
+                            // acc is channels-last [col][co_pad]: transpose the valid rows into NCDHW.
+                            valid_rows(g, &p, q0, cols, |j, oz, oy| {
+                                let src = &acc[j * p.wp * co_pad..];
+                                for c in 0..g.co {
+                                    let dst = yp.slice(
                                         ((n * g.co + c) * g.output[0] + oz) * ho * wo + oy * wo,
                                         wo,
-                                    )
-                                };
-                                for (x, d) in dst.iter_mut().enumerate() {
-                                    *d = src[x * co_pad + c];
+                                    );
+                                    for (x, d) in dst.iter_mut().enumerate() {
+                                        *d = src[x * co_pad + c];
+                                    }
                                 }
-                            }
-                        });
-                        return;
-                    }
-                    Kernel::Spatial { packed } => {
-                        // SAFETY: T is f32 here; bounds: see `pad_slab_cf`'s slack.
-                        unsafe {
+                            });
+                        }
+                        Kernel::Spatial { packed } => {
+                            // SAFETY: T is f32 here; bounds: see the buffer's slack.
                             spatial_avx512::tile(
                                 xp[q0 - q_lo..].as_ptr() as *const f32,
                                 cs,
@@ -388,55 +539,98 @@ fn fwd_slabs<T: Elem>(x: &[T], w: &[T], g: &ConvGeom, per_slab: usize) -> Vec<T>
                                 acc.as_mut_ptr() as *mut f32,
                                 ld,
                                 false,
-                            )
-                        };
-                    }
-                    Kernel::Winograd { .. } => unreachable!("Winograd slabs are done above"),
-                    Kernel::Gemm { taps } => {
-                        let xs = &xp[(q0 - q_lo) * g.ci..];
-                        for (t, &off) in offs.iter().enumerate() {
-                            let a = Mat::rows(taps[t * g.co * kk..].as_ptr(), kk);
+                            );
+                            copy_out(acc, ld, g.co, &yp, q0, cols);
+                        }
+                        Kernel::Gemm { taps } => {
+                            let xs = &xp[(q0 - q_lo) * g.ci..];
+                            for (t, &off) in offs.iter().enumerate() {
+                                let a = Mat::rows(taps[t * g.co * kk..].as_ptr(), kk);
+                                let b = Mat {
+                                    ptr: xs[off..].as_ptr(),
+                                    rs: 1,
+                                    cs: g.ci as isize,
+                                };
+                                matmul(g.co, cols, kk, acc.as_mut_ptr(), cols, a, b, t > 0);
+                            }
+                            copy_out(acc, ld, g.co, &yp, q0, cols);
+                        }
+                        Kernel::Winograd { .. } => unreachable!("Winograd slabs are done above"),
+                    })
+                });
+            }
+            if let Some(sd) = &side {
+                // The 1x1x1 conv reads each output position's own input value: the centre tap.
+                slab_tiles
+                    .par_iter()
+                    .for_each(|&(q0, cols)| match &side_packed {
+                        Some(packed) => {
+                            let ld = cols.next_multiple_of(spatial_avx512::COLS);
+                            with_scratch(sd.co * ld, |acc: &mut [T]| {
+                                // SAFETY: T is f32 (the packed weights exist); bounds: see the buffer's slack.
+                                spatial_avx512::tile(
+                                    xp[q0 - q_lo + center..].as_ptr() as *const f32,
+                                    cs,
+                                    g.ci,
+                                    &[0],
+                                    packed,
+                                    sd.co,
+                                    ld,
+                                    acc.as_mut_ptr() as *mut f32,
+                                    ld,
+                                    false,
+                                );
+                                copy_out(acc, ld, sd.co, &sd.y, q0, cols);
+                            })
+                        }
+                        // The channels-last copy (the channels-first one always has packed weights): a GEMM.
+                        None => with_scratch(sd.co * cols, |acc: &mut [T]| {
                             let b = Mat {
-                                ptr: xs[off..].as_ptr(),
+                                ptr: xp[(q0 - q_lo + center) * g.ci..].as_ptr(),
                                 rs: 1,
                                 cs: g.ci as isize,
                             };
-                            unsafe { matmul(g.co, cols, kk, acc.as_mut_ptr(), cols, a, b, t > 0) };
-                        }
-                    }
-                }
-                // acc is [co][ld]: copy the valid rows out.
-                valid_rows(g, &p, q0, cols, |j, oz, oy| {
-                    for c in 0..g.co {
-                        // SAFETY: each valid output row belongs to exactly one tile.
-                        let dst = unsafe {
-                            yp.slice(((n * g.co + c) * g.output[0] + oz) * ho * wo + oy * wo, wo)
-                        };
-                        dst.copy_from_slice(&acc[c * ld + j * p.wp..][..wo]);
-                    }
-                });
-            })
-        });
+                            matmul(
+                                sd.co,
+                                cols,
+                                g.ci,
+                                acc.as_mut_ptr(),
+                                cols,
+                                Mat::rows(sd.w.as_ptr(), g.ci),
+                                b,
+                                false,
+                            );
+                            copy_out(acc, cols, sd.co, &sd.y, q0, cols);
+                        }),
+                    });
+            }
+        }
     }
-    // SAFETY: every output row (n, c, oz, oy) is a valid row of exactly one tile, which wrote all of it.
-    unsafe { y.set_len(g.n * g.co * ov) };
-    y
 }
 
 pub fn bwd_weight<T: Elem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
     let p = plan(g);
     let [kd, kh, kw] = g.kernel;
-    let (iv, kk) = (g.in_vol(), kw * g.ci);
+    let kk = kw * g.ci;
     let [_, ho, wo] = g.output;
+    let dp = g.input[0] + 2 * g.padding[0];
     let xps: Vec<Vec<T>> = (0..g.n)
         .map(|n| {
+            let mut xp = vec![T::zero(); p.xp_len];
             pad_slab(
-                &x[n * g.ci * iv..(n + 1) * g.ci * iv],
+                &[Part {
+                    ptr: x.as_ptr(),
+                    channels: g.ci,
+                }],
+                n,
                 g,
                 &p,
                 0,
-                g.input[0] + 2 * g.padding[0],
-            )
+                0,
+                dp,
+                &mut xp,
+            );
+            xp
         })
         .collect();
     let tiles = tiles(g, &p);
@@ -524,6 +718,7 @@ mod tests {
                 .map(|i| ((i * 53 % 97) as f32 - 48.0) / 97.0)
                 .collect();
             let whole = fwd_slabs(&x, &w, &g, g.output[0]);
+            assert_eq!(whole, fwd(&x, &w, &g));
             for per in 1..g.output[0] {
                 // (the GEMM path may sum in another order for another tile width: rounding only)
                 let err = fwd_slabs(&x, &w, &g, per)
@@ -537,5 +732,86 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// In place, with a second input block and the side 1x1x1 conv, any slab height gives the results of
+    /// the out-of-place forward: every kernel (Winograd, positions in lanes, channels in lanes, GEMM in f64).
+    #[test]
+    fn in_place_with_side_matches_out_of_place() {
+        fn check<T: Elem>(ca: usize, cb: usize, input: [usize; 3], n: usize) {
+            let ci = ca + cb;
+            let g = ConvGeom {
+                n,
+                ci,
+                co: ca,
+                input,
+                kernel: [3; 3],
+                stride: [1; 3],
+                padding: [1; 3],
+                output: input,
+            };
+            let iv = g.in_vol();
+            let val = |i: usize, m: usize| {
+                super::super::of_f64::<T>(((i * m % 101) as f64 - 50.0) / 50.0)
+            };
+            let a0: Vec<T> = (0..n * ca * iv).map(|i| val(i, 37)).collect();
+            let b0: Vec<T> = (0..n * cb * iv).map(|i| val(i, 41)).collect();
+            let w: Vec<T> = (0..ca * ci * 27)
+                .map(|i| val(i, 53) * super::super::of_f64(0.2))
+                .collect();
+            let ws: Vec<T> = (0..cb * ci).map(|i| val(i, 29)).collect();
+            // the concatenation, sample by sample
+            let mut x = Vec::new();
+            for s in 0..n {
+                x.extend_from_slice(&a0[s * ca * iv..(s + 1) * ca * iv]);
+                x.extend_from_slice(&b0[s * cb * iv..(s + 1) * cb * iv]);
+            }
+            let want_a = fwd_slabs(&x, &w, &g, input[0]);
+            let mut want_b = vec![T::zero(); n * cb * iv];
+            for s in 0..n {
+                for o in 0..cb {
+                    for c in 0..ci {
+                        for v in 0..iv {
+                            want_b[(s * cb + o) * iv + v] = want_b[(s * cb + o) * iv + v]
+                                + ws[o * ci + c] * x[(s * ci + c) * iv + v];
+                        }
+                    }
+                }
+            }
+            for per in 1..=input[0] {
+                let (mut a, mut b) = (a0.clone(), b0.clone());
+                let parts = [
+                    Part {
+                        ptr: a.as_ptr(),
+                        channels: ca,
+                    },
+                    Part {
+                        ptr: b.as_ptr(),
+                        channels: cb,
+                    },
+                ];
+                let side = Side {
+                    w: &ws,
+                    co: cb,
+                    y: SyncPtr(b.as_mut_ptr()),
+                };
+                unsafe { fwd_into(&parts, &w, &g, Some(side), SyncPtr(a.as_mut_ptr()), per) };
+                let err = |u: &[T], v: &[T]| {
+                    u.iter()
+                        .zip(v)
+                        .map(|(p, q)| super::super::f64_of((*p - *q).abs()))
+                        .fold(0.0, f64::max)
+                };
+                let (ea, eb) = (err(&a, &want_a), err(&b, &want_b));
+                assert!(
+                    ea < 1e-4 && eb < 1e-4,
+                    "ca {ca} cb {cb} {input:?} n {n}: {per} planes per slab, errors {ea} {eb}"
+                );
+            }
+        }
+        check::<f32>(16, 16, [6, 4, 6], 2); // Winograd (f32 with AVX-512)
+        check::<f32>(8, 8, [5, 3, 4], 1); // positions in lanes
+        check::<f32>(24, 8, [5, 3, 5], 2); // channels in lanes
+        check::<f64>(4, 3, [5, 4, 3], 2); // GEMMs
     }
 }

@@ -139,19 +139,37 @@ pub fn norm_fwd_inplace<T: Elem>(x: &mut [T], gs: &Groups, eps: f64, slope: Opti
     let st = group_stats(x, gs);
     let xp = SyncPtr(x.as_mut_ptr());
     let (act, sl) = (slope.is_some(), of_f64::<T>(slope.unwrap_or(1.0)));
-    (0..gs.groups).into_par_iter().with_min_len(gs.min_len()).for_each(|g| {
-        let (mean, var) = st[g];
-        let rstd = of_f64::<T>(1.0 / (var + eps).sqrt());
-        for o in gs.offsets(g) {
-            // SAFETY: segments of different groups are disjoint.
-            normalize_inplace(unsafe { xp.slice(o, gs.len) }, of_f64::<T>(mean), rstd, sl, act);
-        }
-    });
+    (0..gs.groups)
+        .into_par_iter()
+        .with_min_len(gs.min_len())
+        .for_each(|g| {
+            let (mean, var) = st[g];
+            let rstd = of_f64::<T>(1.0 / (var + eps).sqrt());
+            for o in gs.offsets(g) {
+                // SAFETY: segments of different groups are disjoint.
+                normalize_inplace(
+                    unsafe { xp.slice(o, gs.len) },
+                    of_f64::<T>(mean),
+                    rstd,
+                    sl,
+                    act,
+                );
+            }
+        });
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn norm_add_lrelu_imp<T: Elem>(a: &mut [T], b: &[T], ma: T, ra: T, mb: T, rb: T, norm_b: bool, slope: T) {
+fn norm_add_lrelu_imp<T: Elem>(
+    a: &mut [T],
+    b: &[T],
+    ma: T,
+    ra: T,
+    mb: T,
+    rb: T,
+    norm_b: bool,
+    slope: T,
+) {
     for (x, &y) in a.iter_mut().zip(b) {
         let r = if norm_b { (y - mb) * rb } else { y };
         let v = (*x - ma) * ra + r;
@@ -164,21 +182,47 @@ multiversion!(#[allow(clippy::too_many_arguments)] fn norm_add_lrelu<T: Elem>(a:
 /// own statistics: UnetResBlock's end (norm2, norm3 of the residual, the join and its activation) in one
 /// pass over a and b after their statistics, instead of three in-place passes. The same arithmetic as the
 /// separate ops, so the same values.
-pub fn norm_add_leaky_relu_inplace<T: Elem>(a: &mut [T], b: &[T], gs: &Groups, eps: f64, norm_b: bool, slope: f64) {
+pub fn norm_add_leaky_relu_inplace<T: Elem>(
+    a: &mut [T],
+    b: &[T],
+    gs: &Groups,
+    eps: f64,
+    norm_b: bool,
+    slope: f64,
+) {
     let sa = group_stats(a, gs);
     // (without norm_b, b is added as is: mean 0 and a variance that makes rstd 1, unused)
-    let sb = if norm_b { group_stats(b, gs) } else { vec![(0.0, 1.0 - eps); gs.groups] };
+    let sb = if norm_b {
+        group_stats(b, gs)
+    } else {
+        vec![(0.0, 1.0 - eps); gs.groups]
+    };
     let ap = SyncPtr(a.as_mut_ptr());
     let sl = of_f64::<T>(slope);
-    (0..gs.groups).into_par_iter().with_min_len(gs.min_len()).for_each(|g| {
-        let ((ma, va), (mb, vb)) = (sa[g], sb[g]);
-        let (ra, rb) = (of_f64::<T>(1.0 / (va + eps).sqrt()), of_f64::<T>(1.0 / (vb + eps).sqrt()));
-        for o in gs.offsets(g) {
-            // SAFETY: segments of different groups are disjoint.
-            let x = unsafe { ap.slice(o, gs.len) };
-            norm_add_lrelu(x, &b[o..o + gs.len], of_f64(ma), ra, of_f64(mb), rb, norm_b, sl);
-        }
-    });
+    (0..gs.groups)
+        .into_par_iter()
+        .with_min_len(gs.min_len())
+        .for_each(|g| {
+            let ((ma, va), (mb, vb)) = (sa[g], sb[g]);
+            let (ra, rb) = (
+                of_f64::<T>(1.0 / (va + eps).sqrt()),
+                of_f64::<T>(1.0 / (vb + eps).sqrt()),
+            );
+            for o in gs.offsets(g) {
+                // SAFETY: segments of different groups are disjoint.
+                let x = unsafe { ap.slice(o, gs.len) };
+                norm_add_lrelu(
+                    x,
+                    &b[o..o + gs.len],
+                    of_f64(ma),
+                    ra,
+                    of_f64(mb),
+                    rb,
+                    norm_b,
+                    sl,
+                );
+            }
+        });
 }
 
 /// (sum(d), sum(d * xhat)) with d = dy * act'(xhat), xhat = (x - mean) * rstd.
