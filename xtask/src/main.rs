@@ -97,7 +97,7 @@ pub fn repo_root() -> PathBuf {
 fn main() -> std::process::ExitCode {
     // Large blocks are pooled by `unetr_alloc` (see GLOBAL above); mimalloc's own small-object pages are
     // returned to the OS after 10 ms and its arena is committed on demand, so neither adds to the peak
-    // (peak RSS 0.73 -> 0.65 GB at 96^3 with no change in forward time, measured; docs/benchmarks.md).
+    // (forward at 96^3: peak RSS 0.73 -> 0.65 GB with the pool alone, measured; docs/benchmarks.md).
     // SAFETY: plain option setters of the allocator, called before any worker thread exists.
     unsafe {
         // mimalloc's option numbers (the -sys crate exports no names for these two; same in v2 and v3).

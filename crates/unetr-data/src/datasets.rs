@@ -40,13 +40,15 @@ fn aal_lobes(txt: &Path) -> Result<Vec<u8>> {
             .and_then(|(i, d)| Some((i?, d?)));
         match parsed {
             Some((i, d)) if i < 256 && (2..=9).contains(&d) => map[i] = (d - 1) as u8,
-            _ => return Err(ferr(
-                txt,
-                format!(
+            _ => {
+                return Err(ferr(
+                    txt,
+                    format!(
                     "line {}: expected \"index name code\" with a code 2xxx..9xxx, got {line:?}",
                     n + 1
                 ),
-            )),
+                ))
+            }
         }
     }
     Ok(map)
