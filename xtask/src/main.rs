@@ -18,8 +18,8 @@ use anyhow::{bail, Context, Result};
 // UNETR's activations are 50-100 MB each. glibc maps every allocation above 32 MB afresh and unmaps it
 // on free, so each op pays for zeroing new pages (30% of a training step, measured); mimalloc keeps and
 // reuses freed memory.
-// Blocks of 1 MB and more (activations, weights) are pooled by `unetr_alloc` with a bound at the live peak;
-// mimalloc serves the rest.
+// In inference, blocks of 256 KiB and more (activations, weights) are pooled by `unetr_alloc` with a bound
+// at the live peak (see `main`); mimalloc serves the rest, and everything in training.
 #[global_allocator]
 static GLOBAL: unetr_alloc::Pooled<mimalloc::MiMalloc> =
     unetr_alloc::Pooled::new(mimalloc::MiMalloc);
@@ -95,9 +95,21 @@ pub fn repo_root() -> PathBuf {
 }
 
 fn main() -> std::process::ExitCode {
-    // Large blocks are pooled by `unetr_alloc` (see GLOBAL above); mimalloc's own small-object pages are
-    // returned to the OS after 10 ms and its arena is committed on demand, so neither adds to the peak
-    // (forward at 96^3: peak RSS 0.73 -> 0.65 GB with the pool alone, measured; docs/benchmarks.md).
+    // Inference commands pool large blocks under the live peak (`unetr_alloc`, see GLOBAL above), and
+    // mimalloc returns its small-object pages after 10 ms and commits its arena on demand, so that the peak
+    // RSS stays at what the forward holds live (96^3: 0.90 -> 0.54 GB, docs/benchmarks.md). Training
+    // steps allocate many sizes in an order a bounded pool serves poorly; there mimalloc serves everything
+    // and keeps freed pages mapped for reuse (a step at 96^3: 10 s -> 7 s against returning them).
+    let args: Vec<String> = std::env::args().collect();
+    let inference = match args.get(1).map(String::as_str) {
+        Some("forward" | "infer") => true,
+        Some("bench-child") => {
+            !args.windows(2).any(|w| w[0] == "--mode" && w[1] == "train")
+                && !args.iter().any(|a| a == "--mode=train")
+        }
+        _ => false,
+    };
+    GLOBAL.set_pooling(inference);
     // SAFETY: plain option setters of the allocator, called before any worker thread exists.
     unsafe {
         // mimalloc's option numbers (the -sys crate exports no names for these two; same in v2 and v3).
@@ -105,10 +117,13 @@ fn main() -> std::process::ExitCode {
         const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
         // (MIMALLOC_PURGE_DELAY / MIMALLOC_ARENA_EAGER_COMMIT in the environment take precedence)
         if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10);
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, if inference { 10 } else { -1 });
         }
         if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
-            libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
+            libmimalloc_sys::mi_option_set(
+                MI_OPTION_ARENA_EAGER_COMMIT,
+                if inference { 0 } else { 1 },
+            );
         }
     }
     // Library warnings (replaced NaN voxels, skipped keys) go to stderr; RUST_LOG overrides the level.
