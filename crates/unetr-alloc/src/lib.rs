@@ -394,7 +394,10 @@ mod tests {
         let b = Pooled::new(System);
         unsafe {
             let p = b.alloc(l(2 << 20));
-            assert!(!b.set_pooling(false), "a pooled block exists: the switch must be refused");
+            assert!(
+                !b.set_pooling(false),
+                "a pooled block exists: the switch must be refused"
+            );
             b.dealloc(p, l(2 << 20));
             assert_eq!(b.pooled(), 2 << 20);
         }

@@ -50,6 +50,31 @@ impl UnetResBlock {
                 .conv3
                 .as_ref()
                 .is_none_or(|(_, n)| matches!(n, NormLayer::Instance));
+        // One input channel (encoder1 on single-channel images): the 1x1x1 projection is folded into the
+        // fused end (`instance_norm_add_proj1_leaky_relu_`) and never made.
+        if let Some((conv3, _)) = self.conv3.as_ref().filter(|(c, _)| {
+            fuse && c.bias.is_none()
+                && c.weight.dims()[1..] == [1, 1, 1, 1]
+                && x.dim(1).ok() == Some(1)
+                && x.is_contiguous()
+        }) {
+            let h = self
+                .norm1
+                .forward_owned(self.conv1.forward(&x)?, true, false)?;
+            let out = self.conv2_owned(h, true, false)?;
+            if inplace_ok(&out, false) && out.dtype() == x.dtype() {
+                unetr_ops::instance_norm_add_proj1_leaky_relu_(
+                    &out,
+                    &x,
+                    &cast_to(&conv3.weight, x.dtype())?,
+                    1e-5,
+                    LEAKY_SLOPE,
+                )?;
+                return Ok(out);
+            }
+            let residual = conv3.forward(&x)?;
+            return self.end(out, residual, true, false);
+        }
         let residual = match &self.conv3 {
             Some((conv, _)) if fuse => conv.forward(&x)?,
             Some((conv, norm)) => norm.forward_owned(conv.forward(&x)?, false, train)?,
@@ -64,12 +89,22 @@ impl UnetResBlock {
 
     /// conv2, norm2, the join with the residual and LeakyReLU; `h` is norm1's output, made by the caller.
     fn finish(&self, h: Tensor, residual: Tensor, fuse: bool, train: bool) -> Result<Tensor> {
-        let out = if fuse && self.conv2.inplace_ok(&h, train) {
+        let out = self.conv2_owned(h, fuse, train)?;
+        self.end(out, residual, fuse, train)
+    }
+
+    /// conv2 on norm1's output `h`, in place when fused.
+    fn conv2_owned(&self, h: Tensor, fuse: bool, train: bool) -> Result<Tensor> {
+        if fuse && self.conv2.inplace_ok(&h, train) {
             self.conv2.forward_(&h)?;
-            h
+            Ok(h)
         } else {
-            self.conv2.forward(&h)?
-        };
+            self.conv2.forward(&h)
+        }
+    }
+
+    /// norm2, the join with the residual (normalised here when fused) and LeakyReLU; `out` is conv2's output.
+    fn end(&self, out: Tensor, residual: Tensor, fuse: bool, train: bool) -> Result<Tensor> {
         let same = inplace_ok(&out, train) && out.dtype() == residual.dtype();
         if fuse && same {
             unetr_ops::instance_norm_add_leaky_relu_(
@@ -286,14 +321,26 @@ impl UnetrUpBlock {
     /// stage. `skip`'s values are overwritten: pass a tensor nothing else reads (keep no clone or view).
     /// `x` is taken by value so that it is freed once up-sampled (when the caller keeps no clone).
     pub fn forward_reusing_skip(&self, x: Tensor, skip: Tensor) -> Result<Tensor> {
-        if let ConvBlock::Basic(_) = &self.conv_block {
-            return self.forward_t(&x, skip, false);
-        }
-        let up = self.transp_conv.forward(&x)?;
-        drop(x);
+        let up = self.upsample(x)?;
+        self.merge_reusing(up, skip)
+    }
+
+    /// The first half of [`forward_reusing_skip`](Self::forward_reusing_skip): the transposed conv,
+    /// freeing `x` (when the caller keeps no clone). A caller can make the skip in between, after `x` is gone.
+    pub fn upsample(&self, x: Tensor) -> Result<Tensor> {
+        self.transp_conv.forward(&x)
+    }
+
+    /// The second half: the conv block on cat([up, skip]), in the storage of both (inference, see
+    /// [`forward_reusing_skip`](Self::forward_reusing_skip)); both are overwritten.
+    pub fn merge_reusing(&self, up: Tensor, skip: Tensor) -> Result<Tensor> {
         match &self.conv_block {
             ConvBlock::Res(b) => b.forward_cat_reusing(up, skip),
-            ConvBlock::Basic(_) => unreachable!("handled above"),
+            ConvBlock::Basic(b) => {
+                let x = Tensor::cat(&[&up, &skip], 1)?;
+                drop((up, skip));
+                b.forward_t(&x, false)
+            }
         }
     }
 }

@@ -131,10 +131,15 @@ impl Unetr {
     ) -> Result<Tensor> {
         self.check_input(x)?;
         let mut last = std::time::Instant::now();
-        let mut keep = |name: &str, t: &Tensor| {
+        // `moved_ms`: time of this module's work done before the previous module was recorded (positive), or
+        // of a later module's work recorded with this one (negative).
+        let mut keep = |name: &str, t: &Tensor, moved_ms: f64| {
             if !name.starts_with("vit.blocks") {
                 if let Some(ts) = times.as_mut() {
-                    ts.push((name.to_string(), last.elapsed().as_secs_f64() * 1e3));
+                    ts.push((
+                        name.to_string(),
+                        last.elapsed().as_secs_f64() * 1e3 + moved_ms,
+                    ));
                     last = std::time::Instant::now();
                 }
             }
@@ -156,37 +161,50 @@ impl Unetr {
         let vit = self.vit.forward_t(x, train)?;
         let [s2, s3, s4] = self.cfg.skip_layers();
         for (i, h) in vit.hidden_states.iter().enumerate() {
-            keep(&format!("vit.blocks.{i}"), h);
+            keep(&format!("vit.blocks.{i}"), h, 0.0);
         }
-        keep("vit", &vit.last);
+        keep("vit", &vit.last, 0.0);
         // The decoder path is ordered so each large activation is dropped as soon as it was used; the skips
         // and the decoder outputs move into the up blocks, which free them (training) or compute in their
         // storage (inference).
         let enc4 = self
             .encoder4
             .forward_t(&self.proj_feat(&vit.hidden_states[s4])?, train)?;
-        keep("encoder4", &enc4);
+        keep("encoder4", &enc4, 0.0);
         let dec3 = up(&self.decoder5, self.proj_feat(&vit.last)?, enc4)?;
-        keep("decoder5", &dec3);
+        keep("decoder5", &dec3, 0.0);
         let enc3 = self
             .encoder3
             .forward_t(&self.proj_feat(&vit.hidden_states[s3])?, train)?;
-        keep("encoder3", &enc3);
+        keep("encoder3", &enc3, 0.0);
         let dec2 = up(&self.decoder4, dec3, enc3)?;
-        keep("decoder4", &dec2);
+        keep("decoder4", &dec2, 0.0);
         let enc2 = self
             .encoder2
             .forward_t(&self.proj_feat(&vit.hidden_states[s2])?, train)?;
-        keep("encoder2", &enc2);
+        keep("encoder2", &enc2, 0.0);
         drop(vit);
         let dec1 = up(&self.decoder3, dec2, enc2)?;
-        keep("decoder3", &dec1);
-        let enc1 = self.encoder1.forward_t(x, train)?;
-        keep("encoder1", &enc1);
-        let out = up(&self.decoder2, dec1, enc1)?;
-        keep("decoder2", &out);
+        keep("decoder3", &dec1, 0.0);
+        let out = if train {
+            let enc1 = self.encoder1.forward_t(x, true)?;
+            keep("encoder1", &enc1, 0.0);
+            let out = self.decoder2.forward_t(&dec1, enc1, true)?;
+            keep("decoder2", &out, 0.0);
+            out
+        } else {
+            // Up-sampling first frees dec1 before encoder1's 96^3 activations exist (the forward's peak).
+            let t0 = std::time::Instant::now();
+            let u = self.decoder2.upsample(dec1)?;
+            let up_ms = t0.elapsed().as_secs_f64() * 1e3;
+            let enc1 = self.encoder1.forward_t(x, false)?;
+            keep("encoder1", &enc1, -up_ms);
+            let out = self.decoder2.merge_reusing(u, enc1)?;
+            keep("decoder2", &out, up_ms);
+            out
+        };
         let logits = self.out.forward(&out)?;
-        keep("out", &logits);
+        keep("out", &logits, 0.0);
         Ok(logits)
     }
 }

@@ -27,7 +27,8 @@ pub use error::OpsError;
 pub use linear::linear;
 pub use norm::{
     batch_norm, instance_norm, instance_norm_, instance_norm_add_leaky_relu_,
-    instance_norm_leaky_relu, instance_norm_leaky_relu_, layer_norm, RunningStats,
+    instance_norm_add_proj1_leaky_relu_, instance_norm_leaky_relu, instance_norm_leaky_relu_,
+    layer_norm, RunningStats,
 };
 pub use storage::inplace_ok;
 

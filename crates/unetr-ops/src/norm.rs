@@ -540,3 +540,104 @@ pub fn instance_norm_add_leaky_relu_(
         &NormAddLeakyReluInplace { eps, norm_b, slope },
     )
 }
+
+struct NormAddProj1Inplace {
+    eps: f64,
+    slope: f64,
+}
+
+impl candle_core::InplaceOp3 for NormAddProj1Inplace {
+    fn name(&self) -> &'static str {
+        "instance_norm_add_proj1_leaky_relu"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        let n = l1.dims()[0];
+        let (x, w) = (
+            crate::storage::data(self.name(), s2, l2)?,
+            crate::storage::data(self.name(), s3, l3)?,
+        );
+        crate::profile::timed(self.name(), || {
+            use crate::kernels::norm::norm_add_proj1_leaky_relu_inplace as run;
+            use crate::storage::{Data, DataMut};
+            match (crate::storage::data_mut(self.name(), s1, l1)?, x, w) {
+                (DataMut::F32(a), Data::F32(x), Data::F32(w)) => {
+                    run(a, x, w, n, self.eps, self.slope)
+                }
+                (DataMut::F64(a), Data::F64(x), Data::F64(w)) => {
+                    run(a, x, w, n, self.eps, self.slope)
+                }
+                _ => {
+                    return Err(OpsError::Param {
+                        op: "instance_norm_add_proj1_leaky_relu",
+                        msg: "the inputs differ in dtype".into(),
+                    }
+                    .into())
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// UnetResBlock's end in place, for inference, when the residual projection is a 1x1x1 conv from one
+/// input channel: a = LeakyReLU(IN(a) + IN(conv3d(x, w))) with x [N, 1, ...] and w [C, 1, 1, 1, 1]
+/// (instance norms without affine, eps), overwriting `a` [N, C, ...]. The projection is never made: its
+/// normalised values follow from x's statistics (see `kernels::norm::norm_add_proj1_leaky_relu_inplace`),
+/// which saves an activation-sized buffer and a pass. The contract of [`instance_norm_`] for `a`.
+pub fn instance_norm_add_proj1_leaky_relu_(
+    a: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    eps: f64,
+    slope: f64,
+) -> Result<()> {
+    const OP: &str = "instance_norm_add_proj1_leaky_relu";
+    crate::storage::check_inplace(OP, a)?;
+    check_float(OP, a.dtype())?;
+    let (ad, xd) = (a.dims(), x.dims());
+    if a.rank() < 3
+        || a.elem_count() == 0
+        || xd.len() != ad.len()
+        || xd[0] != ad[0]
+        || xd[1] != 1
+        || xd[2..] != ad[2..]
+    {
+        return Err(shape_err(
+            OP,
+            "expected a [N, C, spatial...] and x [N, 1, spatial...]",
+            &[ad, xd],
+        ));
+    }
+    if w.elem_count() != ad[1] || w.dims().first() != Some(&ad[1]) {
+        return Err(shape_err(
+            OP,
+            format!("the projection weight must be [{}, 1, 1, 1, 1]", ad[1]),
+            &[w.dims()],
+        ));
+    }
+    if a.dtype() != x.dtype() || a.dtype() != w.dtype() {
+        return Err(OpsError::DTypeMismatch {
+            op: OP,
+            a: a.dtype(),
+            b: if a.dtype() != x.dtype() {
+                x.dtype()
+            } else {
+                w.dtype()
+            },
+        }
+        .into());
+    }
+    a.inplace_op3(
+        &x.contiguous()?,
+        &w.contiguous()?,
+        &NormAddProj1Inplace { eps, slope },
+    )
+}

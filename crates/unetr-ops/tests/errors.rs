@@ -218,6 +218,12 @@ fn inplace_ops_match_and_refuse_graph_tensors() {
     let w6 = (Tensor::randn(0f32, 1.0, (3, 6, 3, 3, 3), &Device::Cpu).unwrap() * 0.2).unwrap();
     let w6s = Tensor::randn(0f32, 1.0, (3, 6, 1, 1, 1), &Device::Cpu).unwrap();
     let cat = |t: &Tensor| Tensor::cat(&[t, &b], 1);
+    // a single-channel block input and its 1x1x1 projection to 3 channels (one weight negative)
+    let x1 = (Tensor::randn(0f32, 1.0, (2, 1, 4, 5, 6), &Device::Cpu).unwrap() * 3.0).unwrap();
+    let w1 = Tensor::new(&[0.7f32, -1.3, 0.05], &Device::Cpu)
+        .unwrap()
+        .reshape((3, 1, 1, 1, 1))
+        .unwrap();
     type OutOfPlace<'a> = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor> + 'a>;
     type InPlace<'a> = Box<dyn Fn(&Tensor) -> candle_core::Result<()> + 'a>;
     // UnetResBlock's end, composed from the out-of-place ops.
@@ -229,7 +235,7 @@ fn inplace_ops_match_and_refuse_graph_tensors() {
         };
         add_leaky_relu(&instance_norm(t, None, None, 1e-5)?, &r, 0.01)
     };
-    let cases: [(&str, OutOfPlace, InPlace); 7] = [
+    let cases: [(&str, OutOfPlace, InPlace); 8] = [
         (
             "instance_norm",
             Box::new(|t| instance_norm(t, None, None, 1e-5)),
@@ -272,6 +278,17 @@ fn inplace_ops_match_and_refuse_graph_tensors() {
                 )
             }),
             Box::new(|t| conv3d_cat_(t, &b.copy()?, &w6, &w6s, p1)),
+        ),
+        (
+            "instance_norm_add_proj1_leaky_relu",
+            Box::new(|t| {
+                add_leaky_relu(
+                    &instance_norm(t, None, None, 1e-5)?,
+                    &instance_norm(&conv3d(&x1, &w1, None, p0)?, None, None, 1e-5)?,
+                    0.01,
+                )
+            }),
+            Box::new(|t| instance_norm_add_proj1_leaky_relu_(t, &x1, &w1, 1e-5, 0.01)),
         ),
     ];
     for (name, out_of_place, in_place) in &cases {

@@ -225,6 +225,54 @@ pub fn norm_add_leaky_relu_inplace<T: Elem>(
         });
 }
 
+/// a = LeakyReLU(norm(a) + norm(w[c] x)) in place, instance norms: `a` is [n, co, vol] (one group per
+/// sample and channel), `x` [n, 1, vol] and `w` [co]. UnetResBlock's end when its residual projection is
+/// a 1x1x1 conv from a single input channel (UNETR's encoder1 on single-channel images): norm(w_c x) =
+/// w_c (x - mean_x) / sqrt(w_c^2 var_x + eps) follows from x's own statistics, so the projection (an
+/// activation-sized tensor) is never made. Equal to projecting and normalising, up to rounding.
+pub fn norm_add_proj1_leaky_relu_inplace<T: Elem>(
+    a: &mut [T],
+    x: &[T],
+    w: &[T],
+    n: usize,
+    eps: f64,
+    slope: f64,
+) {
+    let co = w.len();
+    let vol = x.len() / n.max(1);
+    assert_eq!(a.len(), n * co * vol);
+    let gx = Groups {
+        groups: n,
+        segs: 1,
+        len: vol,
+    };
+    let sx = group_stats(x, &gx);
+    let ga = Groups {
+        groups: n * co,
+        segs: 1,
+        len: vol,
+    };
+    let sa = group_stats(a, &ga);
+    let sl = of_f64::<T>(slope);
+    a.par_chunks_mut(vol.max(1))
+        .enumerate()
+        .for_each(|(g, row)| {
+            let (s, c) = (g / co, g % co);
+            let ((ma, va), (mx, vx)) = (sa[g], sx[s]);
+            let wc = f64_of(w[c]);
+            norm_add_lrelu(
+                row,
+                &x[s * vol..(s + 1) * vol],
+                of_f64(ma),
+                of_f64(1.0 / (va + eps).sqrt()),
+                of_f64(mx),
+                of_f64(wc / (wc * wc * vx + eps).sqrt()),
+                true,
+                sl,
+            );
+        });
+}
+
 /// (sum(d), sum(d * xhat)) with d = dy * act'(xhat), xhat = (x - mean) * rstd.
 #[inline(always)]
 fn bwd_sums_imp<T: Elem>(x: &[T], dy: &[T], mean: T, rstd: T, slope: T, act: bool) -> (f64, f64) {
