@@ -7,7 +7,7 @@ use std::time::Instant;
 // As the xtask binary: mimalloc (see above for its settings).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use unetr_ops::{conv3d, conv_transpose3d, Conv3dParams};
+use unetr_ops::{conv3d, conv3d_, conv3d_cat_, conv_transpose3d, Conv3dParams};
 
 fn main() -> candle_core::Result<()> {
     let filter = std::env::args().nth(1).unwrap_or_default();
@@ -45,6 +45,48 @@ fn main() -> candle_core::Result<()> {
             "{name:>20}: {:8.2} ms  {:6.1} GFLOP/s",
             ts[2] * 1e3,
             gflop / ts[2]
+        );
+    }
+    // Inference in place: a res block's conv2 (`conv3d_`), and an up block's conv1 + residual projection on
+    // the skip concatenation (`conv3d_cat_`, against conv3d on the concatenation plus the 1x1x1 conv).
+    let median = |mut ts: Vec<f64>| {
+        ts.sort_by(f64::total_cmp);
+        ts[ts.len() / 2] * 1e3
+    };
+    for (c, s) in [(16, 96), (32, 48), (64, 24)] {
+        let name = format!("in place {c}->{c} @{s}");
+        if !name.contains(&filter) {
+            continue;
+        }
+        let x = Tensor::randn(0f32, 1., (1, c, s, s, s), &Device::Cpu)?;
+        let w = Tensor::randn(0f32, 0.1, (c, c, 3, 3, 3), &Device::Cpu)?;
+        let (w1, w3) = (
+            Tensor::randn(0f32, 0.1, (c, 2 * c, 3, 3, 3), &Device::Cpu)?,
+            Tensor::randn(0f32, 0.1, (c, 2 * c, 1, 1, 1), &Device::Cpu)?,
+        );
+        let (p1, p0) = (Conv3dParams::new(1, 1), Conv3dParams::new(1, 0));
+        let mut t_in = Vec::new();
+        let mut t_cat = Vec::new();
+        let mut t_out = Vec::new();
+        for _ in 0..6 {
+            let (a, b) = (x.copy()?, x.copy()?);
+            let t = Instant::now();
+            conv3d_(&a, &w, p1)?;
+            t_in.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            conv3d_cat_(&a, &b, &w1, &w3, p1)?;
+            t_cat.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let cat = Tensor::cat(&[&x, &x], 1)?;
+            drop((conv3d(&cat, &w1, None, p1)?, conv3d(&cat, &w3, None, p0)?));
+            t_out.push(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "{name:>20}: conv3d_ {:8.2} ms; conv3d_cat_ {}->{c} + 1x1 {:8.2} ms (out of place, with the concat: {:8.2} ms)",
+            median(t_in),
+            2 * c,
+            median(t_cat),
+            median(t_out)
         );
     }
     // The decoder's k2 s2 up-sampling (transposed convs), input size s -> 2 s.
