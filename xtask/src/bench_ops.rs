@@ -45,65 +45,21 @@ pub struct Case {
 
 fn conv(ci: usize, co: usize, size: usize, k: usize, count: usize) -> Case {
     let name = format!("conv{k} {ci}->{co} @{size}");
-    Case {
-        name,
-        kind: "conv".into(),
-        ci,
-        co,
-        size,
-        kernel: k,
-        stride: 1,
-        padding: (k - 1) / 2,
-        count,
-    }
+    Case { name, kind: "conv".into(), ci, co, size, kernel: k, stride: 1, padding: (k - 1) / 2, count }
 }
 fn convt(ci: usize, co: usize, size: usize, count: usize) -> Case {
     let name = format!("convT2 {ci}->{co} @{size}->{}", size * 2);
-    Case {
-        name,
-        kind: "convt".into(),
-        ci,
-        co,
-        size,
-        kernel: 2,
-        stride: 2,
-        padding: 0,
-        count,
-    }
+    Case { name, kind: "convt".into(), ci, co, size, kernel: 2, stride: 2, padding: 0, count }
 }
 fn norm(c: usize, size: usize, act: bool, count: usize) -> Case {
-    let (kind, label) = if act {
-        ("in_lrelu", "IN+LReLU")
-    } else {
-        ("in", "IN")
-    };
-    Case {
-        name: format!("{label} {c} @{size}"),
-        kind: kind.into(),
-        ci: c,
-        co: c,
-        size,
-        kernel: 1,
-        stride: 1,
-        padding: 0,
-        count,
-    }
+    let (kind, label) = if act { ("in_lrelu", "IN+LReLU") } else { ("in", "IN") };
+    Case { name: format!("{label} {c} @{size}"), kind: kind.into(), ci: c, co: c, size, kernel: 1, stride: 1, padding: 0, count }
 }
 
 /// The shapes of MONAI's UNETR(1 -> 14, 96^3, feature_size 16), with their multiplicity.
 pub fn unetr_cases() -> Vec<Case> {
     vec![
-        Case {
-            name: "patch k16s16 1->768 @96".into(),
-            kind: "conv".into(),
-            ci: 1,
-            co: 768,
-            size: 96,
-            kernel: 16,
-            stride: 16,
-            padding: 0,
-            count: 1,
-        },
+        Case { name: "patch k16s16 1->768 @96".into(), kind: "conv".into(), ci: 1, co: 768, size: 96, kernel: 16, stride: 16, padding: 0, count: 1 },
         conv(1, 16, 96, 3, 1),    // encoder1.conv1
         conv(16, 16, 96, 3, 2),   // encoder1.conv2, decoder2.conv2
         conv(32, 16, 96, 3, 1),   // decoder2.conv1
@@ -176,23 +132,9 @@ fn time_ours(c: &Case, repeats: usize) -> Timing {
             let transposed = c.kind == "convt";
             // A transposed conv is the input-adjoint of the conv from the large grid to the small one.
             let big = if transposed { s * c.stride } else { s };
-            let (gci, gco) = if transposed {
-                (c.co, c.ci)
-            } else {
-                (c.ci, c.co)
-            };
-            let out =
-                ConvGeom::out_size([big; 3], [c.kernel; 3], [c.stride; 3], [c.padding; 3]).unwrap();
-            let g = ConvGeom {
-                n: 1,
-                ci: gci,
-                co: gco,
-                input: [big; 3],
-                kernel: [c.kernel; 3],
-                stride: [c.stride; 3],
-                padding: [c.padding; 3],
-                output: out,
-            };
+            let (gci, gco) = if transposed { (c.co, c.ci) } else { (c.ci, c.co) };
+            let out = ConvGeom::out_size([big; 3], [c.kernel; 3], [c.stride; 3], [c.padding; 3]).unwrap();
+            let g = ConvGeom { n: 1, ci: gci, co: gco, input: [big; 3], kernel: [c.kernel; 3], stride: [c.stride; 3], padding: [c.padding; 3], output: out };
             let large = rand(gci * g.in_vol());
             let small = rand(gco * g.out_vol());
             let w = rand(gco * g.k());
@@ -218,11 +160,7 @@ fn time_ours(c: &Case, repeats: usize) -> Timing {
         kind => {
             let slope = (kind == "in_lrelu").then_some(0.01);
             let len = s * s * s;
-            let gs = Groups {
-                groups: c.ci,
-                segs: 1,
-                len,
-            };
+            let gs = Groups { groups: c.ci, segs: 1, len };
             let x = rand(c.ci * len);
             let gy = rand(c.ci * len);
             Timing {
@@ -236,11 +174,7 @@ fn time_ours(c: &Case, repeats: usize) -> Timing {
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
         .unwrap_or_else(|| "unknown CPU".into());
     format!("{cpu}, {} threads", rayon::current_num_threads())
 }
@@ -248,19 +182,12 @@ pub fn machine() -> String {
 pub fn run(args: Args) -> Result<()> {
     let cases: Vec<Case> = unetr_cases()
         .into_iter()
-        .filter(|c| {
-            args.filter
-                .as_ref()
-                .is_none_or(|f| c.name.contains(f.as_str()))
-        })
+        .filter(|c| args.filter.as_ref().is_none_or(|f| c.name.contains(f.as_str())))
         .collect();
     let mut ours = BTreeMap::new();
     for c in &cases {
         let t = time_ours(c, args.repeats);
-        eprintln!(
-            "ours   {:<28} fwd {:8.2} ms  bwd {:8.2} ms",
-            c.name, t.fwd_ms, t.bwd_ms
-        );
+        eprintln!("ours   {:<28} fwd {:8.2} ms  bwd {:8.2} ms", c.name, t.fwd_ms, t.bwd_ms);
         ours.insert(c.name.clone(), t);
     }
     let torch: Option<BTreeMap<String, Timing>> = if args.no_pytorch {
@@ -272,18 +199,13 @@ pub fn run(args: Args) -> Result<()> {
                 None
             }
             Ok(py) => {
-                let spec = std::env::temp_dir()
-                    .join(format!("unetr-bench-ops-{}.json", std::process::id()));
+                let spec = std::env::temp_dir().join(format!("unetr-bench-ops-{}.json", std::process::id()));
                 std::fs::write(&spec, serde_json::to_string(&cases)?)?;
                 let script = crate::repo_root().join("benches/ops_pytorch.py");
                 let reps = args.repeats.to_string();
-                let out =
-                    crate::python::run_script(&py, &script, &[spec.to_str().unwrap(), &reps])?;
+                let out = crate::python::run_script(&py, &script, &[spec.to_str().unwrap(), &reps])?;
                 let _ = std::fs::remove_file(&spec);
-                Some(
-                    serde_json::from_str(out.lines().last().unwrap_or("{}"))
-                        .context("parsing the PyTorch timings")?,
-                )
+                Some(serde_json::from_str(out.lines().last().unwrap_or("{}")).context("parsing the PyTorch timings")?)
             }
         }
     };
@@ -299,12 +221,7 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn render(
-    cases: &[Case],
-    ours: &BTreeMap<String, Timing>,
-    torch: Option<&BTreeMap<String, Timing>>,
-    repeats: usize,
-) -> String {
+fn render(cases: &[Case], ours: &BTreeMap<String, Timing>, torch: Option<&BTreeMap<String, Timing>>, repeats: usize) -> String {
     let mut s = String::new();
     s += &format!(
         "Command: `cargo xtask bench ops --write-docs` (median of {repeats} runs after a warm-up, f32, batch 1)  \nMachine: {}  \nPyTorch: {}\n\n",
@@ -340,21 +257,8 @@ fn render(
             wt += c.count as f64 * (t.fwd_ms + t.bwd_ms);
         }
     }
-    let r = |a: f64, b: f64| {
-        if b > 0.0 {
-            format!("{:.2}", a / b)
-        } else {
-            "-".into()
-        }
-    };
-    s += &format!(
-        "| **total (each shape once)** | | {of:.1} | {tf:.1} | {} | {ob:.1} | {tb:.1} | {} |\n",
-        r(of, tf),
-        r(ob, tb)
-    );
-    s += &format!(
-        "| **total fwd+bwd weighted by x/model** | | | | | {wo:.1} | {wt:.1} | {} |\n",
-        r(wo, wt)
-    );
+    let r = |a: f64, b: f64| if b > 0.0 { format!("{:.2}", a / b) } else { "-".into() };
+    s += &format!("| **total (each shape once)** | | {of:.1} | {tf:.1} | {} | {ob:.1} | {tb:.1} | {} |\n", r(of, tf), r(ob, tb));
+    s += &format!("| **total fwd+bwd weighted by x/model** | | | | | {wo:.1} | {wt:.1} | {} |\n", r(wo, wt));
     s
 }

@@ -31,16 +31,9 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let root = crate::repo_root();
     let base = root.join("runs/colin27");
-    let json = colin27_lobes(&a.templates, &base.join("data"), 8)
-        .context("building the Colin27 lobes dataset (is mricron-data installed?)")?;
-    let path = a
-        .config
-        .unwrap_or_else(|| root.join("data/presets/colin27.toml"));
-    let mut cfg = TrainConfig::from_toml(
-        &std::fs::read_to_string(&path)
-            .with_context(|| format!("{}: cannot read", path.display()))?,
-        &path,
-    )?;
+    let json = colin27_lobes(&a.templates, &base.join("data"), 8).context("building the Colin27 lobes dataset (is mricron-data installed?)")?;
+    let path = a.config.unwrap_or_else(|| root.join("data/presets/colin27.toml"));
+    let mut cfg = TrainConfig::from_toml(&std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?, &path)?;
     cfg.data.dataset = Some(json);
     if let Some(s) = a.steps {
         cfg.optim.steps = s;
@@ -57,14 +50,8 @@ pub fn run(a: Args) -> Result<()> {
         let cj = base.join("effective_config.json");
         std::fs::write(&cj, serde_json::to_string_pretty(&cfg)?)?;
         let oj = base.join(format!("monai-seed{}.json", cfg.output.seed));
-        crate::python::run_script(
-            &py,
-            &root.join("benches/colin27_monai.py"),
-            &[cj.to_str().unwrap(), oj.to_str().unwrap()],
-        )?;
-        Some(serde_json::from_str::<serde_json::Value>(
-            &std::fs::read_to_string(&oj)?,
-        )?)
+        crate::python::run_script(&py, &root.join("benches/colin27_monai.py"), &[cj.to_str().unwrap(), oj.to_str().unwrap()])?;
+        Some(serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&oj)?)?)
     };
     let mut s = format!(
         "Command: `cargo xtask colin27{}` (data/presets/colin27.toml: UNETR f={} hidden {} x {} layers, crops {:?} x 2, {} steps, AdamW lr {}, \
@@ -85,26 +72,12 @@ pub fn run(a: Args) -> Result<()> {
     for (c, name) in LOBES.iter().enumerate() {
         let o = ours.per_class.get(c + 1).copied().flatten();
         let t = monai.as_ref().and_then(|m| md(m, c));
-        s += &format!(
-            "| {name} | {} | {} |\n",
-            o.map_or("-".into(), |v| format!("{v:.3}")),
-            t.map_or("-".into(), |v| format!("{v:.3}"))
-        );
+        s += &format!("| {name} | {} | {} |\n", o.map_or("-".into(), |v| format!("{v:.3}")), t.map_or("-".into(), |v| format!("{v:.3}")));
     }
-    let tm = monai
-        .as_ref()
-        .and_then(|m| m["final"]["val_mean_dice"].as_f64());
-    s += &format!(
-        "| **mean** | **{:.3}** | **{}** |\n",
-        ours.final_dice,
-        tm.map_or("-".into(), |v| format!("{v:.3}"))
-    );
+    let tm = monai.as_ref().and_then(|m| m["final"]["val_mean_dice"].as_f64());
+    s += &format!("| **mean** | **{:.3}** | **{}** |\n", ours.final_dice, tm.map_or("-".into(), |v| format!("{v:.3}")));
     let ts = monai.as_ref().and_then(|m| m["seconds"].as_f64());
-    s += &format!(
-        "| training time (s) | {:.0} | {} |\n",
-        ours.seconds,
-        ts.map_or("-".into(), |v| format!("{v:.0}"))
-    );
+    s += &format!("| training time (s) | {:.0} | {} |\n", ours.seconds, ts.map_or("-".into(), |v| format!("{v:.0}")));
     println!("{s}");
     if a.write_docs {
         crate::docs::replace_section(&format!("colin27-seed{}", cfg.output.seed), &s)?;

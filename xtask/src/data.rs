@@ -16,13 +16,7 @@ pub struct InspectArgs {
 pub fn inspect(a: InspectArgs) -> Result<()> {
     let mut failed = 0;
     for f in &a.files {
-        match read_nifti(
-            f,
-            &ReadOptions {
-                nonfinite: NonFinite::Keep,
-                ..Default::default()
-            },
-        ) {
+        match read_nifti(f, &ReadOptions { nonfinite: NonFinite::Keep, ..Default::default() }) {
             Err(e) => {
                 failed += 1;
                 println!("{}: ERROR {e}", f.display());
@@ -41,34 +35,13 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
                 let sp = v.spacing();
                 println!("{}", f.display());
                 println!("  shape       {:?} x {} channel(s)", h.dims, h.channels);
-                println!(
-                    "  dtype       {} (scl_slope {}, scl_inter {})",
-                    h.datatype, h.scl_slope, h.scl_inter
-                );
-                println!(
-                    "  spacing     {:.4} x {:.4} x {:.4} mm",
-                    sp[0], sp[1], sp[2]
-                );
-                println!(
-                    "  orientation {} (sform_code {}, qform_code {})",
-                    v.orientation(),
-                    h.sform_code,
-                    h.qform_code
-                );
+                println!("  dtype       {} (scl_slope {}, scl_inter {})", h.datatype, h.scl_slope, h.scl_inter);
+                println!("  spacing     {:.4} x {:.4} x {:.4} mm", sp[0], sp[1], sp[2]);
+                println!("  orientation {} (sform_code {}, qform_code {})", v.orientation(), h.sform_code, h.qform_code);
                 for r in h.affine {
-                    println!(
-                        "  affine      [{:9.4} {:9.4} {:9.4} {:9.4}]",
-                        r[0], r[1], r[2], r[3]
-                    );
+                    println!("  affine      [{:9.4} {:9.4} {:9.4} {:9.4}]", r[0], r[1], r[2], r[3]);
                 }
-                println!(
-                    "  range       [{lo}, {hi}]{}",
-                    if nonfinite > 0 {
-                        format!(", {nonfinite} NaN/Inf voxel(s)")
-                    } else {
-                        String::new()
-                    }
-                );
+                println!("  range       [{lo}, {hi}]{}", if nonfinite > 0 { format!(", {nonfinite} NaN/Inf voxel(s)") } else { String::new() });
             }
         }
     }
@@ -90,11 +63,7 @@ pub struct PhantomArgs {
 }
 
 pub fn phantom(a: PhantomArgs) -> Result<()> {
-    let cfg = PhantomConfig {
-        cases: a.cases,
-        seed: a.seed,
-        ..Default::default()
-    };
+    let cfg = PhantomConfig { cases: a.cases, seed: a.seed, ..Default::default() };
     let p = write_dataset(&cfg, &a.out)?;
     println!("{}", p.display());
     Ok(())

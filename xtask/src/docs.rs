@@ -5,10 +5,7 @@ use anyhow::Result;
 pub fn replace_section(name: &str, body: &str) -> Result<()> {
     let path = crate::repo_root().join("docs/benchmarks.md");
     let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let (start, end) = (
-        format!("<!-- {name}:start -->"),
-        format!("<!-- {name}:end -->"),
-    );
+    let (start, end) = (format!("<!-- {name}:start -->"), format!("<!-- {name}:end -->"));
     let block = format!("{start}\n{}\n{end}", body.trim_end());
     let new = match (doc.find(&start), doc.find(&end)) {
         (Some(a), Some(b)) if b > a => format!("{}{}{}", &doc[..a], block, &doc[b + end.len()..]),

@@ -11,10 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use std::path::PathBuf;
 use std::time::Instant;
 use unetr_model::{UnetrConfig, UnetrWeights};
-use unetr_ops::{
-    add_leaky_relu, attention, conv3d, conv_transpose3d, gelu, instance_norm_leaky_relu,
-    leaky_relu, softmax_last_dim, Conv3dParams,
-};
+use unetr_ops::{add_leaky_relu, attention, conv3d, conv_transpose3d, gelu, instance_norm_leaky_relu, leaky_relu, softmax_last_dim, Conv3dParams};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -66,65 +63,29 @@ fn tol(dt: DType) -> f64 {
 
 /// Runs `f` on CPU f32 inputs and on the same inputs in `dt` on the device; compares outputs and input
 /// gradients of sum(f(x) * r) for a fixed random r.
-fn check_op(
-    name: &str,
-    dev: &Device,
-    dt: DType,
-    shapes: &[&[usize]],
-    f: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>,
-    out: &mut Vec<Check>,
-) -> Result<()> {
+fn check_op(name: &str, dev: &Device, dt: DType, shapes: &[&[usize]], f: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>, out: &mut Vec<Check>) -> Result<()> {
     // Inputs representable in `dt`, so that the reference sees the device's inputs: otherwise rounding an
     // input can move it across a kink (LeakyReLU at 0) and the gradient legitimately differs there.
     let cpu_in: Vec<Tensor> = shapes
         .iter()
-        .map(|s| {
-            Tensor::randn(0f32, 1.0, *s, &Device::Cpu)?
-                .to_dtype(dt)?
-                .to_dtype(DType::F32)
-        })
+        .map(|s| Tensor::randn(0f32, 1.0, *s, &Device::Cpu)?.to_dtype(dt)?.to_dtype(DType::F32))
         .collect::<candle_core::Result<_>>()?;
     let run = |ins: Vec<Tensor>, r: &Tensor| -> Result<(Tensor, Vec<Tensor>)> {
-        let vars: Vec<candle_core::Var> = ins
-            .iter()
-            .map(candle_core::Var::from_tensor)
-            .collect::<candle_core::Result<_>>()?;
+        let vars: Vec<candle_core::Var> = ins.iter().map(candle_core::Var::from_tensor).collect::<candle_core::Result<_>>()?;
         let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let y = f(&ts)?;
-        let g = (y.to_dtype(DType::F32)? * r.to_device(y.device())?)?
-            .sum_all()?
-            .backward()?;
-        let grads = ts
-            .iter()
-            .map(|t| {
-                g.get(t)
-                    .cloned()
-                    .ok_or_else(|| anyhow::anyhow!("{name}: no gradient"))
-            })
-            .collect::<Result<_>>()?;
+        let g = (y.to_dtype(DType::F32)? * r.to_device(y.device())?)?.sum_all()?.backward()?;
+        let grads = ts.iter().map(|t| g.get(t).cloned().ok_or_else(|| anyhow::anyhow!("{name}: no gradient"))).collect::<Result<_>>()?;
         Ok((y, grads))
     };
     let y0 = f(&cpu_in)?;
     let r = Tensor::randn(0f32, 1.0, y0.shape(), &Device::Cpu)?;
     let (y_ref, g_ref) = run(cpu_in.clone(), &r)?;
-    let dev_in: Vec<Tensor> = cpu_in
-        .iter()
-        .map(|t| t.to_dtype(dt)?.to_device(dev))
-        .collect::<candle_core::Result<_>>()?;
+    let dev_in: Vec<Tensor> = cpu_in.iter().map(|t| t.to_dtype(dt)?.to_device(dev)).collect::<candle_core::Result<_>>()?;
     let (y, g) = run(dev_in, &r)?;
-    out.push(Check {
-        name: format!("{name} forward"),
-        dtype: dt,
-        err: rel_err(&y, &y_ref)?,
-        tol: tol(dt),
-    });
+    out.push(Check { name: format!("{name} forward"), dtype: dt, err: rel_err(&y, &y_ref)?, tol: tol(dt) });
     for (i, (a, b)) in g.iter().zip(&g_ref).enumerate() {
-        out.push(Check {
-            name: format!("{name} grad input {i}"),
-            dtype: dt,
-            err: rel_err(a, b)?,
-            tol: tol(dt) * 3.0,
-        });
+        out.push(Check { name: format!("{name} grad input {i}"), dtype: dt, err: rel_err(a, b)?, tol: tol(dt) * 3.0 });
     }
     Ok(())
 }
@@ -143,12 +104,7 @@ fn median_ms(dev: &Device, repeats: usize, mut f: impl FnMut() -> Result<()>) ->
     Ok(t[t.len() / 2])
 }
 
-fn unfused_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    scale: f64,
-) -> candle_core::Result<Tensor> {
+fn unfused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
     softmax_last_dim(&(q.matmul(&k.t()?.contiguous()?)? * scale)?)?.matmul(v)
 }
 
@@ -161,150 +117,36 @@ pub fn run(a: Args) -> Result<()> {
     let mut checks = Vec::new();
     for &dt in &dtypes {
         let p1 = Conv3dParams::new(1, 1);
-        check_op(
-            "conv3d 3x3x3",
-            &dev,
-            dt,
-            &[&[1, 8, s, s, s], &[16, 8, 3, 3, 3]],
-            &|t| conv3d(&t[0], &t[1], None, p1),
-            &mut checks,
-        )?;
+        check_op("conv3d 3x3x3", &dev, dt, &[&[1, 8, s, s, s], &[16, 8, 3, 3, 3]], &|t| conv3d(&t[0], &t[1], None, p1), &mut checks)?;
         let p2 = Conv3dParams::new(2, 0);
-        check_op(
-            "conv3d k2 s2",
-            &dev,
-            dt,
-            &[&[1, 4, s, s, s], &[8, 4, 2, 2, 2]],
-            &|t| conv3d(&t[0], &t[1], None, p2),
-            &mut checks,
-        )?;
-        check_op(
-            "conv_transpose3d k2 s2",
-            &dev,
-            dt,
-            &[&[1, 8, s / 2, s / 2, s / 2], &[8, 4, 2, 2, 2]],
-            &|t| conv_transpose3d(&t[0], &t[1], None, p2, [0; 3]),
-            &mut checks,
-        )?;
-        check_op(
-            "instance_norm + leaky_relu",
-            &dev,
-            dt,
-            &[&[2, 8, s, s, s]],
-            &|t| instance_norm_leaky_relu(&t[0], 1e-5, 0.01),
-            &mut checks,
-        )?;
-        check_op(
-            "leaky_relu",
-            &dev,
-            dt,
-            &[&[2, 8, s, s]],
-            &|t| leaky_relu(&t[0], 0.01),
-            &mut checks,
-        )?;
-        check_op(
-            "add_leaky_relu",
-            &dev,
-            dt,
-            &[&[2, 8, s, s], &[2, 8, s, s]],
-            &|t| add_leaky_relu(&t[0], &t[1], 0.01),
-            &mut checks,
-        )?;
-        check_op(
-            "gelu",
-            &dev,
-            dt,
-            &[&[4, 3, 37]],
-            &|t| gelu(&t[0]),
-            &mut checks,
-        )?;
-        check_op(
-            "softmax_last_dim",
-            &dev,
-            dt,
-            &[&[4, 3, 37]],
-            &|t| softmax_last_dim(&t[0]),
-            &mut checks,
-        )?;
-        check_op(
-            "attention",
-            &dev,
-            dt,
-            &[
-                &[1, 12, attn_l, 64],
-                &[1, 12, attn_l, 64],
-                &[1, 12, attn_l, 64],
-            ],
-            &|t| attention(&t[0], &t[1], &t[2], 0.125),
-            &mut checks,
-        )?;
+        check_op("conv3d k2 s2", &dev, dt, &[&[1, 4, s, s, s], &[8, 4, 2, 2, 2]], &|t| conv3d(&t[0], &t[1], None, p2), &mut checks)?;
+        check_op("conv_transpose3d k2 s2", &dev, dt, &[&[1, 8, s / 2, s / 2, s / 2], &[8, 4, 2, 2, 2]], &|t| conv_transpose3d(&t[0], &t[1], None, p2, [0; 3]), &mut checks)?;
+        check_op("instance_norm + leaky_relu", &dev, dt, &[&[2, 8, s, s, s]], &|t| instance_norm_leaky_relu(&t[0], 1e-5, 0.01), &mut checks)?;
+        check_op("leaky_relu", &dev, dt, &[&[2, 8, s, s]], &|t| leaky_relu(&t[0], 0.01), &mut checks)?;
+        check_op("add_leaky_relu", &dev, dt, &[&[2, 8, s, s], &[2, 8, s, s]], &|t| add_leaky_relu(&t[0], &t[1], 0.01), &mut checks)?;
+        check_op("gelu", &dev, dt, &[&[4, 3, 37]], &|t| gelu(&t[0]), &mut checks)?;
+        check_op("softmax_last_dim", &dev, dt, &[&[4, 3, 37]], &|t| softmax_last_dim(&t[0]), &mut checks)?;
+        check_op("attention", &dev, dt, &[&[1, 12, attn_l, 64], &[1, 12, attn_l, 64], &[1, 12, attn_l, 64]], &|t| attention(&t[0], &t[1], &t[2], 0.125), &mut checks)?;
     }
     // The model: forward against the CPU, then a few training steps on the device.
-    let mut cfg = if dev.is_cpu() {
-        UnetrConfig::monai(1, 3, [32; 3])
-    } else {
-        UnetrConfig::btcv()
-    };
+    let mut cfg = if dev.is_cpu() { UnetrConfig::monai(1, 3, [32; 3]) } else { UnetrConfig::btcv() };
     if dev.is_cpu() {
-        (
-            cfg.feature_size,
-            cfg.hidden_size,
-            cfg.mlp_dim,
-            cfg.num_heads,
-        ) = (4, 48, 96, 4);
+        (cfg.feature_size, cfg.hidden_size, cfg.mlp_dim, cfg.num_heads) = (4, 48, 96, 4);
     }
     let size = cfg.img_size;
-    let x = Tensor::randn(
-        0f32,
-        1.0,
-        (1, cfg.in_channels, size[0], size[1], size[2]),
-        &Device::Cpu,
-    )?;
+    let x = Tensor::randn(0f32, 1.0, (1, cfg.in_channels, size[0], size[1], size[2]), &Device::Cpu)?;
     let w_cpu = UnetrWeights::init_seeded(&cfg, &Device::Cpu, 0)?;
     let w_dev = UnetrWeights::init_seeded(&cfg, &dev, 0)?;
     let y_ref = w_cpu.model.forward_t(&x, false)?;
     let y = w_dev.model.forward_t(&x.to_device(&dev)?, false)?;
-    checks.push(Check {
-        name: format!("UNETR forward {:?} f={}", size, cfg.feature_size),
-        dtype: DType::F32,
-        err: rel_err(&y, &y_ref)?,
-        tol: 1e-3,
-    });
+    checks.push(Check { name: format!("UNETR forward {:?} f={}", size, cfg.feature_size), dtype: DType::F32, err: rel_err(&y, &y_ref)?, tol: 1e-3 });
     // Mixed precision: f32 master weights, bf16 compute.
     let bf = DType::BF16;
-    let y16 = w_dev
-        .model
-        .forward_t(&x.to_device(&dev)?.to_dtype(bf)?, false)?
-        .to_dtype(DType::F32)?;
-    checks.push(Check {
-        name: "UNETR forward, bf16 compute with f32 weights".into(),
-        dtype: bf,
-        err: rel_err(&y16, &y_ref)?,
-        tol: 5e-2,
-    });
-    let label = Tensor::rand(
-        0f32,
-        cfg.out_channels as f32,
-        (1, 1, size[0], size[1], size[2]),
-        &dev,
-    )?
-    .floor()?;
-    let vars: Vec<(String, candle_core::Var)> = w_dev
-        .varmap
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(k, _)| !k.contains("running_"))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let mut opt = unetr_train::optim::AdamW::new(
-        vars,
-        unetr_train::optim::AdamWConfig {
-            lr: 1e-3,
-            ..Default::default()
-        },
-    );
+    let y16 = w_dev.model.forward_t(&x.to_device(&dev)?.to_dtype(bf)?, false)?.to_dtype(DType::F32)?;
+    checks.push(Check { name: "UNETR forward, bf16 compute with f32 weights".into(), dtype: bf, err: rel_err(&y16, &y_ref)?, tol: 5e-2 });
+    let label = Tensor::rand(0f32, cfg.out_channels as f32, (1, 1, size[0], size[1], size[2]), &dev)?.floor()?;
+    let vars: Vec<(String, candle_core::Var)> = w_dev.varmap.data().lock().unwrap().iter().filter(|(k, _)| !k.contains("running_")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut opt = unetr_train::optim::AdamW::new(vars, unetr_train::optim::AdamWConfig { lr: 1e-3, ..Default::default() });
     let loss_opts = unetr_train::losses::DiceCeOptions::research();
     let xd = x.to_device(&dev)?;
     let mut losses = Vec::new();
@@ -321,45 +163,28 @@ pub fn run(a: Args) -> Result<()> {
         losses.push(step_p(i >= 3)?);
     }
     // Three f32 steps, then three bf16 mixed-precision steps continuing the same optimisation.
-    let train_ok =
-        losses.iter().all(|l| l.is_finite()) && losses[2] < losses[0] && losses[5] < losses[3];
+    let train_ok = losses.iter().all(|l| l.is_finite()) && losses[2] < losses[0] && losses[5] < losses[3];
     // The trainer itself on the device (a config's `device = "cuda"`): the phantom preset, 4 steps with a
     // sliding-window validation at steps 2 and 4, checkpoints and predictions written.
     let preset = include_str!("../../data/presets/phantom.toml");
-    let mut tcfg = unetr_train::trainer::TrainConfig::from_toml(
-        preset,
-        std::path::Path::new("data/presets/phantom.toml"),
-    )?;
+    let mut tcfg = unetr_train::trainer::TrainConfig::from_toml(preset, std::path::Path::new("data/presets/phantom.toml"))?;
     tcfg.device = if dev.is_cpu() { "cpu" } else { "cuda" }.into();
-    (
-        tcfg.optim.steps,
-        tcfg.optim.warmup_steps,
-        tcfg.validation.every,
-        tcfg.data.phantom_cases,
-    ) = (4, 1, 2, 4);
+    (tcfg.optim.steps, tcfg.optim.warmup_steps, tcfg.validation.every, tcfg.data.phantom_cases) = (4, 1, 2, 4);
     tcfg.output.dir = a.out.join("trainer");
     let _ = std::fs::remove_dir_all(&tcfg.output.dir);
     let ts = unetr_train::trainer::train(&tcfg, false)?;
     let trainer_ok = ts.losses.iter().all(|l| l.is_finite()) && ts.final_dice.is_finite();
     // Benchmarks.
-    let fwd_ms = median_ms(&dev, a.repeats, || {
-        Ok(drop(w_dev.model.forward_t(&xd, false)?))
-    })?;
+    let fwd_ms = median_ms(&dev, a.repeats, || Ok(drop(w_dev.model.forward_t(&xd, false)?)))?;
     let xb = xd.to_dtype(bf)?;
-    let fwd_bf16_ms = median_ms(&dev, a.repeats, || {
-        Ok(drop(w_dev.model.forward_t(&xb, false)?))
-    })?;
+    let fwd_bf16_ms = median_ms(&dev, a.repeats, || Ok(drop(w_dev.model.forward_t(&xb, false)?)))?;
     let step_ms = median_ms(&dev, a.repeats, || step_p(false).map(drop))?;
     let step_bf16_ms = median_ms(&dev, a.repeats, || step_p(true).map(drop))?;
     let q = Tensor::randn(0f32, 1.0, (1, 12, attn_l, 64), &dev)?;
     let qv = candle_core::Var::from_tensor(&q)?;
     let attn = |fused: bool| -> Result<()> {
         let t = qv.as_tensor();
-        let y = if fused {
-            attention(t, t, t, 0.125)?
-        } else {
-            unfused_attention(t, t, t, 0.125)?
-        };
+        let y = if fused { attention(t, t, t, 0.125)? } else { unfused_attention(t, t, t, 0.125)? };
         drop(y.sum_all()?.backward()?);
         Ok(())
     };
@@ -373,14 +198,7 @@ pub fn run(a: Args) -> Result<()> {
         if a.dry_run { " --dry-run" } else { "" }
     );
     for c in &checks {
-        r += &format!(
-            "| {} | {:?} | {:.2e} | {:.0e} | {} |\n",
-            c.name,
-            c.dtype,
-            c.err,
-            c.tol,
-            if c.err <= c.tol { "ok" } else { "FAIL" }
-        );
+        r += &format!("| {} | {:?} | {:.2e} | {:.0e} | {} |\n", c.name, c.dtype, c.err, c.tol, if c.err <= c.tol { "ok" } else { "FAIL" });
     }
     r += &format!("\nTraining steps (DiceCE + AdamW lr 1e-3 on one batch; 3 in f32, then 3 in bf16 mixed precision): losses {:?} ({})\n\n", losses, if train_ok { "ok: finite, decreasing" } else { "FAIL" });
     r += &format!(
@@ -406,16 +224,8 @@ pub fn run(a: Args) -> Result<()> {
         bail!(
             "{} check(s) failed{}{}",
             failed.len(),
-            if train_ok {
-                ""
-            } else {
-                ", and the training steps"
-            },
-            if trainer_ok {
-                ""
-            } else {
-                ", and the trainer run"
-            }
+            if train_ok { "" } else { ", and the training steps" },
+            if trainer_ok { "" } else { ", and the trainer run" }
         );
     }
     Ok(())

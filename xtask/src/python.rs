@@ -4,8 +4,7 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub const HOW_TO: &str =
-    "python3 -m venv .venv && .venv/bin/pip install torch monai einops safetensors nibabel scipy";
+pub const HOW_TO: &str = "python3 -m venv .venv && .venv/bin/pip install torch monai einops safetensors nibabel scipy";
 
 /// `$UNETR_PYTHON`, else the repo's `.venv`, else `python3`, whichever imports torch first.
 pub fn find_torch() -> Result<PathBuf> {
@@ -16,18 +15,12 @@ pub fn find_torch() -> Result<PathBuf> {
     candidates.push(crate::repo_root().join(".venv/bin/python"));
     candidates.push(PathBuf::from("python3"));
     for c in candidates {
-        let ok = Command::new(&c)
-            .args(["-c", "import torch"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
+        let ok = Command::new(&c).args(["-c", "import torch"]).output().map(|o| o.status.success()).unwrap_or(false);
         if ok {
             return Ok(c);
         }
     }
-    bail!(
-        "no Python with torch found (tried $UNETR_PYTHON, .venv, python3); make one with: {HOW_TO}"
-    )
+    bail!("no Python with torch found (tried $UNETR_PYTHON, .venv, python3); make one with: {HOW_TO}")
 }
 
 /// Runs a script and returns its stdout; stderr passes through to the terminal.

@@ -27,11 +27,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let path = a
-        .config
-        .unwrap_or_else(|| crate::repo_root().join("data/presets/phantom.toml"));
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let path = a.config.unwrap_or_else(|| crate::repo_root().join("data/presets/phantom.toml"));
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
     let mut cfg = TrainConfig::from_toml(&text, &path)?;
     if let Some(o) = a.out {
         cfg.output.dir = o;
@@ -54,14 +51,7 @@ pub fn run(a: Args) -> Result<()> {
         return Ok(());
     }
     let s = train(&cfg, a.resume)?;
-    println!(
-        "final validation mean Dice {:.4} (best {:.4}); per class {:?}",
-        s.final_dice, s.best_dice, s.per_class
-    );
-    println!(
-        "trained in {:.0} s; outputs in {}",
-        s.seconds,
-        s.out_dir.display()
-    );
+    println!("final validation mean Dice {:.4} (best {:.4}); per class {:?}", s.final_dice, s.best_dice, s.per_class);
+    println!("trained in {:.0} s; outputs in {}", s.seconds, s.out_dir.display());
     Ok(())
 }

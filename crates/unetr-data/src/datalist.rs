@@ -22,66 +22,36 @@ pub struct Datalist {
 
 fn parse_item(v: &serde_json::Value, base: &Path, json: &Path, where_: &str) -> Result<Item> {
     let to_path = |s: &serde_json::Value| -> Result<PathBuf> {
-        let s = s
-            .as_str()
-            .ok_or_else(|| ferr(json, format!("{where_}: expected a path string, got {s}")))?;
+        let s = s.as_str().ok_or_else(|| ferr(json, format!("{where_}: expected a path string, got {s}")))?;
         Ok(base.join(s))
     };
     let (img, lab) = match v {
         serde_json::Value::String(_) => (v.clone(), None),
         serde_json::Value::Object(o) => (
-            o.get("image")
-                .cloned()
-                .ok_or_else(|| ferr(json, format!("{where_}: no \"image\"")))?,
+            o.get("image").cloned().ok_or_else(|| ferr(json, format!("{where_}: no \"image\"")))?,
             o.get("label").cloned(),
         ),
-        _ => {
-            return Err(ferr(
-                json,
-                format!("{where_}: expected an object or a path, got {v}"),
-            ))
-        }
+        _ => return Err(ferr(json, format!("{where_}: expected an object or a path, got {v}"))),
     };
     let image = match &img {
-        serde_json::Value::Array(a) if !a.is_empty() => {
-            a.iter().map(to_path).collect::<Result<_>>()?
-        }
+        serde_json::Value::Array(a) if !a.is_empty() => a.iter().map(to_path).collect::<Result<_>>()?,
         serde_json::Value::String(_) => vec![to_path(&img)?],
-        _ => {
-            return Err(ferr(
-                json,
-                format!("{where_}: \"image\" must be a path or a non-empty list of paths"),
-            ))
-        }
+        _ => return Err(ferr(json, format!("{where_}: \"image\" must be a path or a non-empty list of paths"))),
     };
-    let label = lab
-        .filter(|l| !l.is_null())
-        .map(|l| to_path(&l))
-        .transpose()?;
+    let label = lab.filter(|l| !l.is_null()).map(|l| to_path(&l)).transpose()?;
     Ok(Item { image, label })
 }
 
 impl Datalist {
     /// Parses a Decathlon `dataset.json`; paths are relative to its folder.
     pub fn from_json(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ferr(path, format!("cannot read: {e}")))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| ferr(path, format!("malformed JSON: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| ferr(path, format!("cannot read: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ferr(path, format!("malformed JSON: {e}")))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let mut d = Datalist {
-            path: path.to_path_buf(),
-            ..Default::default()
-        };
-        for (key, dst) in [
-            ("training", &mut d.training),
-            ("validation", &mut d.validation),
-            ("test", &mut d.test),
-        ] {
+        let mut d = Datalist { path: path.to_path_buf(), ..Default::default() };
+        for (key, dst) in [("training", &mut d.training), ("validation", &mut d.validation), ("test", &mut d.test)] {
             if let Some(list) = v.get(key) {
-                let arr = list
-                    .as_array()
-                    .ok_or_else(|| ferr(path, format!("\"{key}\" must be a list")))?;
+                let arr = list.as_array().ok_or_else(|| ferr(path, format!("\"{key}\" must be a list")))?;
                 for (i, it) in arr.iter().enumerate() {
                     dst.push(parse_item(it, base, path, &format!("{key}[{i}]"))?);
                 }
@@ -89,19 +59,13 @@ impl Datalist {
         }
         if let Some(l) = v.get("labels").and_then(|l| l.as_object()) {
             for (k, name) in l {
-                let idx = k
-                    .parse::<usize>()
-                    .map_err(|_| ferr(path, format!("labels: key {k:?} is not a class index")))?;
-                d.labels
-                    .push((idx, name.as_str().unwrap_or("").to_string()));
+                let idx = k.parse::<usize>().map_err(|_| ferr(path, format!("labels: key {k:?} is not a class index")))?;
+                d.labels.push((idx, name.as_str().unwrap_or("").to_string()));
             }
             d.labels.sort();
         }
         if d.training.is_empty() && d.validation.is_empty() && d.test.is_empty() {
-            return Err(ferr(
-                path,
-                "no \"training\", \"validation\" or \"test\" entries",
-            ));
+            return Err(ferr(path, "no \"training\", \"validation\" or \"test\" entries"));
         }
         Ok(d)
     }
@@ -116,32 +80,17 @@ impl Datalist {
             let mut v: Vec<PathBuf> = std::fs::read_dir(&p)
                 .map_err(|e| ferr(&p, format!("cannot list: {e}")))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.to_string_lossy().ends_with(".nii.gz")
-                        || p.to_string_lossy().ends_with(".nii")
-                })
+                .filter(|p| p.to_string_lossy().ends_with(".nii.gz") || p.to_string_lossy().ends_with(".nii"))
                 .collect();
             v.sort();
             Ok(v)
         };
-        let mut d = Datalist {
-            path: dir.to_path_buf(),
-            ..Default::default()
-        };
+        let mut d = Datalist { path: dir.to_path_buf(), ..Default::default() };
         for img in list("imagesTr")? {
             let label = dir.join("labelsTr").join(img.file_name().unwrap());
-            d.training.push(Item {
-                image: vec![img],
-                label: Some(label),
-            });
+            d.training.push(Item { image: vec![img], label: Some(label) });
         }
-        d.test = list("imagesTs")?
-            .into_iter()
-            .map(|p| Item {
-                image: vec![p],
-                label: None,
-            })
-            .collect();
+        d.test = list("imagesTs")?.into_iter().map(|p| Item { image: vec![p], label: None }).collect();
         if d.training.is_empty() && d.test.is_empty() {
             return Err(ferr(dir, "no imagesTr/ or imagesTs/ volumes found"));
         }
@@ -151,11 +100,7 @@ impl Datalist {
     /// Every file the datalist names that does not exist, all reported at once before any work starts.
     pub fn check_files(&self) -> Result<()> {
         let mut missing = Vec::new();
-        for (split, items) in [
-            ("training", &self.training),
-            ("validation", &self.validation),
-            ("test", &self.test),
-        ] {
+        for (split, items) in [("training", &self.training), ("validation", &self.validation), ("test", &self.test)] {
             for (i, it) in items.iter().enumerate() {
                 for p in it.image.iter().chain(it.label.iter()) {
                     if !p.is_file() {
@@ -167,11 +112,7 @@ impl Datalist {
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(DataError::Files {
-                datalist: self.path.clone(),
-                count: missing.len(),
-                list: missing.join("\n"),
-            })
+            Err(DataError::Files { datalist: self.path.clone(), count: missing.len(), list: missing.join("\n") })
         }
     }
 }

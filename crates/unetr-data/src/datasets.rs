@@ -9,46 +9,18 @@ use crate::nifti::{read_nifti, write_nifti, ReadOptions, Volume};
 use std::path::{Path, PathBuf};
 
 /// The lobe classes: the first digit of each AAL region's code (2..9) becomes class 1..8.
-pub const LOBES: [&str; 8] = [
-    "frontal",
-    "insula",
-    "limbic",
-    "occipital",
-    "parietal",
-    "deep grey",
-    "temporal",
-    "cerebellum",
-];
+pub const LOBES: [&str; 8] = ["frontal", "insula", "limbic", "occipital", "parietal", "deep grey", "temporal", "cerebellum"];
 
 /// AAL index -> lobe class (0 = not a region) from `aal.nii.txt` ("index name code" per line).
 fn aal_lobes(txt: &Path) -> Result<Vec<u8>> {
     let text = std::fs::read_to_string(txt).map_err(|e| ferr(txt, format!("cannot read: {e}")))?;
     let mut map = vec![0u8; 256];
-    for (n, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let parsed = (f.len() == 3)
-            .then(|| {
-                (
-                    f[0].parse::<usize>().ok(),
-                    f[2].chars().next().and_then(|c| c.to_digit(10)),
-                )
-            })
-            .and_then(|(i, d)| Some((i?, d?)));
+        let parsed = (f.len() == 3).then(|| (f[0].parse::<usize>().ok(), f[2].chars().next().and_then(|c| c.to_digit(10)))).and_then(|(i, d)| Some((i?, d?)));
         match parsed {
             Some((i, d)) if i < 256 && (2..=9).contains(&d) => map[i] = (d - 1) as u8,
-            _ => {
-                return Err(ferr(
-                    txt,
-                    format!(
-                    "line {}: expected \"index name code\" with a code 2xxx..9xxx, got {line:?}",
-                    n + 1
-                ),
-                ))
-            }
+            _ => return Err(ferr(txt, format!("line {}: expected \"index name code\" with a code 2xxx..9xxx, got {line:?}", n + 1))),
         }
     }
     Ok(map)
@@ -75,19 +47,10 @@ pub fn colin27_lobes(templates: &Path, out: &Path, margin: usize) -> Result<Path
     let aal = read_nifti(&templates.join("aal.nii.gz"), &opts)?;
     let lobes = aal_lobes(&templates.join("aal.nii.txt"))?;
     if t1.header.dims != aal.header.dims {
-        return Err(ferr(
-            &templates.join("aal.nii.gz"),
-            format!(
-                "grid {:?} differs from ch2.nii.gz's {:?}",
-                aal.header.dims, t1.header.dims
-            ),
-        ));
+        return Err(ferr(&templates.join("aal.nii.gz"), format!("grid {:?} differs from ch2.nii.gz's {:?}", aal.header.dims, t1.header.dims)));
     }
     if crate::nifti::orientation(&t1.header.affine) != "RAS" {
-        return Err(ferr(
-            &templates.join("ch2.nii.gz"),
-            "expected a RAS grid (mricron's MNI templates are)",
-        ));
+        return Err(ferr(&templates.join("ch2.nii.gz"), "expected a RAS grid (mricron's MNI templates are)"));
     }
     let mut lab = aal.clone();
     for x in lab.data.iter_mut() {
@@ -98,9 +61,7 @@ pub fn colin27_lobes(templates: &Path, out: &Path, margin: usize) -> Result<Path
     let [n, nj, nk] = t1.header.dims;
     let mid = (-a[0][3] / a[0][0]).round();
     if !(mid > 0.0 && mid < n as f64 - 1.0) {
-        return Err(DataError::Invalid(format!(
-            "world x = 0 is outside the volume (voxel {mid})"
-        )));
+        return Err(DataError::Invalid(format!("world x = 0 is outside the volume (voxel {mid})")));
     }
     let mid = mid as usize;
     // Extent of the labels along each axis (the same box for both hemispheres after mirroring).
@@ -118,11 +79,7 @@ pub fn colin27_lobes(templates: &Path, out: &Path, margin: usize) -> Result<Path
         return Err(ferr(&templates.join("aal.nii.gz"), "no labelled voxel"));
     }
     let left_lo = lo[0].min(n - 1 - (hi[0] - 1)).saturating_sub(margin);
-    let start = [
-        left_lo,
-        lo[1].saturating_sub(margin),
-        lo[2].saturating_sub(margin),
-    ];
+    let start = [left_lo, lo[1].saturating_sub(margin), lo[2].saturating_sub(margin)];
     let end = [mid, (hi[1] + margin).min(nj), (hi[2] + margin).min(nk)];
     // Mirrored volume: voxel i' = n-1-i, world x' = -x, so the affine keeps its spacing and its x origin
     // becomes -(a00 (n-1) + a03): a RAS grid showing a left hemisphere.
@@ -131,10 +88,7 @@ pub fn colin27_lobes(templates: &Path, out: &Path, margin: usize) -> Result<Path
     std::fs::create_dir_all(out.join("imagesTr")).map_err(|e| ferr(out, e))?;
     std::fs::create_dir_all(out.join("labelsTr")).map_err(|e| ferr(out, e))?;
     let mut entries = Vec::new();
-    for (name, mirror, affine) in [
-        ("colin27_left", false, a),
-        ("colin27_right_mirrored", true, mirrored_affine),
-    ] {
+    for (name, mirror, affine) in [("colin27_left", false, a), ("colin27_right_mirrored", true, mirrored_affine)] {
         let mut pair = Vec::new();
         for (src, is_label) in [(&t1, false), (&lab, true)] {
             // Whole slabs of the hemisphere, then the box in the other two axes.
@@ -153,10 +107,7 @@ pub fn colin27_lobes(templates: &Path, out: &Path, margin: usize) -> Result<Path
             for r in 0..3 {
                 h.affine[r][3] += (0..3).map(|c| affine[r][c] * start[c] as f64).sum::<f64>();
             }
-            h.descrip = format!(
-                "{name} ({})",
-                if is_label { "AAL lobes" } else { "Colin27 T1" }
-            );
+            h.descrip = format!("{name} ({})", if is_label { "AAL lobes" } else { "Colin27 T1" });
             let dir = if is_label { "labelsTr" } else { "imagesTr" };
             let p = out.join(dir).join(format!("{name}.nii.gz"));
             write_nifti(&p, &Volume { data, header: h }, is_label)?;
@@ -165,14 +116,7 @@ pub fn colin27_lobes(templates: &Path, out: &Path, margin: usize) -> Result<Path
         entries.push(serde_json::json!({"image": pair[0], "label": pair[1]}));
     }
     let labels: serde_json::Map<String, serde_json::Value> =
-        std::iter::once(("0".to_string(), "background".into()))
-            .chain(
-                LOBES
-                    .iter()
-                    .enumerate()
-                    .map(|(i, l)| ((i + 1).to_string(), (*l).into())),
-            )
-            .collect();
+        std::iter::once(("0".to_string(), "background".into())).chain(LOBES.iter().enumerate().map(|(i, l)| ((i + 1).to_string(), (*l).into()))).collect();
     let json = serde_json::json!({
         "name": "Colin27 AAL lobes",
         "description": "Colin27 T1 (mricron-data) with AAL regions grouped into 8 lobes; training: left hemisphere, validation: right hemisphere mirrored",
@@ -183,8 +127,7 @@ pub fn colin27_lobes(templates: &Path, out: &Path, margin: usize) -> Result<Path
     });
     let p = out.join("dataset.json");
     let tmp = p.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&json).unwrap())
-        .map_err(|e| ferr(&tmp, e))?;
+    std::fs::write(&tmp, serde_json::to_string_pretty(&json).unwrap()).map_err(|e| ferr(&tmp, e))?;
     std::fs::rename(&tmp, &p).map_err(|e| ferr(&p, e))?;
     Ok(p)
 }

@@ -34,19 +34,11 @@ fn sample_bytes(s: &Sample) -> usize {
 impl CacheDataset {
     /// Preprocesses every item once in parallel (so every bad file is reported before training starts) and
     /// keeps those that fit in `cache_bytes`, in datalist order.
-    pub fn new(
-        items: Vec<Item>,
-        pipeline: Arc<Compose>,
-        read: ReadOptions,
-        cache_bytes: usize,
-    ) -> Result<Self> {
+    pub fn new(items: Vec<Item>, pipeline: Arc<Compose>, read: ReadOptions, cache_bytes: usize) -> Result<Self> {
         if items.is_empty() {
             return Err(DataError::Invalid("empty dataset".into()));
         }
-        let done: Vec<Sample> = items
-            .par_iter()
-            .map(|it| pipeline.apply_deterministic(load_item(it, &read)?))
-            .collect::<Result<_>>()?;
+        let done: Vec<Sample> = items.par_iter().map(|it| pipeline.apply_deterministic(load_item(it, &read)?)).collect::<Result<_>>()?;
         let mut cached_bytes = 0;
         let cache = done
             .into_iter()
@@ -58,13 +50,7 @@ impl CacheDataset {
                 })
             })
             .collect();
-        Ok(Self {
-            items,
-            pipeline,
-            read,
-            cache,
-            cached_bytes,
-        })
+        Ok(Self { items, pipeline, read, cache, cached_bytes })
     }
 
     pub fn len(&self) -> usize {
@@ -81,20 +67,14 @@ impl CacheDataset {
     }
     /// (items cached, bytes cached).
     pub fn cache_stats(&self) -> (usize, usize) {
-        (
-            self.cache.iter().filter(|c| c.is_some()).count(),
-            self.cached_bytes,
-        )
+        (self.cache.iter().filter(|c| c.is_some()).count(), self.cached_bytes)
     }
 
     /// Item `i` after the deterministic transforms.
     pub fn get(&self, i: usize) -> Result<Arc<Sample>> {
         match &self.cache[i] {
             Some(s) => Ok(s.clone()),
-            None => Ok(Arc::new(
-                self.pipeline
-                    .apply_deterministic(load_item(&self.items[i], &self.read)?)?,
-            )),
+            None => Ok(Arc::new(self.pipeline.apply_deterministic(load_item(&self.items[i], &self.read)?)?)),
         }
     }
 }
@@ -134,9 +114,7 @@ fn rng_for(seed: u64, step: u64, slot: u64) -> ChaCha8Rng {
 /// Builds batch `step`: `batch_size` volumes drawn uniformly, the random transforms run in parallel.
 pub fn make_batch(ds: &CacheDataset, cfg: &LoaderConfig, step: u64) -> Result<Batch> {
     let mut pick = rng_for(cfg.seed, step, u64::MAX);
-    let idx: Vec<usize> = (0..cfg.batch_size.max(1))
-        .map(|_| pick.random_range(0..ds.len()))
-        .collect();
+    let idx: Vec<usize> = (0..cfg.batch_size.max(1)).map(|_| pick.random_range(0..ds.len())).collect();
     let crops: Vec<Vec<Sample>> = idx
         .par_iter()
         .enumerate()
@@ -152,9 +130,7 @@ pub fn make_batch(ds: &CacheDataset, cfg: &LoaderConfig, step: u64) -> Result<Ba
 
 /// Stacks samples of one shape; all must carry labels.
 pub fn stack(crops: &[Sample], step: u64) -> Result<Batch> {
-    let first = crops
-        .first()
-        .ok_or_else(|| DataError::Invalid("the random transforms produced no sample".into()))?;
+    let first = crops.first().ok_or_else(|| DataError::Invalid("the random transforms produced no sample".into()))?;
     let (dims, channels) = (first.dims, first.channels);
     let nvox: usize = dims.iter().product();
     let mut image = Vec::with_capacity(crops.len() * channels * nvox);
@@ -167,20 +143,9 @@ pub fn stack(crops: &[Sample], step: u64) -> Result<Batch> {
             )));
         }
         image.extend_from_slice(&s.image);
-        label.extend_from_slice(
-            s.label
-                .as_ref()
-                .ok_or_else(|| DataError::Invalid("training samples need labels".into()))?,
-        );
+        label.extend_from_slice(s.label.as_ref().ok_or_else(|| DataError::Invalid("training samples need labels".into()))?);
     }
-    Ok(Batch {
-        step,
-        image,
-        label,
-        n: crops.len(),
-        channels,
-        dims,
-    })
+    Ok(Batch { step, image, label, n: crops.len(), channels, dims })
 }
 
 /// Batches `start..` made on a background thread, `prefetch` ahead; iteration ends with the first error.
@@ -205,10 +170,7 @@ impl Loader {
                 }
             })
             .expect("spawning the loader thread");
-        Self {
-            rx,
-            _worker: worker,
-        }
+        Self { rx, _worker: worker }
     }
 }
 

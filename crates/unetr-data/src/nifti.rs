@@ -59,9 +59,7 @@ pub fn spacing(a: &Affine) -> [f64; 3] {
 pub fn orientation(a: &Affine) -> String {
     (0..3)
         .map(|c| {
-            let r = (0..3)
-                .max_by(|&x, &y| a[x][c].abs().total_cmp(&a[y][c].abs()))
-                .unwrap();
+            let r = (0..3).max_by(|&x, &y| a[x][c].abs().total_cmp(&a[y][c].abs())).unwrap();
             let pos = a[r][c] >= 0.0;
             ["LR", "PA", "IS"][r].chars().nth(pos as usize).unwrap()
         })
@@ -90,10 +88,7 @@ pub struct ReadOptions {
 
 impl Default for ReadOptions {
     fn default() -> Self {
-        Self {
-            max_bytes: 8 << 30,
-            nonfinite: NonFinite::Fail,
-        }
+        Self { max_bytes: 8 << 30, nonfinite: NonFinite::Fail }
     }
 }
 
@@ -104,16 +99,10 @@ fn apply_nonfinite(path: &Path, mut v: Volume, policy: NonFinite) -> Result<Volu
     let bad = v.data.iter().filter(|x| !x.is_finite()).count();
     match policy {
         _ if bad == 0 => Ok(v),
-        NonFinite::Fail => Err(ferr(
-            path,
-            format!("{bad} NaN/Inf voxel(s) (set nonfinite = {{ replace = 0.0 }} to replace them)"),
-        )),
+        NonFinite::Fail => Err(ferr(path, format!("{bad} NaN/Inf voxel(s) (set nonfinite = {{ replace = 0.0 }} to replace them)"))),
         NonFinite::Replace(r) => {
             tracing::warn!("{}: replaced {bad} NaN/Inf voxel(s) by {r}", path.display());
-            v.data
-                .iter_mut()
-                .filter(|x| !x.is_finite())
-                .for_each(|x| *x = r);
+            v.data.iter_mut().filter(|x| !x.is_finite()).for_each(|x| *x = r);
             Ok(v)
         }
         NonFinite::Keep => unreachable!(),
@@ -128,28 +117,20 @@ struct Raw<'a> {
 impl Raw<'_> {
     fn i16(&self, o: usize) -> i16 {
         let v = [self.b[o], self.b[o + 1]];
-        if self.le {
-            i16::from_le_bytes(v)
-        } else {
-            i16::from_be_bytes(v)
-        }
+        if self.le { i16::from_le_bytes(v) } else { i16::from_be_bytes(v) }
     }
     fn f32(&self, o: usize) -> f64 {
         let v = self.b[o..o + 4].try_into().unwrap();
-        (if self.le {
-            f32::from_le_bytes(v)
-        } else {
-            f32::from_be_bytes(v)
-        }) as f64
+        (if self.le { f32::from_le_bytes(v) } else { f32::from_be_bytes(v) }) as f64
     }
 }
 
 /// Bytes per voxel of a NIfTI data type, or None when unsupported.
 fn type_size(dt: i16) -> Option<usize> {
     Some(match dt {
-        2 | 256 => 1,          // uint8, int8
-        4 | 512 => 2,          // int16, uint16
-        8 | 16 | 768 => 4,     // int32, float32, uint32
+        2 | 256 => 1,        // uint8, int8
+        4 | 512 => 2,        // int16, uint16
+        8 | 16 | 768 => 4,   // int32, float32, uint32
         64 | 1024 | 1280 => 8, // float64, int64, uint64
         _ => return None,
     })
@@ -178,21 +159,9 @@ fn qform_affine(r: &Raw, pix: [f64; 3]) -> Affine {
     let a = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
     let qfac = if r.f32(76) < 0.0 { -1.0 } else { 1.0 };
     let rot = [
-        [
-            a * a + b * b - c * c - d * d,
-            2.0 * (b * c - a * d),
-            2.0 * (b * d + a * c),
-        ],
-        [
-            2.0 * (b * c + a * d),
-            a * a + c * c - b * b - d * d,
-            2.0 * (c * d - a * b),
-        ],
-        [
-            2.0 * (b * d - a * c),
-            2.0 * (c * d + a * b),
-            a * a + d * d - c * c - b * b,
-        ],
+        [a * a + b * b - c * c - d * d, 2.0 * (b * c - a * d), 2.0 * (b * d + a * c)],
+        [2.0 * (b * c + a * d), a * a + c * c - b * b - d * d, 2.0 * (c * d - a * b)],
+        [2.0 * (b * d - a * c), 2.0 * (c * d + a * b), a * a + d * d - c * c - b * b],
     ];
     let s = [pix[0], pix[1], qfac * pix[2]];
     let off = [r.f32(268), r.f32(272), r.f32(276)];
@@ -202,43 +171,23 @@ fn qform_affine(r: &Raw, pix: [f64; 3]) -> Affine {
 /// Parses and validates a 348-byte NIfTI-1 header. Returns the header, vox_offset and little-endianness.
 fn parse_header(path: &Path, b: &[u8]) -> Result<(Header, usize, bool)> {
     if b.len() < 348 {
-        return Err(ferr(
-            path,
-            format!("truncated header: {} bytes, NIfTI-1 needs 348", b.len()),
-        ));
+        return Err(ferr(path, format!("truncated header: {} bytes, NIfTI-1 needs 348", b.len())));
     }
-    let le = match (
-        i32::from_le_bytes(b[0..4].try_into().unwrap()),
-        i32::from_be_bytes(b[0..4].try_into().unwrap()),
-    ) {
+    let le = match (i32::from_le_bytes(b[0..4].try_into().unwrap()), i32::from_be_bytes(b[0..4].try_into().unwrap())) {
         (348, _) => true,
         (_, 348) => false,
         (n, _) if n == 540 || i32::from_be_bytes(b[0..4].try_into().unwrap()) == 540 => {
-            return Err(ferr(
-                path,
-                "NIfTI-2 header (540 bytes): only NIfTI-1 is supported",
-            ))
+            return Err(ferr(path, "NIfTI-2 header (540 bytes): only NIfTI-1 is supported"))
         }
-        (n, _) => {
-            return Err(ferr(
-                path,
-                format!("not a NIfTI-1 file: header size field is {n}, expected 348"),
-            ))
-        }
+        (n, _) => return Err(ferr(path, format!("not a NIfTI-1 file: header size field is {n}, expected 348"))),
     };
     let r = Raw { b, le };
     let magic = &b[344..348];
     if magic != b"n+1\0" {
         if magic == b"ni1\0" {
-            return Err(ferr(
-                path,
-                "header/image pair (.hdr/.img) is not supported; convert to a single .nii",
-            ));
+            return Err(ferr(path, "header/image pair (.hdr/.img) is not supported; convert to a single .nii"));
         }
-        return Err(ferr(
-            path,
-            format!("bad NIfTI magic {magic:?}, expected \"n+1\\0\""),
-        ));
+        return Err(ferr(path, format!("bad NIfTI magic {magic:?}, expected \"n+1\\0\"")));
     }
     let ndim = r.i16(40);
     if !(1..=7).contains(&ndim) {
@@ -247,44 +196,23 @@ fn parse_header(path: &Path, b: &[u8]) -> Result<(Header, usize, bool)> {
     let dim: Vec<i64> = (1..=7).map(|i| r.i16(40 + 2 * i) as i64).collect();
     for (i, &d) in dim.iter().enumerate().take(ndim as usize) {
         if d <= 0 {
-            return Err(ferr(
-                path,
-                format!("dim[{}] = {d}: dimensions must be positive", i + 1),
-            ));
+            return Err(ferr(path, format!("dim[{}] = {d}: dimensions must be positive", i + 1)));
         }
     }
-    let used = |i: usize| {
-        if i < ndim as usize {
-            dim[i] as usize
-        } else {
-            1
-        }
-    };
+    let used = |i: usize| if i < ndim as usize { dim[i] as usize } else { 1 };
     if (4..ndim as usize).any(|i| dim[i] != 1) {
-        return Err(ferr(
-            path,
-            format!(
-                "{ndim}-D volume with dims {:?}: only 3D, or 4D with channels last, is supported",
-                &dim[..ndim as usize]
-            ),
-        ));
+        return Err(ferr(path, format!("{ndim}-D volume with dims {:?}: only 3D, or 4D with channels last, is supported", &dim[..ndim as usize])));
     }
     let dims = [used(0), used(1), used(2)];
     let channels = used(3);
     let datatype = r.i16(70);
     if type_size(datatype).is_none() {
-        return Err(ferr(
-            path,
-            format!("unsupported data type {datatype} ({})", type_name(datatype)),
-        ));
+        return Err(ferr(path, format!("unsupported data type {datatype} ({})", type_name(datatype))));
     }
     let pix = [r.f32(80), r.f32(84), r.f32(88)];
     let vox_offset = r.f32(108);
     if !(vox_offset >= 348.0) || vox_offset.fract() != 0.0 || vox_offset > 1e9 {
-        return Err(ferr(
-            path,
-            format!("vox_offset {vox_offset} is invalid (must be an integer >= 348)"),
-        ));
+        return Err(ferr(path, format!("vox_offset {vox_offset} is invalid (must be an integer >= 348)")));
     }
     let (qform_code, sform_code) = (r.i16(252), r.i16(254));
     let affine = if sform_code > 0 {
@@ -292,29 +220,17 @@ fn parse_header(path: &Path, b: &[u8]) -> Result<(Header, usize, bool)> {
     } else if qform_code > 0 {
         qform_affine(&r, pix)
     } else {
-        [
-            [pix[0], 0.0, 0.0, 0.0],
-            [0.0, pix[1], 0.0, 0.0],
-            [0.0, 0.0, pix[2], 0.0],
-        ]
+        [[pix[0], 0.0, 0.0, 0.0], [0.0, pix[1], 0.0, 0.0], [0.0, 0.0, pix[2], 0.0]]
     };
     if affine.iter().flatten().any(|v| !v.is_finite()) {
-        return Err(ferr(
-            path,
-            format!("affine has non-finite entries: {affine:?}"),
-        ));
+        return Err(ferr(path, format!("affine has non-finite entries: {affine:?}")));
     }
     let sp = spacing(&affine);
     if sp.iter().any(|&s| !(s > 0.0) || !s.is_finite()) {
-        return Err(ferr(
-            path,
-            format!("zero, negative or NaN voxel spacing {sp:?} (pixdim {pix:?})"),
-        ));
+        return Err(ferr(path, format!("zero, negative or NaN voxel spacing {sp:?} (pixdim {pix:?})")));
     }
     let (slope, inter) = (r.f32(112), r.f32(116));
-    let descrip = String::from_utf8_lossy(&b[148..228])
-        .trim_end_matches('\0')
-        .to_string();
+    let descrip = String::from_utf8_lossy(&b[148..228]).trim_end_matches('\0').to_string();
     let h = Header {
         dims,
         channels,
@@ -331,8 +247,7 @@ fn parse_header(path: &Path, b: &[u8]) -> Result<(Header, usize, bool)> {
 }
 
 fn is_gz(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"))
 }
 
 /// Reads a `.nii` or `.nii.gz` volume.
@@ -340,11 +255,7 @@ pub fn read_nifti(path: &Path, opts: &ReadOptions) -> Result<Volume> {
     let file = std::fs::File::open(path).map_err(|e| ferr(path, format!("cannot open: {e}")))?;
     let file_len = file.metadata().map(|m| m.len()).ok();
     let gz = is_gz(path);
-    let reader: Box<dyn Read> = if gz {
-        Box::new(GzDecoder::new(std::io::BufReader::new(file)))
-    } else {
-        Box::new(std::io::BufReader::new(file))
-    };
+    let reader: Box<dyn Read> = if gz { Box::new(GzDecoder::new(std::io::BufReader::new(file))) } else { Box::new(std::io::BufReader::new(file)) };
     read_stream(path, reader, if gz { None } else { file_len }, opts)
 }
 
@@ -359,37 +270,15 @@ pub fn read_nifti_bytes(name: &Path, bytes: &[u8], opts: &ReadOptions) -> Result
 }
 
 /// `raw_len`: the length of an uncompressed source, to refuse lying headers before reading.
-fn read_stream(
-    path: &Path,
-    mut reader: Box<dyn Read + '_>,
-    raw_len: Option<u64>,
-    opts: &ReadOptions,
-) -> Result<Volume> {
+fn read_stream(path: &Path, mut reader: Box<dyn Read + '_>, raw_len: Option<u64>, opts: &ReadOptions) -> Result<Volume> {
     let mut head = vec![0u8; 352];
-    let got = read_up_to(&mut reader, &mut head)
-        .map_err(|e| ferr(path, format!("reading the header: {}", io_msg(&e))))?;
+    let got = read_up_to(&mut reader, &mut head).map_err(|e| ferr(path, format!("reading the header: {}", io_msg(&e))))?;
     let (h, vox_offset, le) = parse_header(path, &head[..got])?;
-    let nvox = h
-        .dims
-        .iter()
-        .chain([&h.channels])
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| ferr(path, "voxel count overflows"))?;
+    let nvox = h.dims.iter().chain([&h.channels]).try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| ferr(path, "voxel count overflows"))?;
     let bpv = type_size(h.datatype).unwrap();
-    let data_bytes = nvox
-        .checked_mul(bpv)
-        .ok_or_else(|| ferr(path, "data size overflows"))?;
+    let data_bytes = nvox.checked_mul(bpv).ok_or_else(|| ferr(path, "data size overflows"))?;
     if nvox.saturating_mul(4).saturating_add(data_bytes) > opts.max_bytes {
-        return Err(ferr(
-            path,
-            format!(
-                "header claims {:?} x {} voxels ({} MB as f32), over the {} MB limit",
-                h.dims,
-                h.channels,
-                nvox * 4 >> 20,
-                opts.max_bytes >> 20
-            ),
-        ));
+        return Err(ferr(path, format!("header claims {:?} x {} voxels ({} MB as f32), over the {} MB limit", h.dims, h.channels, nvox * 4 >> 20, opts.max_bytes >> 20)));
     }
     if let Some(file_len) = raw_len {
         if (vox_offset as u64 + data_bytes as u64) > file_len {
@@ -402,16 +291,9 @@ fn read_stream(
     } else {
         // Stream over the extensions: a huge vox_offset must not become a huge allocation.
         let want = (vox_offset - got) as u64;
-        let n = std::io::copy(&mut (&mut reader).take(want), &mut std::io::sink())
-            .map_err(|e| ferr(path, format!("reading extensions: {}", io_msg(&e))))?;
+        let n = std::io::copy(&mut (&mut reader).take(want), &mut std::io::sink()).map_err(|e| ferr(path, format!("reading extensions: {}", io_msg(&e))))?;
         if n < want {
-            return Err(ferr(
-                path,
-                format!(
-                    "vox_offset {vox_offset} is past the end of the data ({} bytes)",
-                    got as u64 + n
-                ),
-            ));
+            return Err(ferr(path, format!("vox_offset {vox_offset} is past the end of the data ({} bytes)", got as u64 + n)));
         }
         Vec::new()
     };
@@ -421,9 +303,7 @@ fn read_stream(
 
 fn io_msg(e: &std::io::Error) -> String {
     match e.kind() {
-        std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => {
-            format!("corrupt gzip stream ({e})")
-        }
+        std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => format!("corrupt gzip stream ({e})"),
         std::io::ErrorKind::UnexpectedEof => format!("truncated gzip stream ({e})"),
         _ => e.to_string(),
     }
@@ -444,99 +324,27 @@ fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn finish(
-    path: &Path,
-    h: Header,
-    le: bool,
-    bpv: usize,
-    data_bytes: usize,
-    nvox: usize,
-    prefix: Vec<u8>,
-    reader: &mut dyn Read,
-) -> Result<Volume> {
+fn finish(path: &Path, h: Header, le: bool, bpv: usize, data_bytes: usize, nvox: usize, prefix: Vec<u8>, reader: &mut dyn Read) -> Result<Volume> {
     let mut raw = prefix;
     raw.truncate(data_bytes);
     // Grow with the data actually present: a header claiming more than a (compressed) file holds fails at
     // the end of the stream without having allocated what it claimed.
     let want = (data_bytes - raw.len()) as u64;
-    reader
-        .take(want)
-        .read_to_end(&mut raw)
-        .map_err(|e| ferr(path, format!("reading voxel data: {}", io_msg(&e))))?;
+    reader.take(want).read_to_end(&mut raw).map_err(|e| ferr(path, format!("reading voxel data: {}", io_msg(&e))))?;
     if raw.len() < data_bytes {
-        return Err(ferr(
-            path,
-            format!(
-                "truncated: {} of {data_bytes} bytes of voxel data",
-                raw.len()
-            ),
-        ));
+        return Err(ferr(path, format!("truncated: {} of {data_bytes} bytes of voxel data", raw.len())));
     }
     let conv: fn(&[u8], bool) -> f64 = match (h.datatype, bpv) {
         (2, _) => |b, _| b[0] as f64,
         (256, _) => |b, _| b[0] as i8 as f64,
-        (4, _) => |b, le| {
-            (if le {
-                i16::from_le_bytes([b[0], b[1]])
-            } else {
-                i16::from_be_bytes([b[0], b[1]])
-            }) as f64
-        },
-        (512, _) => |b, le| {
-            (if le {
-                u16::from_le_bytes([b[0], b[1]])
-            } else {
-                u16::from_be_bytes([b[0], b[1]])
-            }) as f64
-        },
-        (8, _) => |b, le| {
-            let v = b[..4].try_into().unwrap();
-            (if le {
-                i32::from_le_bytes(v)
-            } else {
-                i32::from_be_bytes(v)
-            }) as f64
-        },
-        (768, _) => |b, le| {
-            let v = b[..4].try_into().unwrap();
-            (if le {
-                u32::from_le_bytes(v)
-            } else {
-                u32::from_be_bytes(v)
-            }) as f64
-        },
-        (16, _) => |b, le| {
-            let v = b[..4].try_into().unwrap();
-            (if le {
-                f32::from_le_bytes(v)
-            } else {
-                f32::from_be_bytes(v)
-            }) as f64
-        },
-        (64, _) => |b, le| {
-            let v = b[..8].try_into().unwrap();
-            if le {
-                f64::from_le_bytes(v)
-            } else {
-                f64::from_be_bytes(v)
-            }
-        },
-        (1024, _) => |b, le| {
-            let v = b[..8].try_into().unwrap();
-            (if le {
-                i64::from_le_bytes(v)
-            } else {
-                i64::from_be_bytes(v)
-            }) as f64
-        },
-        _ => |b, le| {
-            let v = b[..8].try_into().unwrap();
-            (if le {
-                u64::from_le_bytes(v)
-            } else {
-                u64::from_be_bytes(v)
-            }) as f64
-        },
+        (4, _) => |b, le| (if le { i16::from_le_bytes([b[0], b[1]]) } else { i16::from_be_bytes([b[0], b[1]]) }) as f64,
+        (512, _) => |b, le| (if le { u16::from_le_bytes([b[0], b[1]]) } else { u16::from_be_bytes([b[0], b[1]]) }) as f64,
+        (8, _) => |b, le| { let v = b[..4].try_into().unwrap(); (if le { i32::from_le_bytes(v) } else { i32::from_be_bytes(v) }) as f64 },
+        (768, _) => |b, le| { let v = b[..4].try_into().unwrap(); (if le { u32::from_le_bytes(v) } else { u32::from_be_bytes(v) }) as f64 },
+        (16, _) => |b, le| { let v = b[..4].try_into().unwrap(); (if le { f32::from_le_bytes(v) } else { f32::from_be_bytes(v) }) as f64 },
+        (64, _) => |b, le| { let v = b[..8].try_into().unwrap(); if le { f64::from_le_bytes(v) } else { f64::from_be_bytes(v) } },
+        (1024, _) => |b, le| { let v = b[..8].try_into().unwrap(); (if le { i64::from_le_bytes(v) } else { i64::from_be_bytes(v) }) as f64 },
+        _ => |b, le| { let v = b[..8].try_into().unwrap(); (if le { u64::from_le_bytes(v) } else { u64::from_be_bytes(v) }) as f64 },
     };
     let (slope, inter) = (h.scl_slope, h.scl_inter);
     let scale = slope != 0.0 && !(slope == 1.0 && inter == 0.0);
@@ -569,19 +377,11 @@ pub fn write_nifti(path: &Path, v: &Volume, label_type: bool) -> Result<()> {
     let [ni, nj, nk] = h.dims;
     let c = h.channels;
     if v.data.len() != ni * nj * nk * c {
-        return Err(ferr(
-            path,
-            format!(
-                "data has {} values, header dims {:?} x {c}",
-                v.data.len(),
-                h.dims
-            ),
-        ));
+        return Err(ferr(path, format!("data has {} values, header dims {:?} x {c}", v.data.len(), h.dims)));
     }
     let ints = label_type && v.data.iter().all(|x| x.fract() == 0.0);
     let max = v.data.iter().fold(0f32, |a, &b| a.max(b.abs()));
-    let (datatype, bitpix): (i16, i16) = if ints && max <= 255.0 && v.data.iter().all(|&x| x >= 0.0)
-    {
+    let (datatype, bitpix): (i16, i16) = if ints && max <= 255.0 && v.data.iter().all(|&x| x >= 0.0) {
         (2, 8)
     } else if ints && max <= 32767.0 {
         (4, 16)
@@ -590,8 +390,7 @@ pub fn write_nifti(path: &Path, v: &Volume, label_type: bool) -> Result<()> {
     };
     let mut hd = vec![0u8; 352];
     let put_i16 = |b: &mut Vec<u8>, o: usize, x: i16| b[o..o + 2].copy_from_slice(&x.to_le_bytes());
-    let put_f32 =
-        |b: &mut Vec<u8>, o: usize, x: f64| b[o..o + 4].copy_from_slice(&(x as f32).to_le_bytes());
+    let put_f32 = |b: &mut Vec<u8>, o: usize, x: f64| b[o..o + 4].copy_from_slice(&(x as f32).to_le_bytes());
     hd[0..4].copy_from_slice(&348i32.to_le_bytes());
     let ndim: i16 = if c > 1 { 4 } else { 3 };
     put_i16(&mut hd, 40, ndim);
@@ -618,11 +417,7 @@ pub fn write_nifti(path: &Path, v: &Volume, label_type: bool) -> Result<()> {
     // The affine goes into the sform (code kept from the input, else 2 "aligned"); qform left unset, so
     // readers (nibabel, MONAI) take the sform exactly.
     put_i16(&mut hd, 252, 0);
-    put_i16(
-        &mut hd,
-        254,
-        if h.sform_code > 0 { h.sform_code } else { 2 },
-    );
+    put_i16(&mut hd, 254, if h.sform_code > 0 { h.sform_code } else { 2 });
     for i in 0..3 {
         for j in 0..4 {
             put_f32(&mut hd, 280 + 16 * i + 4 * j, h.affine[i][j]);
@@ -651,16 +446,10 @@ pub fn write_nifti(path: &Path, v: &Volume, label_type: bool) -> Result<()> {
     let write = || -> std::io::Result<()> {
         let f = std::fs::File::create(&tmp)?;
         if is_gz(path) {
-            let mut g = flate2::write::GzEncoder::new(
-                std::io::BufWriter::new(f),
-                flate2::Compression::new(4),
-            );
+            let mut g = flate2::write::GzEncoder::new(std::io::BufWriter::new(f), flate2::Compression::new(4));
             g.write_all(&hd)?;
             g.write_all(&body)?;
-            g.finish()?
-                .into_inner()
-                .map_err(|e| e.into_error())?
-                .sync_all()?;
+            g.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         } else {
             let mut w = std::io::BufWriter::new(f);
             w.write_all(&hd)?;

@@ -29,15 +29,7 @@ pub struct PhantomConfig {
 
 impl Default for PhantomConfig {
     fn default() -> Self {
-        Self {
-            cases: 16,
-            validation: 4,
-            test: 2,
-            size: [48, 48, 32],
-            spacing: [2.0, 2.0, 2.5],
-            seed: 0,
-            noise_hu: 20.0,
-        }
+        Self { cases: 16, validation: 4, test: 2, size: [48, 48, 32], spacing: [2.0, 2.0, 2.5], seed: 0, noise_hu: 20.0 }
     }
 }
 
@@ -67,62 +59,23 @@ const LAYOUTS: [([usize; 3], [f64; 3]); 4] = [
 
 /// One case: (image in HU, label), both in the case's stored orientation.
 pub fn generate_case(cfg: &PhantomConfig, index: usize) -> (Volume, Volume) {
-    let mut rng =
-        ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(index as u64));
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(index as u64));
     let mut j = |s: f64| rng.random_range(-s..=s);
     let half = [0, 1, 2].map(|a| cfg.size[a] as f64 * cfg.spacing[a] / 2.0);
-    let body = Ellipsoid {
-        c: [j(2.0), j(2.0), 0.0],
-        r: [
-            half[0] * 0.85 + j(3.0),
-            half[1] * 0.65 + j(3.0),
-            half[2] * 1.5,
-        ],
-        a: j(0.1),
-    };
+    let body = Ellipsoid { c: [j(2.0), j(2.0), 0.0], r: [half[0] * 0.85 + j(3.0), half[1] * 0.65 + j(3.0), half[2] * 1.5], a: j(0.1) };
     let liver = [
-        Ellipsoid {
-            c: [-14.0 + j(4.0), 4.0 + j(4.0), 4.0 + j(4.0)],
-            r: [
-                17.0 * (1.0 + j(0.15)),
-                13.0 * (1.0 + j(0.15)),
-                16.0 * (1.0 + j(0.15)),
-            ],
-            a: j(0.35),
-        },
-        Ellipsoid {
-            c: [-4.0 + j(3.0), 10.0 + j(3.0), 10.0 + j(4.0)],
-            r: [10.0 * (1.0 + j(0.2)), 7.0, 8.0],
-            a: j(0.5),
-        },
+        Ellipsoid { c: [-14.0 + j(4.0), 4.0 + j(4.0), 4.0 + j(4.0)], r: [17.0 * (1.0 + j(0.15)), 13.0 * (1.0 + j(0.15)), 16.0 * (1.0 + j(0.15))], a: j(0.35) },
+        Ellipsoid { c: [-4.0 + j(3.0), 10.0 + j(3.0), 10.0 + j(4.0)], r: [10.0 * (1.0 + j(0.2)), 7.0, 8.0], a: j(0.5) },
     ];
-    let spleen = Ellipsoid {
-        c: [20.0 + j(4.0), -4.0 + j(4.0), 8.0 + j(4.0)],
-        r: [
-            8.0 * (1.0 + j(0.2)),
-            6.0 * (1.0 + j(0.2)),
-            10.0 * (1.0 + j(0.2)),
-        ],
-        a: j(0.5),
-    };
+    let spleen = Ellipsoid { c: [20.0 + j(4.0), -4.0 + j(4.0), 8.0 + j(4.0)], r: [8.0 * (1.0 + j(0.2)), 6.0 * (1.0 + j(0.2)), 10.0 * (1.0 + j(0.2))], a: j(0.5) };
     let kz = j(4.0);
     let kidneys = [-1.0, 1.0].map(|s: f64| Ellipsoid {
         c: [s * (13.0 + j(2.0)), -13.0 + j(2.0), -6.0 + kz + j(2.0)],
-        r: [
-            4.5 * (1.0 + j(0.15)),
-            4.0 * (1.0 + j(0.15)),
-            8.0 * (1.0 + j(0.15)),
-        ],
+        r: [4.5 * (1.0 + j(0.15)), 4.0 * (1.0 + j(0.15)), 8.0 * (1.0 + j(0.15))],
         a: s * 0.3 + j(0.2),
     });
     let spine = ([j(2.0), -24.0 + j(2.0)], 4.5 + j(1.0));
-    let hu = [
-        20.0 + j(10.0),
-        60.0 + j(8.0),
-        60.0 + j(8.0),
-        150.0 + j(15.0),
-        450.0 + j(50.0),
-    ];
+    let hu = [20.0 + j(10.0), 60.0 + j(8.0), 60.0 + j(8.0), 150.0 + j(15.0), 450.0 + j(50.0)];
     let bias = (j(3.0), j(3.0), 0.08 + j(0.05).abs());
     let layout = LAYOUTS[index % LAYOUTS.len()];
     let noise = cfg.noise_hu;
@@ -140,9 +93,7 @@ pub fn generate_case(cfg: &PhantomConfig, index: usize) -> (Volume, Volume) {
         for jj in 0..dims[1] {
             for k in 0..dims[2] {
                 let v = [i as f64, jj as f64, k as f64];
-                let p = [0, 1, 2].map(|r| {
-                    affine[r][0] * v[0] + affine[r][1] * v[1] + affine[r][2] * v[2] + affine[r][3]
-                });
+                let p = [0, 1, 2].map(|r| affine[r][0] * v[0] + affine[r][1] * v[1] + affine[r][2] * v[2] + affine[r][3]);
                 let class = if (p[0] - spine.0[0]).hypot(p[1] - spine.0[1]) <= spine.1 {
                     4
                 } else if kidneys.iter().any(|e| e.inside(p)) {
@@ -155,15 +106,8 @@ pub fn generate_case(cfg: &PhantomConfig, index: usize) -> (Volume, Volume) {
                     0
                 };
                 let in_body = body.inside(p) || class > 0;
-                let base = if class > 0 {
-                    hu[class]
-                } else if in_body {
-                    hu[0]
-                } else {
-                    -1000.0
-                };
-                let field =
-                    1.0 + bias.2 * (p[0] / 30.0 + bias.0).sin() * (p[1] / 25.0 + bias.1).cos();
+                let base = if class > 0 { hu[class] } else if in_body { hu[0] } else { -1000.0 };
+                let field = 1.0 + bias.2 * (p[0] / 30.0 + bias.0).sin() * (p[1] / 25.0 + bias.1).cos();
                 // Box-Muller from the case RNG keeps the whole volume deterministic.
                 let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
                 let g = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
@@ -175,37 +119,19 @@ pub fn generate_case(cfg: &PhantomConfig, index: usize) -> (Volume, Volume) {
     }
     let mut h = Header::new(dims, 1, affine);
     h.descrip = format!("unetr phantom seed {} case {index}", cfg.seed);
-    (
-        Volume {
-            data: img,
-            header: h.clone(),
-        },
-        Volume {
-            data: lab,
-            header: h,
-        },
-    )
+    (Volume { data: img, header: h.clone() }, Volume { data: lab, header: h })
 }
 
 /// Writes `cfg.cases` cases as imagesTr/labelsTr NIfTI files plus `dataset.json` into `dir`.
 /// The last `validation` + `test` cases form the validation and test splits. Returns the json's path.
 pub fn write_dataset(cfg: &PhantomConfig, dir: &Path) -> Result<PathBuf> {
     if cfg.cases < cfg.validation + cfg.test + 1 {
-        return Err(ferr(
-            dir,
-            format!(
-                "{} cases cannot hold {} validation + {} test + training cases",
-                cfg.cases, cfg.validation, cfg.test
-            ),
-        ));
+        return Err(ferr(dir, format!("{} cases cannot hold {} validation + {} test + training cases", cfg.cases, cfg.validation, cfg.test)));
     }
     for sub in ["imagesTr", "labelsTr"] {
-        std::fs::create_dir_all(dir.join(sub))
-            .map_err(|e| ferr(&dir.join(sub), format!("cannot create: {e}")))?;
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| ferr(&dir.join(sub), format!("cannot create: {e}")))?;
     }
-    let names: Vec<String> = (0..cfg.cases)
-        .map(|i| format!("phantom_{i:03}.nii.gz"))
-        .collect();
+    let names: Vec<String> = (0..cfg.cases).map(|i| format!("phantom_{i:03}.nii.gz")).collect();
     let results: Vec<Result<()>> = {
         use rayon::prelude::*;
         (0..cfg.cases)
@@ -233,8 +159,7 @@ pub fn write_dataset(cfg: &PhantomConfig, dir: &Path) -> Result<PathBuf> {
     });
     let path = dir.join("dataset.json");
     let tmp = dir.join("dataset.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&json).unwrap())
-        .map_err(|e| ferr(&tmp, e))?;
+    std::fs::write(&tmp, serde_json::to_string_pretty(&json).unwrap()).map_err(|e| ferr(&tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| ferr(&path, e))?;
     Ok(path)
 }

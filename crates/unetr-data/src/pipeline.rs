@@ -36,68 +36,22 @@ fn one() -> f64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", deny_unknown_fields)]
 pub enum TransformSpec {
-    Orientation {
-        axcodes: String,
-    },
+    Orientation { axcodes: String },
     /// Trilinear for images, nearest for labels.
-    Spacing {
-        pixdim: [f64; 3],
-    },
-    ScaleIntensityRange {
-        a_min: f32,
-        a_max: f32,
-        b_min: f32,
-        b_max: f32,
-        #[serde(default)]
-        clip: bool,
-    },
-    NormalizeIntensity {
-        #[serde(default)]
-        nonzero: bool,
-        #[serde(default)]
-        channel_wise: bool,
-    },
+    Spacing { pixdim: [f64; 3] },
+    ScaleIntensityRange { a_min: f32, a_max: f32, b_min: f32, b_max: f32, #[serde(default)] clip: bool },
+    NormalizeIntensity { #[serde(default)] nonzero: bool, #[serde(default)] channel_wise: bool },
     /// Foreground: any image channel > 0.
-    CropForeground {
-        #[serde(default)]
-        margin: usize,
-    },
-    SpatialPad {
-        spatial_size: [usize; 3],
-    },
-    RandCropByPosNegLabel {
-        spatial_size: [usize; 3],
-        #[serde(default = "one")]
-        pos: f64,
-        #[serde(default = "one")]
-        neg: f64,
-        #[serde(default = "one_usize")]
-        num_samples: usize,
-    },
+    CropForeground { #[serde(default)] margin: usize },
+    SpatialPad { spatial_size: [usize; 3] },
+    RandCropByPosNegLabel { spatial_size: [usize; 3], #[serde(default = "one")] pos: f64, #[serde(default = "one")] neg: f64, #[serde(default = "one_usize")] num_samples: usize },
     /// random_center only (random_size = False).
-    RandSpatialCrop {
-        roi_size: [usize; 3],
-    },
-    RandFlip {
-        spatial_axis: usize,
-        prob: f64,
-    },
+    RandSpatialCrop { roi_size: [usize; 3] },
+    RandFlip { spatial_axis: usize, prob: f64 },
     /// Skipped on crops whose two axes differ in size, so that a batch still stacks.
-    RandRotate90 {
-        prob: f64,
-        #[serde(default = "three")]
-        max_k: usize,
-        #[serde(default = "axes01")]
-        spatial_axes: [usize; 2],
-    },
-    RandScaleIntensity {
-        factors: f32,
-        prob: f64,
-    },
-    RandShiftIntensity {
-        offsets: f32,
-        prob: f64,
-    },
+    RandRotate90 { prob: f64, #[serde(default = "three")] max_k: usize, #[serde(default = "axes01")] spatial_axes: [usize; 2] },
+    RandScaleIntensity { factors: f32, prob: f64 },
+    RandShiftIntensity { offsets: f32, prob: f64 },
 }
 
 fn one_usize() -> usize {
@@ -115,43 +69,18 @@ impl TransformSpec {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(DataError::Invalid(format!("transform {self:?}: {m}")));
         match self {
-            Self::Spacing { pixdim } if pixdim.iter().any(|&p| !(p > 0.0 && p.is_finite())) => {
-                bad("pixdim must be positive".into())
-            }
-            Self::ScaleIntensityRange { a_min, a_max, .. }
-                if a_min == a_max || !a_min.is_finite() || !a_max.is_finite() =>
-            {
-                bad("a_min and a_max must differ".into())
-            }
-            Self::RandCropByPosNegLabel {
-                spatial_size,
-                pos,
-                neg,
-                num_samples,
-            } => {
-                if spatial_size.contains(&0)
-                    || *num_samples == 0
-                    || !(*pos >= 0.0 && *neg >= 0.0 && pos + neg > 0.0)
-                {
+            Self::Spacing { pixdim } if pixdim.iter().any(|&p| !(p > 0.0 && p.is_finite())) => bad("pixdim must be positive".into()),
+            Self::ScaleIntensityRange { a_min, a_max, .. } if a_min == a_max || !a_min.is_finite() || !a_max.is_finite() => bad("a_min and a_max must differ".into()),
+            Self::RandCropByPosNegLabel { spatial_size, pos, neg, num_samples } => {
+                if spatial_size.contains(&0) || *num_samples == 0 || !(*pos >= 0.0 && *neg >= 0.0 && pos + neg > 0.0) {
                     bad("needs a non-zero spatial_size and num_samples, and pos, neg >= 0 with pos + neg > 0".into())
                 } else {
                     Ok(())
                 }
             }
-            Self::RandSpatialCrop { roi_size }
-            | Self::SpatialPad {
-                spatial_size: roi_size,
-            } if roi_size.contains(&0) => bad("size must be non-zero".into()),
-            Self::RandFlip { spatial_axis, .. } if *spatial_axis > 2 => {
-                bad("spatial_axis must be 0, 1 or 2".into())
-            }
-            Self::RandRotate90 { spatial_axes, .. }
-                if spatial_axes[0] > 2
-                    || spatial_axes[1] > 2
-                    || spatial_axes[0] == spatial_axes[1] =>
-            {
-                bad("spatial_axes must be two different axes of 0..3".into())
-            }
+            Self::RandSpatialCrop { roi_size } | Self::SpatialPad { spatial_size: roi_size } if roi_size.contains(&0) => bad("size must be non-zero".into()),
+            Self::RandFlip { spatial_axis, .. } if *spatial_axis > 2 => bad("spatial_axis must be 0, 1 or 2".into()),
+            Self::RandRotate90 { spatial_axes, .. } if spatial_axes[0] > 2 || spatial_axes[1] > 2 || spatial_axes[0] == spatial_axes[1] => bad("spatial_axes must be two different axes of 0..3".into()),
             Self::Orientation { axcodes } => crate::transforms::check_axcodes(axcodes),
             _ => Ok(()),
         }
@@ -163,56 +92,29 @@ impl Transform for TransformSpec {
         Ok(vec![match self {
             Self::Orientation { axcodes } => s.orient(axcodes)?,
             Self::Spacing { pixdim } => s.resample_spacing(*pixdim),
-            Self::ScaleIntensityRange {
-                a_min,
-                a_max,
-                b_min,
-                b_max,
-                clip,
-            } => s.scale_intensity_range(*a_min, *a_max, *b_min, *b_max, *clip),
-            Self::NormalizeIntensity {
-                nonzero,
-                channel_wise,
-            } => s.normalize_intensity(*nonzero, *channel_wise),
+            Self::ScaleIntensityRange { a_min, a_max, b_min, b_max, clip } => s.scale_intensity_range(*a_min, *a_max, *b_min, *b_max, *clip),
+            Self::NormalizeIntensity { nonzero, channel_wise } => s.normalize_intensity(*nonzero, *channel_wise),
             Self::CropForeground { margin } => s.crop_foreground(*margin),
             Self::SpatialPad { spatial_size } => s.pad_to(*spatial_size),
-            Self::RandCropByPosNegLabel {
-                spatial_size,
-                pos,
-                neg,
-                num_samples,
-            } => return s.rand_crop_pos_neg(*spatial_size, *pos, *neg, *num_samples, rng),
+            Self::RandCropByPosNegLabel { spatial_size, pos, neg, num_samples } => return s.rand_crop_pos_neg(*spatial_size, *pos, *neg, *num_samples, rng),
             Self::RandSpatialCrop { roi_size } => s.rand_spatial_crop(*roi_size, rng),
             Self::RandFlip { spatial_axis, prob } => s.rand_flip(*spatial_axis, *prob, rng),
-            Self::RandRotate90 {
-                prob,
-                max_k,
-                spatial_axes: [a0, a1],
-            } => {
+            Self::RandRotate90 { prob, max_k, spatial_axes: [a0, a1] } => {
                 if s.dims[*a0] == s.dims[*a1] {
                     s.rand_rotate90(*prob, *max_k, (*a0, *a1), rng)
                 } else {
                     s
                 }
             }
-            Self::RandScaleIntensity { factors, prob } => {
-                s.rand_scale_intensity(*factors, *prob, rng)
-            }
-            Self::RandShiftIntensity { offsets, prob } => {
-                s.rand_shift_intensity(*offsets, *prob, rng)
-            }
+            Self::RandScaleIntensity { factors, prob } => s.rand_scale_intensity(*factors, *prob, rng),
+            Self::RandShiftIntensity { offsets, prob } => s.rand_shift_intensity(*offsets, *prob, rng),
         }])
     }
 
     fn is_random(&self) -> bool {
         matches!(
             self,
-            Self::RandCropByPosNegLabel { .. }
-                | Self::RandSpatialCrop { .. }
-                | Self::RandFlip { .. }
-                | Self::RandRotate90 { .. }
-                | Self::RandScaleIntensity { .. }
-                | Self::RandShiftIntensity { .. }
+            Self::RandCropByPosNegLabel { .. } | Self::RandSpatialCrop { .. } | Self::RandFlip { .. } | Self::RandRotate90 { .. } | Self::RandScaleIntensity { .. } | Self::RandShiftIntensity { .. }
         )
     }
 }
@@ -233,29 +135,15 @@ impl Compose {
         for s in specs {
             s.validate()?;
         }
-        Ok(Self::new(
-            specs
-                .iter()
-                .cloned()
-                .map(|s| Box::new(s) as Box<dyn Transform>)
-                .collect(),
-        ))
+        Ok(Self::new(specs.iter().cloned().map(|s| Box::new(s) as Box<dyn Transform>).collect()))
     }
 
     /// Index of the first random transform (the length of the cacheable prefix).
     pub fn first_random(&self) -> usize {
-        self.transforms
-            .iter()
-            .position(|t| t.is_random())
-            .unwrap_or(self.transforms.len())
+        self.transforms.iter().position(|t| t.is_random()).unwrap_or(self.transforms.len())
     }
 
-    fn run(
-        &self,
-        range: std::ops::Range<usize>,
-        s: Sample,
-        rng: &mut ChaCha8Rng,
-    ) -> Result<Vec<Sample>> {
+    fn run(&self, range: std::ops::Range<usize>, s: Sample, rng: &mut ChaCha8Rng) -> Result<Vec<Sample>> {
         let mut cur = vec![s];
         for t in &self.transforms[range] {
             let mut next = Vec::with_capacity(cur.len());
@@ -273,9 +161,7 @@ impl Compose {
         let mut v = self.run(0..self.first_random(), s, &mut rng)?;
         match v.len() {
             1 => Ok(v.pop().unwrap()),
-            n => Err(DataError::Invalid(format!(
-                "the deterministic transforms made {n} samples from one"
-            ))),
+            n => Err(DataError::Invalid(format!("the deterministic transforms made {n} samples from one"))),
         }
     }
 

@@ -13,19 +13,11 @@ use rand_chacha::ChaCha8Rng;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
     /// new axis a = old axis perm[a], flipped when flip[a]; `dims` = the old spatial size.
-    Orient {
-        perm: [usize; 3],
-        flip: [bool; 3],
-        dims: [usize; 3],
-    },
+    Orient { perm: [usize; 3], flip: [bool; 3], dims: [usize; 3] },
     /// The sample is old[start .. start + new dims]; negative starts mean padding.
     Crop { start: [isize; 3], dims: [usize; 3] },
     /// Resampled from `dims` voxels of spacing `from` to spacing `to` (axis-aligned).
-    Spacing {
-        from: [f64; 3],
-        to: [f64; 3],
-        dims: [usize; 3],
-    },
+    Spacing { from: [f64; 3], to: [f64; 3], dims: [usize; 3] },
 }
 
 /// Per output index along one axis: (i0, i1, weight of i1) for linear interpolation at j * ratio, with the
@@ -54,12 +46,7 @@ fn nearest_taps(out_len: usize, in_len: usize, ratio: f64) -> Vec<(usize, usize,
 }
 
 /// Separable resampling of [c, d] along each axis with the given taps.
-fn resample(
-    src: &[f32],
-    c: usize,
-    d: [usize; 3],
-    taps: &[Vec<(usize, usize, f32)>; 3],
-) -> Vec<f32> {
+fn resample(src: &[f32], c: usize, d: [usize; 3], taps: &[Vec<(usize, usize, f32)>; 3]) -> Vec<f32> {
     let mut cur = src.to_vec();
     let mut dims = d;
     for ax in 0..3 {
@@ -69,10 +56,7 @@ fn resample(
             n
         };
         let mut out = vec![0f32; c * vol(nd)];
-        let (outer, inner) = (
-            dims[..ax].iter().product::<usize>() * c,
-            dims[ax + 1..].iter().product::<usize>(),
-        );
+        let (outer, inner) = (dims[..ax].iter().product::<usize>() * c, dims[ax + 1..].iter().product::<usize>());
         for o in 0..outer {
             for (j, &(i0, i1, w)) in taps[ax].iter().enumerate() {
                 let s0 = &cur[(o * dims[ax] + i0) * inner..][..inner];
@@ -115,15 +99,7 @@ pub fn load_item(item: &Item, opts: &ReadOptions) -> Result<Sample> {
         let v = read_nifti(p, opts)?;
         if let Some(h) = &header {
             if h.dims != v.header.dims || !affine_close(&h.affine, &v.header.affine) {
-                return Err(ferr(
-                    p,
-                    format!(
-                        "modality grid {:?} / affine differs from {} ({:?})",
-                        v.header.dims,
-                        item.image[0].display(),
-                        h.dims
-                    ),
-                ));
+                return Err(ferr(p, format!("modality grid {:?} / affine differs from {} ({:?})", v.header.dims, item.image[0].display(), h.dims)));
             }
         } else {
             header = Some(v.header.clone());
@@ -137,45 +113,22 @@ pub fn load_item(item: &Item, opts: &ReadOptions) -> Result<Sample> {
         Some(p) => {
             let l = read_nifti(p, opts)?;
             if l.header.dims != header.dims || l.header.channels != 1 {
-                return Err(ferr(
-                    p,
-                    format!(
-                        "label shape {:?} x {} does not match image shape {:?}",
-                        l.header.dims, l.header.channels, header.dims
-                    ),
-                ));
+                return Err(ferr(p, format!("label shape {:?} x {} does not match image shape {:?}", l.header.dims, l.header.channels, header.dims)));
             }
             if !affine_close(&l.header.affine, &header.affine) {
-                return Err(ferr(
-                    p,
-                    "label affine differs from the image's: not on the same grid",
-                ));
+                return Err(ferr(p, "label affine differs from the image's: not on the same grid"));
             }
             if let Some(x) = l.data.iter().find(|x| !(x.fract() == 0.0 && **x >= 0.0)) {
-                return Err(ferr(
-                    p,
-                    format!("label holds {x}: labels must be non-negative integers"),
-                ));
+                return Err(ferr(p, format!("label holds {x}: labels must be non-negative integers")));
             }
             Some(l.data)
         }
     };
-    Ok(Sample {
-        image,
-        channels,
-        label,
-        dims: header.dims,
-        affine: header.affine,
-        applied: Vec::new(),
-        header,
-    })
+    Ok(Sample { image, channels, label, dims: header.dims, affine: header.affine, applied: Vec::new(), header })
 }
 
 fn affine_close(a: &Affine, b: &Affine) -> bool {
-    a.iter()
-        .flatten()
-        .zip(b.iter().flatten())
-        .all(|(x, y)| (x - y).abs() <= 1e-3 * (1.0 + x.abs()))
+    a.iter().flatten().zip(b.iter().flatten()).all(|(x, y)| (x - y).abs() <= 1e-3 * (1.0 + x.abs()))
 }
 
 /// (world axis, direction) per voxel axis of an orientation code such as "RAS" or "LPS".
@@ -197,9 +150,7 @@ fn parse_axcodes(axcodes: &str) -> Result<[(usize, f64); 3]> {
     let mut seen = [false; 3];
     target.iter().for_each(|&(w, _)| seen[w] = true);
     if target.len() != 3 || seen != [true; 3] {
-        return Err(DataError::Invalid(format!(
-            "orientation code {axcodes:?}: need one of L/R, one of P/A and one of I/S"
-        )));
+        return Err(DataError::Invalid(format!("orientation code {axcodes:?}: need one of L/R, one of P/A and one of I/S")));
     }
     Ok([target[0], target[1], target[2]])
 }
@@ -210,13 +161,7 @@ pub fn check_axcodes(axcodes: &str) -> Result<()> {
 }
 
 /// Copies [c, d] -> [c, d'] with new axis a = old axis perm[a] (flipped when flip[a]).
-fn permute_flip(
-    src: &[f32],
-    c: usize,
-    dims: [usize; 3],
-    perm: [usize; 3],
-    flip: [bool; 3],
-) -> (Vec<f32>, [usize; 3]) {
+fn permute_flip(src: &[f32], c: usize, dims: [usize; 3], perm: [usize; 3], flip: [bool; 3]) -> (Vec<f32>, [usize; 3]) {
     let nd = [dims[perm[0]], dims[perm[1]], dims[perm[2]]];
     let ostride = [dims[1] * dims[2], dims[2], 1];
     let mut out = vec![0f32; src.len()];
@@ -230,11 +175,7 @@ fn permute_flip(
                     let idx = [a, b, e];
                     let mut off = 0;
                     for ax in 0..3 {
-                        let v = if flip[ax] {
-                            nd[ax] - 1 - idx[ax]
-                        } else {
-                            idx[ax]
-                        };
+                        let v = if flip[ax] { nd[ax] - 1 - idx[ax] } else { idx[ax] };
                         off += v * ostride[perm[ax]];
                     }
                     d[o] = s[off];
@@ -267,10 +208,7 @@ impl Sample {
         let mut used = [false; 3];
         // Per output axis, the unused voxel axis pointing most along its world axis (each used once).
         for (ax, &(w, sign)) in target.iter().enumerate() {
-            let v = (0..3)
-                .filter(|&v| !used[v])
-                .max_by(|&x, &y| a[w][x].abs().total_cmp(&a[w][y].abs()))
-                .unwrap();
+            let v = (0..3).filter(|&v| !used[v]).max_by(|&x, &y| a[w][x].abs().total_cmp(&a[w][y].abs())).unwrap();
             used[v] = true;
             perm[ax] = v;
             flip[ax] = a[w][v] * sign < 0.0;
@@ -298,11 +236,7 @@ impl Sample {
         }
         self.affine = na;
         self.dims = nd;
-        self.applied.push(Applied::Orient {
-            perm,
-            flip,
-            dims: old,
-        });
+        self.applied.push(Applied::Orient { perm, flip, dims: old });
         Ok(self)
     }
 
@@ -316,8 +250,7 @@ impl Sample {
             return self;
         }
         let d = self.dims;
-        let nd = [0, 1, 2]
-            .map(|a| (((d[a] - 1) as f64 * from[a] / pixdim[a] + 1.0).round() as usize).max(1));
+        let nd = [0, 1, 2].map(|a| (((d[a] - 1) as f64 * from[a] / pixdim[a] + 1.0).round() as usize).max(1));
         let lin: [Vec<_>; 3] = [0, 1, 2].map(|a| linear_taps(nd[a], d[a], pixdim[a] / from[a]));
         let near: [Vec<_>; 3] = [0, 1, 2].map(|a| nearest_taps(nd[a], d[a], pixdim[a] / from[a]));
         self.image = resample(&self.image, self.channels, d, &lin);
@@ -328,23 +261,12 @@ impl Sample {
             }
         }
         self.dims = nd;
-        self.applied.push(Applied::Spacing {
-            from,
-            to: pixdim,
-            dims: d,
-        });
+        self.applied.push(Applied::Spacing { from, to: pixdim, dims: d });
         self
     }
 
     /// MONAI's `ScaleIntensityRange(a_min, a_max, b_min, b_max, clip)` on the image.
-    pub fn scale_intensity_range(
-        mut self,
-        a_min: f32,
-        a_max: f32,
-        b_min: f32,
-        b_max: f32,
-        clip: bool,
-    ) -> Self {
+    pub fn scale_intensity_range(mut self, a_min: f32, a_max: f32, b_min: f32, b_max: f32, clip: bool) -> Self {
         let s = (b_max - b_min) / (a_max - a_min);
         for x in self.image.iter_mut() {
             let mut v = (*x - a_min) * s + b_min;
@@ -389,9 +311,7 @@ impl Sample {
         self.image = cut(&self.image, self.channels);
         self.label = self.label.as_ref().map(|l| cut(l, 1));
         for r in 0..3 {
-            self.affine[r][3] += (0..3)
-                .map(|c| self.affine[r][c] * start[c] as f64)
-                .sum::<f64>();
+            self.affine[r][3] += (0..3).map(|c| self.affine[r][c] * start[c] as f64).sum::<f64>();
         }
         self.dims = size;
         self.applied.push(Applied::Crop { start, dims: old });
@@ -410,42 +330,19 @@ impl Sample {
 
     /// `RandCropByPosNegLabel(roi, pos, neg, num_samples)`: each crop is centred on a foreground voxel with
     /// probability pos / (pos + neg), else on a background voxel, and kept inside the volume.
-    pub fn rand_crop_pos_neg(
-        &self,
-        roi: [usize; 3],
-        pos: f64,
-        neg: f64,
-        num: usize,
-        rng: &mut ChaCha8Rng,
-    ) -> Result<Vec<Sample>> {
+    pub fn rand_crop_pos_neg(&self, roi: [usize; 3], pos: f64, neg: f64, num: usize, rng: &mut ChaCha8Rng) -> Result<Vec<Sample>> {
         let base = self.clone().pad_to(roi);
-        let label = base
-            .label
-            .as_ref()
-            .ok_or_else(|| DataError::Invalid("RandCropByPosNegLabel needs a label".into()))?;
-        let fg: Vec<usize> = label
-            .iter()
-            .enumerate()
-            .filter(|(_, &l)| l > 0.0)
-            .map(|(i, _)| i)
-            .collect();
-        let bg: Vec<usize> = label
-            .iter()
-            .enumerate()
-            .filter(|(_, &l)| l == 0.0)
-            .map(|(i, _)| i)
-            .collect();
+        let label = base.label.as_ref().ok_or_else(|| DataError::Invalid("RandCropByPosNegLabel needs a label".into()))?;
+        let fg: Vec<usize> = label.iter().enumerate().filter(|(_, &l)| l > 0.0).map(|(i, _)| i).collect();
+        let bg: Vec<usize> = label.iter().enumerate().filter(|(_, &l)| l == 0.0).map(|(i, _)| i).collect();
         let d = base.dims;
         let mut out = Vec::with_capacity(num);
         for _ in 0..num {
-            let use_fg =
-                !fg.is_empty() && (bg.is_empty() || rng.random::<f64>() < pos / (pos + neg));
+            let use_fg = !fg.is_empty() && (bg.is_empty() || rng.random::<f64>() < pos / (pos + neg));
             let pool = if use_fg { &fg } else { &bg };
             let idx = pool[rng.random_range(0..pool.len())];
             let c = [idx / (d[1] * d[2]), (idx / d[2]) % d[1], idx % d[2]];
-            let start = [0, 1, 2].map(|a| {
-                (c[a] as isize - (roi[a] / 2) as isize).clamp(0, (d[a] - roi[a]) as isize)
-            });
+            let start = [0, 1, 2].map(|a| (c[a] as isize - (roi[a] / 2) as isize).clamp(0, (d[a] - roi[a]) as isize));
             out.push(base.clone().crop(start, roi));
         }
         Ok(out)
@@ -474,21 +371,14 @@ impl Sample {
         }
         let start = [0, 1, 2].map(|a| lo[a].saturating_sub(margin));
         let end = [0, 1, 2].map(|a| (hi[a] + margin).min(d[a]));
-        self.crop(
-            start.map(|v| v as isize),
-            [0, 1, 2].map(|a| end[a] - start[a]),
-        )
+        self.crop(start.map(|v| v as isize), [0, 1, 2].map(|a| end[a] - start[a]))
     }
 
     /// MONAI's `NormalizeIntensity(nonzero, channel_wise)`: (x - mean) / std (population std; std 0 -> 1),
     /// over all voxels or, with `nonzero`, over and on the non-zero voxels only.
     pub fn normalize_intensity(mut self, nonzero: bool, channel_wise: bool) -> Self {
         let n = vol(self.dims);
-        let groups: Vec<std::ops::Range<usize>> = if channel_wise {
-            (0..self.channels).map(|c| c * n..(c + 1) * n).collect()
-        } else {
-            vec![0..self.image.len()]
-        };
+        let groups: Vec<std::ops::Range<usize>> = if channel_wise { (0..self.channels).map(|c| c * n..(c + 1) * n).collect() } else { vec![0..self.image.len()] };
         for r in groups {
             let xs = &mut self.image[r];
             let sel = |v: f32| !nonzero || v != 0.0;
@@ -501,12 +391,7 @@ impl Sample {
                 continue;
             }
             let mean = sum / cnt as f64;
-            let var = xs
-                .iter()
-                .filter(|&&v| sel(v))
-                .map(|&v| (v as f64 - mean).powi(2))
-                .sum::<f64>()
-                / cnt as f64;
+            let var = xs.iter().filter(|&&v| sel(v)).map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / cnt as f64;
             let std = if var.sqrt() == 0.0 { 1.0 } else { var.sqrt() };
             for v in xs.iter_mut().filter(|v| sel(**v)) {
                 *v = ((*v as f64 - mean) / std) as f32;
@@ -525,16 +410,12 @@ impl Sample {
             flip[a1] = true;
             let d = self.dims;
             self.image = permute_flip(&self.image, self.channels, d, [0, 1, 2], flip).0;
-            self.label = self
-                .label
-                .map(|l| permute_flip(&l, 1, d, [0, 1, 2], flip).0);
+            self.label = self.label.map(|l| permute_flip(&l, 1, d, [0, 1, 2], flip).0);
             let mut perm = [0, 1, 2];
             perm.swap(a0, a1);
             let (img, nd) = permute_flip(&self.image, self.channels, d, perm, [false; 3]);
             self.image = img;
-            self.label = self
-                .label
-                .map(|l| permute_flip(&l, 1, d, perm, [false; 3]).0);
+            self.label = self.label.map(|l| permute_flip(&l, 1, d, perm, [false; 3]).0);
             // new[.., i(a0), j(a1) ..] = old[.., j, d1 - 1 - i ..]: new axis a0 walks old axis a1 backwards.
             let a = self.affine;
             let mut na = a;
@@ -550,13 +431,7 @@ impl Sample {
     }
 
     /// `RandRotate90(prob, max_k, spatial_axes)`: k uniform in 1..=max_k (an augmentation, not recorded).
-    pub fn rand_rotate90(
-        self,
-        prob: f64,
-        max_k: usize,
-        axes: (usize, usize),
-        rng: &mut ChaCha8Rng,
-    ) -> Self {
+    pub fn rand_rotate90(self, prob: f64, max_k: usize, axes: (usize, usize), rng: &mut ChaCha8Rng) -> Self {
         if rng.random::<f64>() >= prob || max_k == 0 {
             return self;
         }
@@ -572,9 +447,7 @@ impl Sample {
         let mut flip = [false; 3];
         flip[axis] = true;
         self.image = permute_flip(&self.image, self.channels, self.dims, [0, 1, 2], flip).0;
-        self.label = self
-            .label
-            .map(|l| permute_flip(&l, 1, self.dims, [0, 1, 2], flip).0);
+        self.label = self.label.map(|l| permute_flip(&l, 1, self.dims, [0, 1, 2], flip).0);
         self
     }
 
@@ -617,16 +490,9 @@ impl Sample {
                         for a in 0..dims[0] {
                             for b in 0..dims[1] {
                                 for e in 0..dims[2] {
-                                    let o = [
-                                        start[0] + a as isize,
-                                        start[1] + b as isize,
-                                        start[2] + e as isize,
-                                    ];
+                                    let o = [start[0] + a as isize, start[1] + b as isize, start[2] + e as isize];
                                     if (0..3).all(|x| o[x] >= 0 && (o[x] as usize) < old[x]) {
-                                        out[((ch * old[0] + o[0] as usize) * old[1]
-                                            + o[1] as usize)
-                                            * old[2]
-                                            + o[2] as usize] =
+                                        out[((ch * old[0] + o[0] as usize) * old[1] + o[1] as usize) * old[2] + o[2] as usize] =
                                             data[((ch * dims[0] + a) * dims[1] + b) * dims[2] + e];
                                     }
                                 }
@@ -636,11 +502,7 @@ impl Sample {
                     data = out;
                     dims = *old;
                 }
-                Applied::Spacing {
-                    from,
-                    to,
-                    dims: old,
-                } => {
+                Applied::Spacing { from, to, dims: old } => {
                     // Back to the original grid: nearest for label maps (fill is used for them), linear else.
                     let taps: [Vec<_>; 3] = if c == 1 {
                         [0, 1, 2].map(|a| nearest_taps(old[a], dims[a], from[a] / to[a]))
@@ -650,11 +512,7 @@ impl Sample {
                     data = resample(&data, c, dims, &taps);
                     dims = *old;
                 }
-                Applied::Orient {
-                    perm,
-                    flip,
-                    dims: old,
-                } => {
+                Applied::Orient { perm, flip, dims: old } => {
                     // Inverse: old axis perm[a] = new axis a (flipped back).
                     let mut inv = [0; 3];
                     let mut iflip = [false; 3];

@@ -14,46 +14,20 @@ fn tmpdir(name: &str) -> PathBuf {
 
 #[test]
 fn phantom_dataset_is_deterministic_varied_and_readable() {
-    let cfg = PhantomConfig {
-        cases: 6,
-        validation: 2,
-        test: 1,
-        size: [32, 32, 20],
-        ..Default::default()
-    };
+    let cfg = PhantomConfig { cases: 6, validation: 2, test: 1, size: [32, 32, 20], ..Default::default() };
     let (a, la) = generate_case(&cfg, 1);
     let (b, lb) = generate_case(&cfg, 1);
     assert_eq!(a.data, b.data);
     assert_eq!(la.data, lb.data);
-    let (c, _) = generate_case(
-        &PhantomConfig {
-            seed: 7,
-            ..cfg.clone()
-        },
-        1,
-    );
+    let (c, _) = generate_case(&PhantomConfig { seed: 7, ..cfg.clone() }, 1);
     assert_ne!(a.data, c.data, "another seed gives other data");
     // Several orientations across cases.
-    let orients: std::collections::BTreeSet<String> = (0..4)
-        .map(|i| generate_case(&cfg, i).0.orientation())
-        .collect();
+    let orients: std::collections::BTreeSet<String> = (0..4).map(|i| generate_case(&cfg, i).0.orientation()).collect();
     assert!(orients.len() >= 3, "{orients:?}");
     // Every class present; liver and spleen intensities overlap (thresholding cannot split them).
-    let (img, lab) = generate_case(
-        &PhantomConfig {
-            size: [64, 64, 40],
-            ..cfg.clone()
-        },
-        0,
-    );
+    let (img, lab) = generate_case(&PhantomConfig { size: [64, 64, 40], ..cfg.clone() }, 0);
     let stats = |cls: f32| {
-        let v: Vec<f32> = img
-            .data
-            .iter()
-            .zip(&lab.data)
-            .filter(|(_, &l)| l == cls)
-            .map(|(&x, _)| x)
-            .collect();
+        let v: Vec<f32> = img.data.iter().zip(&lab.data).filter(|(_, &l)| l == cls).map(|(&x, _)| x).collect();
         assert!(!v.is_empty(), "class {cls} missing");
         let m = v.iter().sum::<f32>() / v.len() as f32;
         let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f32>() / v.len() as f32).sqrt();
@@ -63,18 +37,12 @@ fn phantom_dataset_is_deterministic_varied_and_readable() {
         stats(c as f32);
     }
     let ((ml, sl), (ms, ss)) = (stats(1.0), stats(2.0));
-    assert!(
-        (ml - ms).abs() < sl.max(ss),
-        "liver {ml}±{sl} vs spleen {ms}±{ss} should overlap"
-    );
+    assert!((ml - ms).abs() < sl.max(ss), "liver {ml}±{sl} vs spleen {ms}±{ss} should overlap");
     // Written dataset: json with splits and labels, files readable, all present.
     let dir = tmpdir("ph");
     let json = write_dataset(&cfg, &dir).unwrap();
     let dl = Datalist::from_json(&json).unwrap();
-    assert_eq!(
-        (dl.training.len(), dl.validation.len(), dl.test.len()),
-        (3, 2, 1)
-    );
+    assert_eq!((dl.training.len(), dl.validation.len(), dl.test.len()), (3, 2, 1));
     assert_eq!(dl.labels.len(), 5);
     dl.check_files().unwrap();
     let v = read_nifti(&dl.training[0].image[0], &ReadOptions::default()).unwrap();
@@ -90,46 +58,22 @@ fn datalists_parse_and_report_all_missing_files() {
     )
     .unwrap();
     let dl = Datalist::from_json(&dir.join("dataset.json")).unwrap();
-    assert_eq!(
-        dl.training[0].image,
-        vec![dir.join("a_t1.nii.gz"), dir.join("a_t2.nii.gz")]
-    );
+    assert_eq!(dl.training[0].image, vec![dir.join("a_t1.nii.gz"), dir.join("a_t2.nii.gz")]);
     assert_eq!(dl.test[0].label, None);
     let e = dl.check_files().unwrap_err().to_string();
-    for f in [
-        "a_t1.nii.gz",
-        "a_t2.nii.gz",
-        "a_seg.nii.gz",
-        "b.nii.gz",
-        "b_seg.nii.gz",
-        "c.nii.gz",
-    ] {
+    for f in ["a_t1.nii.gz", "a_t2.nii.gz", "a_seg.nii.gz", "b.nii.gz", "b_seg.nii.gz", "c.nii.gz"] {
         assert!(e.contains(f), "{e}");
     }
     assert!(e.contains("6 problem"), "{e}");
     std::fs::write(dir.join("bad.json"), "{ \"training\": [ ").unwrap();
-    let e = Datalist::from_json(&dir.join("bad.json"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("bad.json") && e.contains("malformed JSON"),
-        "{e}"
-    );
+    let e = Datalist::from_json(&dir.join("bad.json")).unwrap_err().to_string();
+    assert!(e.contains("bad.json") && e.contains("malformed JSON"), "{e}");
     std::fs::write(dir.join("empty.json"), "{}").unwrap();
     assert!(Datalist::from_json(&dir.join("empty.json")).is_err());
     std::fs::write(dir.join("wrong.json"), r#"{"training": [{"label": "x"}]}"#).unwrap();
-    assert!(Datalist::from_json(&dir.join("wrong.json"))
-        .unwrap_err()
-        .to_string()
-        .contains("no \"image\""));
+    assert!(Datalist::from_json(&dir.join("wrong.json")).unwrap_err().to_string().contains("no \"image\""));
     // Folder layout.
-    let cfg = PhantomConfig {
-        cases: 3,
-        validation: 1,
-        test: 1,
-        size: [8, 8, 8],
-        ..Default::default()
-    };
+    let cfg = PhantomConfig { cases: 3, validation: 1, test: 1, size: [8, 8, 8], ..Default::default() };
     let d2 = tmpdir("folder");
     write_dataset(&cfg, &d2).unwrap();
     let dl = Datalist::from_folder(&d2).unwrap();

@@ -10,9 +10,7 @@ use unetr_data::nifti::{read_nifti, ReadOptions};
 
 fn gunzip(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(b)
-        .read_to_end(&mut out)
-        .unwrap();
+    flate2::read::GzDecoder::new(b).read_to_end(&mut out).unwrap();
     out
 }
 
@@ -36,22 +34,11 @@ fn mutated_files_never_panic() {
         }
     }
     assert!(seeds.len() >= 5);
-    let iters: usize = std::env::var("UNETR_FUZZ_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4000);
-    let mut rng = ChaCha8Rng::seed_from_u64(
-        std::env::var("UNETR_FUZZ_SEED")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1),
-    );
+    let iters: usize = std::env::var("UNETR_FUZZ_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(4000);
+    let mut rng = ChaCha8Rng::seed_from_u64(std::env::var("UNETR_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1));
     let tmp = std::env::temp_dir().join(format!("unetr-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
-    let opts = ReadOptions {
-        max_bytes: 64 << 20,
-        ..Default::default()
-    };
+    let opts = ReadOptions { max_bytes: 64 << 20, ..Default::default() };
     let (mut ok, mut err) = (0usize, 0usize);
     for i in 0..iters {
         let mut b = seeds[rng.random_range(0..seeds.len())].clone();
@@ -59,11 +46,7 @@ fn mutated_files_never_panic() {
             match rng.random_range(0..6) {
                 // Header fields are where lies hurt: bias mutations to the first 352 bytes.
                 0..=2 if !b.is_empty() => {
-                    let at = if rng.random_bool(0.8) {
-                        rng.random_range(0..b.len().min(352))
-                    } else {
-                        rng.random_range(0..b.len())
-                    };
+                    let at = if rng.random_bool(0.8) { rng.random_range(0..b.len().min(352)) } else { rng.random_range(0..b.len()) };
                     b[at] = rng.random();
                 }
                 3 if b.len() > 1 => {
@@ -74,24 +57,14 @@ fn mutated_files_never_panic() {
                 _ if b.len() >= 80 => {
                     // An interesting value in a 2- or 4-byte field.
                     let at = rng.random_range(0..b.len().min(348) - 4);
-                    let v: [u8; 4] = [
-                        [0, 0, 0, 0],
-                        [0xff, 0xff, 0xff, 0xff],
-                        [0, 0, 0, 0x80],
-                        [0xff, 0x7f, 0, 0],
-                        [1, 0, 0, 0],
-                    ][rng.random_range(0..5)];
+                    let v: [u8; 4] = [[0, 0, 0, 0], [0xff, 0xff, 0xff, 0xff], [0, 0, 0, 0x80], [0xff, 0x7f, 0, 0], [1, 0, 0, 0]][rng.random_range(0..5)];
                     b[at..at + 4].copy_from_slice(&v);
                 }
                 _ => {}
             }
         }
         let gz = rng.random_bool(0.5);
-        let path = tmp.join(if gz {
-            format!("f{i}.nii.gz")
-        } else {
-            format!("f{i}.nii")
-        });
+        let path = tmp.join(if gz { format!("f{i}.nii.gz") } else { format!("f{i}.nii") });
         let mut bytes = if gz { gzip(&b) } else { b };
         if gz && rng.random_bool(0.2) && bytes.len() > 20 {
             let at = rng.random_range(10..bytes.len());
@@ -101,16 +74,10 @@ fn mutated_files_never_panic() {
         match std::panic::catch_unwind(|| read_nifti(&path, &opts)) {
             Ok(Ok(_)) => ok += 1,
             Ok(Err(e)) => {
-                assert!(
-                    e.to_string().contains(&*path.to_string_lossy()),
-                    "error without the file name: {e}"
-                );
+                assert!(e.to_string().contains(&*path.to_string_lossy()), "error without the file name: {e}");
                 err += 1
             }
-            Err(_) => panic!(
-                "read_nifti panicked on mutated input #{i} (kept at {})",
-                path.display()
-            ),
+            Err(_) => panic!("read_nifti panicked on mutated input #{i} (kept at {})", path.display()),
         }
         let _ = std::fs::remove_file(&path);
     }

@@ -19,20 +19,9 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn sample(index: usize) -> Sample {
-    let cfg = PhantomConfig {
-        size: [12, 10, 8],
-        ..Default::default()
-    };
+    let cfg = PhantomConfig { size: [12, 10, 8], ..Default::default() };
     let (img, lab) = generate_case(&cfg, index);
-    Sample {
-        image: img.data,
-        channels: 1,
-        label: Some(lab.data),
-        dims: img.header.dims,
-        affine: img.header.affine,
-        applied: vec![],
-        header: img.header,
-    }
+    Sample { image: img.data, channels: 1, label: Some(lab.data), dims: img.header.dims, affine: img.header.affine, applied: vec![], header: img.header }
 }
 
 #[derive(serde::Deserialize)]
@@ -72,19 +61,12 @@ fn pipeline_from_config_matches_the_methods_and_splits_at_the_first_random_trans
     assert_eq!(c.first_random(), 2);
     let s = sample(1);
     let det = c.apply_deterministic(s.clone()).unwrap();
-    let manual = s
-        .clone()
-        .orient_ras()
-        .scale_intensity_range(-175.0, 250.0, 0.0, 1.0, true);
+    let manual = s.clone().orient_ras().scale_intensity_range(-175.0, 250.0, 0.0, 1.0, true);
     assert_eq!(det.image, manual.image);
     assert_eq!(det.affine, manual.affine);
     // The random part: seeded, two crops of the requested size.
-    let a = c
-        .apply_random(det.clone(), &mut ChaCha8Rng::seed_from_u64(3))
-        .unwrap();
-    let b = c
-        .apply_random(det, &mut ChaCha8Rng::seed_from_u64(3))
-        .unwrap();
+    let a = c.apply_random(det.clone(), &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
+    let b = c.apply_random(det, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
     assert_eq!(a.len(), 2);
     assert!(a.iter().all(|x| x.dims == [8, 8, 8]));
     assert_eq!(a[0].image, b[0].image);
@@ -95,22 +77,10 @@ fn pipeline_from_config_matches_the_methods_and_splits_at_the_first_random_trans
 fn bad_pipeline_entries_are_refused_with_the_entry_named() {
     for (text, want) in [
         ("[[pipeline]]\nname = \"Rotate45\"\n", "Rotate45"),
-        (
-            "[[pipeline]]\nname = \"Orientation\"\naxcodes = \"RRS\"\n",
-            "orientation code",
-        ),
-        (
-            "[[pipeline]]\nname = \"Spacing\"\npixdim = [1.0, 0.0, 1.0]\n",
-            "pixdim",
-        ),
-        (
-            "[[pipeline]]\nname = \"RandFlip\"\nspatial_axis = 3\nprob = 0.5\n",
-            "spatial_axis",
-        ),
-        (
-            "[[pipeline]]\nname = \"RandFlip\"\nspatial_axes = 1\nprob = 0.5\n",
-            "spatial_axes",
-        ),
+        ("[[pipeline]]\nname = \"Orientation\"\naxcodes = \"RRS\"\n", "orientation code"),
+        ("[[pipeline]]\nname = \"Spacing\"\npixdim = [1.0, 0.0, 1.0]\n", "pixdim"),
+        ("[[pipeline]]\nname = \"RandFlip\"\nspatial_axis = 3\nprob = 0.5\n", "spatial_axis"),
+        ("[[pipeline]]\nname = \"RandFlip\"\nspatial_axes = 1\nprob = 0.5\n", "spatial_axes"),
     ] {
         let e = match toml::from_str::<Wrap>(text) {
             Err(e) => e.to_string(),
@@ -164,51 +134,23 @@ fn rand_spatial_crop_is_a_window_of_the_volume() {
 #[test]
 fn nan_voxels_fail_naming_the_file_or_are_replaced() {
     let dir = tmp("nan");
-    let (mut img, _) = generate_case(
-        &PhantomConfig {
-            size: [8, 8, 8],
-            ..Default::default()
-        },
-        0,
-    );
+    let (mut img, _) = generate_case(&PhantomConfig { size: [8, 8, 8], ..Default::default() }, 0);
     img.data[3] = f32::NAN;
     img.data[10] = f32::INFINITY;
     let p = dir.join("nan.nii.gz");
     write_nifti(&p, &img, false).unwrap();
-    let e = read_nifti(&p, &ReadOptions::default())
-        .unwrap_err()
-        .to_string();
+    let e = read_nifti(&p, &ReadOptions::default()).unwrap_err().to_string();
     assert!(e.contains("nan.nii.gz") && e.contains("2 NaN/Inf"), "{e}");
-    let v = read_nifti(
-        &p,
-        &ReadOptions {
-            nonfinite: NonFinite::Replace(-1.0),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let v = read_nifti(&p, &ReadOptions { nonfinite: NonFinite::Replace(-1.0), ..Default::default() }).unwrap();
     assert_eq!((v.data[3], v.data[10]), (-1.0, -1.0));
     assert!(v.data.iter().all(|x| x.is_finite()));
-    let v = read_nifti(
-        &p,
-        &ReadOptions {
-            nonfinite: NonFinite::Keep,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let v = read_nifti(&p, &ReadOptions { nonfinite: NonFinite::Keep, ..Default::default() }).unwrap();
     assert!(v.data[3].is_nan());
 }
 
 fn dataset(name: &str) -> Datalist {
     let dir = tmp(name);
-    let cfg = PhantomConfig {
-        cases: 6,
-        validation: 1,
-        test: 0,
-        size: [24, 24, 16],
-        ..Default::default()
-    };
+    let cfg = PhantomConfig { cases: 6, validation: 1, test: 0, size: [24, 24, 16], ..Default::default() };
     let json = write_dataset(&cfg, &dir).unwrap();
     Datalist::from_json(&json).unwrap()
 }
@@ -222,21 +164,9 @@ fn compose() -> Arc<Compose> {
 fn cache_budget_and_loader_determinism() {
     let dl = dataset("cache");
     let c = compose();
-    let full = CacheDataset::new(
-        dl.training.clone(),
-        c.clone(),
-        ReadOptions::default(),
-        usize::MAX,
-    )
-    .unwrap();
+    let full = CacheDataset::new(dl.training.clone(), c.clone(), ReadOptions::default(), usize::MAX).unwrap();
     let one = 4 * 2 * 24 * 24 * 16; // image + label of one volume, f32
-    let part = CacheDataset::new(
-        dl.training.clone(),
-        c.clone(),
-        ReadOptions::default(),
-        2 * one + 10,
-    )
-    .unwrap();
+    let part = CacheDataset::new(dl.training.clone(), c.clone(), ReadOptions::default(), 2 * one + 10).unwrap();
     assert_eq!(full.cache_stats().0, dl.training.len());
     assert_eq!(part.cache_stats(), (2, 2 * one));
     for i in 0..dl.training.len() {
@@ -246,27 +176,10 @@ fn cache_budget_and_loader_determinism() {
     }
     // Batches depend on (seed, step) only: a loader started at step 3 (resume) and direct calls agree,
     // with or without the cache and whatever the prefetch depth.
-    let cfg = LoaderConfig {
-        batch_size: 2,
-        seed: 11,
-        prefetch: 3,
-    };
+    let cfg = LoaderConfig { batch_size: 2, seed: 11, prefetch: 3 };
     let full = Arc::new(full);
-    let a: Vec<_> = Loader::new(full.clone(), cfg.clone(), 0)
-        .take(6)
-        .map(|b| b.unwrap())
-        .collect();
-    let b: Vec<_> = Loader::new(
-        Arc::new(part),
-        LoaderConfig {
-            prefetch: 1,
-            ..cfg.clone()
-        },
-        3,
-    )
-    .take(3)
-    .map(|b| b.unwrap())
-    .collect();
+    let a: Vec<_> = Loader::new(full.clone(), cfg.clone(), 0).take(6).map(|b| b.unwrap()).collect();
+    let b: Vec<_> = Loader::new(Arc::new(part), LoaderConfig { prefetch: 1, ..cfg.clone() }, 3).take(3).map(|b| b.unwrap()).collect();
     for (x, y) in a[3..].iter().zip(&b) {
         assert_eq!((x.step, x.n, x.dims), (y.step, y.n, y.dims));
         assert_eq!(x.image, y.image);
@@ -293,20 +206,11 @@ fn loader_reports_errors_instead_of_hanging() {
     assert!(e.contains("differ in shape"), "{e}");
     // A file removed after the cache was built (beyond the budget): the loader yields the error, then ends.
     let c = compose();
-    let ds =
-        Arc::new(CacheDataset::new(dl.training.clone(), c, ReadOptions::default(), 0).unwrap());
+    let ds = Arc::new(CacheDataset::new(dl.training.clone(), c, ReadOptions::default(), 0).unwrap());
     for it in &dl.training {
         std::fs::remove_file(&it.image[0]).unwrap();
     }
-    let mut l = Loader::new(
-        ds,
-        LoaderConfig {
-            batch_size: 1,
-            seed: 0,
-            prefetch: 2,
-        },
-        0,
-    );
+    let mut l = Loader::new(ds, LoaderConfig { batch_size: 1, seed: 0, prefetch: 2 }, 0);
     let e = l.next().unwrap().unwrap_err().to_string();
     assert!(e.contains("cannot open"), "{e}");
     assert!(l.next().is_none());

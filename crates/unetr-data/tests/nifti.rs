@@ -5,36 +5,15 @@ use std::path::{Path, PathBuf};
 use unetr_data::nifti::{orientation, read_nifti, write_nifti, Header, ReadOptions, Volume};
 
 fn fx(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 fn expect(name: &str) -> (Vec<usize>, Vec<f32>, Vec<f64>, Vec<f64>) {
     let bytes = std::fs::read(fx(&format!("{name}.expect.safetensors"))).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |k: &str| {
-        st.tensor(k)
-            .unwrap()
-            .data()
-            .chunks(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect::<Vec<_>>()
-    };
-    let f64s = |k: &str| {
-        st.tensor(k)
-            .unwrap()
-            .data()
-            .chunks(8)
-            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-            .collect::<Vec<_>>()
-    };
-    (
-        st.tensor("data").unwrap().shape().to_vec(),
-        f32s("data"),
-        f64s("affine"),
-        f64s("zooms"),
-    )
+    let f32s = |k: &str| st.tensor(k).unwrap().data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>();
+    let f64s = |k: &str| st.tensor(k).unwrap().data().chunks(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>();
+    (st.tensor("data").unwrap().shape().to_vec(), f32s("data"), f64s("affine"), f64s("zooms"))
 }
 
 #[test]
@@ -57,41 +36,20 @@ fn reads_like_nibabel() {
         for ch in 0..c {
             for s in 0..n {
                 let (a, b) = (v.data[ch * n + s], data[s * c + ch]);
-                assert!(
-                    (a - b).abs() <= 1e-6 * b.abs().max(1.0),
-                    "{file}: voxel {s} channel {ch}: {a} vs {b}"
-                );
+                assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{file}: voxel {s} channel {ch}: {a} vs {b}");
             }
         }
         for r in 0..3 {
             for col in 0..4 {
-                assert!(
-                    (v.header.affine[r][col] - affine[r * 4 + col]).abs() < 1e-5,
-                    "{file}: affine {:?} vs {affine:?}",
-                    v.header.affine
-                );
+                assert!((v.header.affine[r][col] - affine[r * 4 + col]).abs() < 1e-5, "{file}: affine {:?} vs {affine:?}", v.header.affine);
             }
         }
         for a in 0..3 {
-            assert!(
-                (v.spacing()[a] - zooms[a]).abs() < 1e-5,
-                "{file}: spacing {:?} vs {zooms:?}",
-                v.spacing()
-            );
+            assert!((v.spacing()[a] - zooms[a]).abs() < 1e-5, "{file}: spacing {:?} vs {zooms:?}", v.spacing());
         }
     }
-    assert_eq!(
-        read_nifti(&fx("u16_lps.nii.gz"), &ReadOptions::default())
-            .unwrap()
-            .orientation(),
-        "LPS"
-    );
-    assert_eq!(
-        read_nifti(&fx("u8_ras.nii"), &ReadOptions::default())
-            .unwrap()
-            .orientation(),
-        "RAS"
-    );
+    assert_eq!(read_nifti(&fx("u16_lps.nii.gz"), &ReadOptions::default()).unwrap().orientation(), "LPS");
+    assert_eq!(read_nifti(&fx("u8_ras.nii"), &ReadOptions::default()).unwrap().orientation(), "RAS");
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -109,10 +67,7 @@ fn write_read_round_trip() {
     aff[0][3] = 12.0;
     let h = Header::new([5, 4, 3], 2, aff);
     let data: Vec<f32> = (0..120).map(|i| i as f32 * 0.37 - 9.0).collect();
-    let v = Volume {
-        data: data.clone(),
-        header: h,
-    };
+    let v = Volume { data: data.clone(), header: h };
     for name in ["rt.nii", "rt.nii.gz"] {
         let p = tmp(name);
         write_nifti(&p, &v, false).unwrap();
@@ -126,38 +81,23 @@ fn write_read_round_trip() {
         }
     }
     // Labels are stored as integers and come back exact.
-    let lab = Volume {
-        data: (0..60).map(|i| (i % 5) as f32).collect(),
-        header: Header::new([5, 4, 3], 1, aff),
-    };
+    let lab = Volume { data: (0..60).map(|i| (i % 5) as f32).collect(), header: Header::new([5, 4, 3], 1, aff) };
     let p = tmp("lab.nii.gz");
     write_nifti(&p, &lab, true).unwrap();
     let r = read_nifti(&p, &ReadOptions::default()).unwrap();
     assert_eq!(r.header.datatype, 2);
     assert_eq!(r.data, lab.data);
     // No temporary file is left behind.
-    let left: Vec<_> = std::fs::read_dir(p.parent().unwrap())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
-        .collect();
+    let left: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
     assert!(left.is_empty());
 }
 
 fn bad(bytes: &[u8], name: &str, expect: &str) {
     let p = tmp(name);
     std::fs::write(&p, bytes).unwrap();
-    let e = read_nifti(&p, &ReadOptions::default())
-        .expect_err(expect)
-        .to_string();
-    assert!(
-        e.contains(&*p.to_string_lossy()),
-        "error must name the file: {e}"
-    );
-    assert!(
-        e.to_lowercase().contains(&expect.to_lowercase()),
-        "{name}: error {e:?} should say {expect:?}"
-    );
+    let e = read_nifti(&p, &ReadOptions::default()).expect_err(expect).to_string();
+    assert!(e.contains(&*p.to_string_lossy()), "error must name the file: {e}");
+    assert!(e.to_lowercase().contains(&expect.to_lowercase()), "{name}: error {e:?} should say {expect:?}");
 }
 
 fn gz(b: &[u8]) -> Vec<u8> {
@@ -181,11 +121,7 @@ fn bad_files_give_clear_errors() {
         b
     };
     bad(&good[..200], "short.nii", "truncated header");
-    bad(
-        &good[..good.len() - 10],
-        "cut.nii",
-        "truncated or lying header",
-    );
+    bad(&good[..good.len() - 10], "cut.nii", "truncated or lying header");
     bad(&[], "empty.nii", "truncated header");
     let mut m = good.clone();
     m[344..348].copy_from_slice(b"xyz\0");
@@ -197,18 +133,10 @@ fn bad_files_give_clear_errors() {
     bad(&set_i16(40, 0), "ndim0.nii", "dim[0] = 0");
     bad(&set_i16(44, -4), "negdim.nii", "must be positive");
     bad(&set_i16(44, 0), "zerodim.nii", "must be positive");
-    bad(
-        &set_i16(42, 30000),
-        "lying.nii",
-        "truncated or lying header",
-    );
+    bad(&set_i16(42, 30000), "lying.nii", "truncated or lying header");
     bad(&set_i16(70, 99), "dtype.nii", "unsupported data type 99");
     bad(&set_i16(70, 128), "rgb.nii", "rgb24");
-    bad(
-        &set_f32(108, 1e6),
-        "voxoff.nii",
-        "truncated or lying header",
-    );
+    bad(&set_f32(108, 1e6), "voxoff.nii", "truncated or lying header");
     bad(&set_f32(108, 12.0), "voxoff_small.nii", "vox_offset");
     // Spacing comes from the sform here: zero it.
     let mut z = good.clone();
@@ -235,23 +163,10 @@ fn bad_files_give_clear_errors() {
     h[44..46].copy_from_slice(&32767i16.to_le_bytes());
     h[46..48].copy_from_slice(&32767i16.to_le_bytes());
     std::fs::write(&p, &h).unwrap();
-    let e = read_nifti(
-        &p,
-        &ReadOptions {
-            max_bytes: 1 << 30,
-            ..Default::default()
-        },
-    )
-    .unwrap_err()
-    .to_string();
+    let e = read_nifti(&p, &ReadOptions { max_bytes: 1 << 30, ..Default::default() }).unwrap_err().to_string();
     assert!(e.contains("limit"), "{e}");
-    let e = read_nifti(Path::new("/nonexistent/x.nii"), &ReadOptions::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("/nonexistent/x.nii") && e.contains("cannot open"),
-        "{e}"
-    );
+    let e = read_nifti(Path::new("/nonexistent/x.nii"), &ReadOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("/nonexistent/x.nii") && e.contains("cannot open"), "{e}");
 }
 
 /// Colin27 T1 and the AAL atlas (Debian mricron-data); skipped with a note when not installed.
@@ -266,14 +181,7 @@ fn mricron_volumes_load_inspect_and_round_trip() {
         let v = read_nifti(&dir.join(name), &ReadOptions::default()).unwrap();
         assert_eq!(v.shape(), [1, 181, 217, 181], "{name}");
         assert_eq!(v.orientation(), "RAS");
-        assert_eq!(
-            [
-                v.header.affine[0][3],
-                v.header.affine[1][3],
-                v.header.affine[2][3]
-            ],
-            [-90.0, -125.0, -71.0]
-        );
+        assert_eq!([v.header.affine[0][3], v.header.affine[1][3], v.header.affine[2][3]], [-90.0, -125.0, -71.0]);
         assert_eq!(v.spacing(), [1.0, 1.0, 1.0]);
         if name == "aal.nii.gz" {
             let max = v.data.iter().fold(0f32, |a, &b| a.max(b));
@@ -286,12 +194,5 @@ fn mricron_volumes_load_inspect_and_round_trip() {
         assert_eq!(r.data, v.data, "{name}");
         assert_eq!(r.header.affine, v.header.affine);
     }
-    assert_eq!(
-        orientation(&[
-            [-1.0, 0.0, 0.0, 0.0],
-            [0.0, 0.0, 1.0, 0.0],
-            [0.0, -1.0, 0.0, 0.0]
-        ]),
-        "LIA"
-    );
+    assert_eq!(orientation(&[[-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, -1.0, 0.0, 0.0]]), "LIA");
 }

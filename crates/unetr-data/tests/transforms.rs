@@ -6,25 +6,13 @@ use unetr_data::phantom::{generate_case, PhantomConfig};
 use unetr_data::transforms::Sample;
 
 fn sample(index: usize) -> Sample {
-    let cfg = PhantomConfig {
-        size: [12, 10, 8],
-        ..Default::default()
-    };
+    let cfg = PhantomConfig { size: [12, 10, 8], ..Default::default() };
     let (img, lab) = generate_case(&cfg, index);
-    Sample {
-        image: img.data,
-        channels: 1,
-        label: Some(lab.data),
-        dims: img.header.dims,
-        affine: img.header.affine,
-        applied: vec![],
-        header: img.header,
-    }
+    Sample { image: img.data, channels: 1, label: Some(lab.data), dims: img.header.dims, affine: img.header.affine, applied: vec![], header: img.header }
 }
 
 fn world(a: &[[f64; 4]; 3], v: [usize; 3]) -> [f64; 3] {
-    [0, 1, 2]
-        .map(|r| a[r][0] * v[0] as f64 + a[r][1] * v[1] as f64 + a[r][2] * v[2] as f64 + a[r][3])
+    [0, 1, 2].map(|r| a[r][0] * v[0] as f64 + a[r][1] * v[1] as f64 + a[r][2] * v[2] as f64 + a[r][3])
 }
 
 #[test]
@@ -32,36 +20,20 @@ fn orientation_to_ras_keeps_world_positions_and_inverts() {
     for index in 0..4 {
         let s = sample(index);
         let r = s.clone().orient_ras();
-        assert_eq!(
-            unetr_data::nifti::orientation(&r.affine),
-            "RAS",
-            "case {index}"
-        );
+        assert_eq!(unetr_data::nifti::orientation(&r.affine), "RAS", "case {index}");
         // Every voxel keeps its world position and value.
-        for v in [
-            [0, 0, 0],
-            [3, 2, 1],
-            [r.dims[0] - 1, r.dims[1] - 1, r.dims[2] - 1],
-        ] {
+        for v in [[0, 0, 0], [3, 2, 1], [r.dims[0] - 1, r.dims[1] - 1, r.dims[2] - 1]] {
             let w = world(&r.affine, v);
             let val = r.image[(v[0] * r.dims[1] + v[1]) * r.dims[2] + v[2]];
             let found = (0..s.image.len()).any(|i| {
-                let o = [
-                    i / (s.dims[1] * s.dims[2]),
-                    (i / s.dims[2]) % s.dims[1],
-                    i % s.dims[2],
-                ];
+                let o = [i / (s.dims[1] * s.dims[2]), (i / s.dims[2]) % s.dims[1], i % s.dims[2]];
                 let wo = world(&s.affine, o);
                 (0..3).all(|k| (wo[k] - w[k]).abs() < 1e-6) && s.image[i] == val
             });
             assert!(found, "case {index}: voxel {v:?} moved");
         }
         let back = r.invert(r.label.as_ref().unwrap(), 1, -1.0);
-        assert_eq!(
-            &back.data,
-            s.label.as_ref().unwrap(),
-            "case {index}: inversion"
-        );
+        assert_eq!(&back.data, s.label.as_ref().unwrap(), "case {index}: inversion");
     }
 }
 
@@ -78,11 +50,7 @@ fn crops_pads_and_inversion() {
             for k in 0..d[2] {
                 let idx = (i * d[1] + j) * d[2] + k;
                 let inside = (2..8).contains(&i) && (3..7).contains(&k);
-                assert_eq!(
-                    back.data[idx],
-                    if inside { l[idx] } else { -1.0 },
-                    "{i} {j} {k}"
-                );
+                assert_eq!(back.data[idx], if inside { l[idx] } else { -1.0 }, "{i} {j} {k}");
             }
         }
     }
@@ -96,23 +64,14 @@ fn random_crops_are_seeded_and_find_foreground() {
     let s = sample(1).orient_ras();
     let mut r1 = ChaCha8Rng::seed_from_u64(3);
     let mut r2 = ChaCha8Rng::seed_from_u64(3);
-    let a = s
-        .rand_crop_pos_neg([6, 6, 6], 1.0, 0.0, 4, &mut r1)
-        .unwrap();
-    let b = s
-        .rand_crop_pos_neg([6, 6, 6], 1.0, 0.0, 4, &mut r2)
-        .unwrap();
+    let a = s.rand_crop_pos_neg([6, 6, 6], 1.0, 0.0, 4, &mut r1).unwrap();
+    let b = s.rand_crop_pos_neg([6, 6, 6], 1.0, 0.0, 4, &mut r2).unwrap();
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x.image, y.image);
-        assert!(
-            x.label.as_ref().unwrap()[(3 * 6 + 3) * 6 + 3] > 0.0
-                || x.label.as_ref().unwrap().iter().any(|&v| v > 0.0)
-        );
+        assert!(x.label.as_ref().unwrap()[(3 * 6 + 3) * 6 + 3] > 0.0 || x.label.as_ref().unwrap().iter().any(|&v| v > 0.0));
     }
     // Larger than the volume: padded.
-    let big = s
-        .rand_crop_pos_neg([16, 16, 16], 1.0, 1.0, 1, &mut r1)
-        .unwrap();
+    let big = s.rand_crop_pos_neg([16, 16, 16], 1.0, 1.0, 1, &mut r1).unwrap();
     assert_eq!(big[0].dims, [16, 16, 16]);
 }
 

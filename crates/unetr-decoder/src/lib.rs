@@ -5,8 +5,5 @@
 mod blocks;
 mod layers;
 
-pub use blocks::{
-    ConvBlock, UnetBasicBlock, UnetOutBlock, UnetResBlock, UnetrBasicBlock, UnetrPrUpBlock,
-    UnetrUpBlock,
-};
+pub use blocks::{ConvBlock, UnetBasicBlock, UnetOutBlock, UnetResBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock};
 pub use layers::{BatchNorm3d, ConvLayer, NormKind, NormLayer, TransConvLayer};

@@ -130,10 +130,7 @@ impl UnetrConfig {
     pub fn validate(&self) -> Result<()> {
         let err = |m: String| Err(ModelError::Config(m));
         if self.spatial_dims != 3 {
-            return err(format!(
-                "spatial_dims = {}: only 3D is supported",
-                self.spatial_dims
-            ));
+            return err(format!("spatial_dims = {}: only 3D is supported", self.spatial_dims));
         }
         if !self.conv_block {
             return err("conv_block = false is not supported (UNETR always passes true)".into());
@@ -142,22 +139,13 @@ impl UnetrConfig {
             return err("in_channels, out_channels and feature_size must be positive".into());
         }
         if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
-            return err(format!(
-                "hidden_size {} must be divisible by num_heads {}",
-                self.hidden_size, self.num_heads
-            ));
+            return err(format!("hidden_size {} must be divisible by num_heads {}", self.hidden_size, self.num_heads));
         }
         if !(0.0..=1.0).contains(&self.dropout_rate) {
-            return err(format!(
-                "dropout_rate {} must be in [0, 1]",
-                self.dropout_rate
-            ));
+            return err(format!("dropout_rate {} must be in [0, 1]", self.dropout_rate));
         }
         if self.num_layers < 4 {
-            return err(format!(
-                "num_layers {} must be >= 4 (skips come from blocks L/4, L/2, 3L/4)",
-                self.num_layers
-            ));
+            return err(format!("num_layers {} must be >= 4 (skips come from blocks L/4, L/2, 3L/4)", self.num_layers));
         }
         for a in 0..3 {
             let (i, p) = (self.img_size[a], self.patch_size[a]);

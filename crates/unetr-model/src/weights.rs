@@ -22,10 +22,7 @@ fn known_unused(key: &str) -> bool {
 }
 
 fn file_err(path: &Path, msg: impl std::fmt::Display) -> ModelError {
-    ModelError::File {
-        path: path.to_path_buf(),
-        msg: msg.to_string(),
-    }
+    ModelError::File { path: path.to_path_buf(), msg: msg.to_string() }
 }
 
 /// All tensors of a checkpoint, by name. Format by extension: `.safetensors`, else a PyTorch zip pickle.
@@ -60,15 +57,7 @@ pub fn load_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
         }
         found
     };
-    Ok(tensors
-        .into_iter()
-        .map(|(k, t)| {
-            (
-                k.strip_prefix("module.").map(str::to_string).unwrap_or(k),
-                t,
-            )
-        })
-        .collect())
+    Ok(tensors.into_iter().map(|(k, t)| (k.strip_prefix("module.").map(str::to_string).unwrap_or(k), t)).collect())
 }
 
 /// What loading did besides copying tensors.
@@ -96,10 +85,7 @@ impl UnetrWeights {
     /// generator cannot be seeded, so the draws come from our own ChaCha generator, in construction order).
     pub fn init_seeded(cfg: &UnetrConfig, device: &Device, seed: u64) -> Result<Self> {
         let varmap = VarMap::new();
-        let backend = SeededInit {
-            varmap: varmap.clone(),
-            rng: std::sync::Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
-        };
+        let backend = SeededInit { varmap: varmap.clone(), rng: std::sync::Mutex::new(ChaCha8Rng::seed_from_u64(seed)) };
         let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
         let model = Unetr::new(cfg, vb)?;
         Ok(Self { model, varmap })
@@ -131,11 +117,7 @@ impl UnetrWeights {
                     if may_skip(name) {
                         report.skipped.push(name.to_string());
                     } else {
-                        mismatched.push(format!(
-                            "{name}: file {:?}, model {:?}",
-                            t.dims(),
-                            var.dims()
-                        ));
+                        mismatched.push(format!("{name}: file {:?}, model {:?}", t.dims(), var.dims()));
                     }
                 }
                 Some(t) => assign.push((var, t)),
@@ -154,11 +136,7 @@ impl UnetrWeights {
         if !(missing.is_empty() && mismatched.is_empty() && unexpected.is_empty()) {
             unexpected.sort();
             let mut d = String::new();
-            for (title, list) in [
-                ("missing", &missing),
-                ("wrong shape", &mismatched),
-                ("unexpected", &unexpected),
-            ] {
+            for (title, list) in [("missing", &missing), ("wrong shape", &mismatched), ("unexpected", &unexpected)] {
                 if !list.is_empty() {
                     d += &format!("  {} {title} key(s):\n", list.len());
                     for k in list.iter() {
@@ -167,21 +145,11 @@ impl UnetrWeights {
                 }
             }
             d += "  (check the config: feature_size, hidden_size, norm_name, res_block, proj_type, qkv_bias, channels, img_size)";
-            return Err(ModelError::Checkpoint {
-                path: path.to_path_buf(),
-                details: d,
-            });
+            return Err(ModelError::Checkpoint { path: path.to_path_buf(), details: d });
         }
         for (var, t) in assign {
             if !t.dtype().is_float() {
-                return Err(file_err(
-                    path,
-                    format!(
-                        "tensor of shape {:?} has non-float dtype {:?}",
-                        t.dims(),
-                        t.dtype()
-                    ),
-                ));
+                return Err(file_err(path, format!("tensor of shape {:?} has non-float dtype {:?}", t.dims(), t.dtype())));
             }
             var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
             report.loaded += 1;
@@ -199,20 +167,10 @@ impl UnetrWeights {
     /// detached tensors frees each activation as soon as it has been used.
     pub fn inference_model(&self) -> Result<Unetr> {
         let vars = self.varmap.data().lock().unwrap();
-        let tensors: HashMap<String, Tensor> = vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-            .collect();
-        let (dtype, device) = vars
-            .values()
-            .next()
-            .map(|v| (v.dtype(), v.device().clone()))
-            .unwrap_or((DType::F32, Device::Cpu));
+        let tensors: HashMap<String, Tensor> = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
+        let (dtype, device) = vars.values().next().map(|v| (v.dtype(), v.device().clone())).unwrap_or((DType::F32, Device::Cpu));
         drop(vars);
-        Unetr::new(
-            &self.model.cfg,
-            VarBuilder::from_tensors(tensors, dtype, &device),
-        )
+        Unetr::new(&self.model.cfg, VarBuilder::from_tensors(tensors, dtype, &device))
     }
 }
 
@@ -223,22 +181,11 @@ struct SeededInit {
 }
 
 impl candle_nn::var_builder::SimpleBackend for SeededInit {
-    fn get(
-        &self,
-        s: candle_core::Shape,
-        name: &str,
-        h: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
+    fn get(&self, s: candle_core::Shape, name: &str, h: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let mut data = self.varmap.data().lock().unwrap();
         if let Some(v) = data.get(name) {
             if v.shape() != &s {
-                candle_core::bail!(
-                    "{name}: created with shape {:?}, requested {:?}",
-                    v.shape(),
-                    s
-                );
+                candle_core::bail!("{name}: created with shape {:?}, requested {:?}", v.shape(), s);
             }
             return Ok(v.as_tensor().clone());
         }
@@ -246,15 +193,11 @@ impl candle_nn::var_builder::SimpleBackend for SeededInit {
         let mut rng = self.rng.lock().unwrap();
         let vals: Vec<f32> = match h {
             candle_nn::Init::Const(c) => vec![c as f32; n],
-            candle_nn::Init::Uniform { lo, up } => {
-                (0..n).map(|_| rng.random_range(lo..up) as f32).collect()
-            }
+            candle_nn::Init::Uniform { lo, up } => (0..n).map(|_| rng.random_range(lo..up) as f32).collect(),
             candle_nn::Init::Randn { mean, stdev } => (0..n)
                 .map(|_| {
                     let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
-                    (mean
-                        + stdev * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos())
-                        as f32
+                    (mean + stdev * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
                 })
                 .collect(),
             other => candle_core::bail!("{name}: init {other:?} is not used by UNETR"),
@@ -265,12 +208,7 @@ impl candle_nn::var_builder::SimpleBackend for SeededInit {
         data.insert(name.to_string(), v);
         Ok(out)
     }
-    fn get_unchecked(
-        &self,
-        name: &str,
-        _dtype: DType,
-        _dev: &Device,
-    ) -> candle_core::Result<Tensor> {
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
         match self.varmap.data().lock().unwrap().get(name) {
             Some(v) => Ok(v.as_tensor().clone()),
             None => candle_core::bail!("{name}: no such variable"),
@@ -285,19 +223,10 @@ impl candle_nn::var_builder::SimpleBackend for SeededInit {
 /// `num_batches_tracked` buffer PyTorch's state dict carries.
 pub fn save_safetensors(varmap: &VarMap, path: &Path) -> Result<()> {
     let vars = varmap.data().lock().unwrap();
-    let mut tensors: BTreeMap<String, Tensor> = vars
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
-    let bn: Vec<String> = tensors
-        .keys()
-        .filter_map(|k| k.strip_suffix(".running_mean").map(str::to_string))
-        .collect();
+    let mut tensors: BTreeMap<String, Tensor> = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    let bn: Vec<String> = tensors.keys().filter_map(|k| k.strip_suffix(".running_mean").map(str::to_string)).collect();
     for prefix in bn {
-        tensors.insert(
-            format!("{prefix}.num_batches_tracked"),
-            Tensor::new(0i64, &Device::Cpu)?,
-        );
+        tensors.insert(format!("{prefix}.num_batches_tracked"), Tensor::new(0i64, &Device::Cpu)?);
     }
     drop(vars);
     write_safetensors(&tensors.into_iter().collect(), path)
@@ -308,8 +237,7 @@ pub fn write_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Resu
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp{}", std::process::id()));
     let tmp = std::path::PathBuf::from(tmp);
-    candle_core::safetensors::save(tensors, &tmp)
-        .map_err(|e| file_err(&tmp, format!("writing: {e}")))?;
+    candle_core::safetensors::save(tensors, &tmp).map_err(|e| file_err(&tmp, format!("writing: {e}")))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         file_err(path, format!("renaming {}: {e}", tmp.display()))
@@ -322,8 +250,7 @@ pub fn read_tensor(path: &Path, name: &str, device: &Device) -> Result<Tensor> {
     if !path.exists() {
         return Err(file_err(path, "no such file"));
     }
-    let mut all = candle_core::safetensors::load(path, device)
-        .map_err(|e| file_err(path, format!("not a readable safetensors file: {e}")))?;
+    let mut all = candle_core::safetensors::load(path, device).map_err(|e| file_err(path, format!("not a readable safetensors file: {e}")))?;
     all.remove(name).ok_or_else(|| {
         let mut keys: Vec<_> = all.keys().cloned().collect();
         keys.sort();

@@ -13,9 +13,7 @@ fn main() -> candle_core::Result<()> {
     for (k, n) in [(768, 2304), (768, 768), (768, 3072), (3072, 768)] {
         let x = Tensor::randn(0f32, 1., (m, k), &Device::Cpu)?;
         // 12 layers' weights, used in turn as in a forward: each is cold (from memory) when used.
-        let ws = (0..12)
-            .map(|_| Tensor::randn(0f32, 0.1, (n, k), &Device::Cpu))
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let ws = (0..12).map(|_| Tensor::randn(0f32, 0.1, (n, k), &Device::Cpu)).collect::<candle_core::Result<Vec<_>>>()?;
         let b = Tensor::randn(0f32, 0.1, n, &Device::Cpu)?;
         let mut ts = Vec::new();
         for i in 0..36 {
@@ -30,11 +28,7 @@ fn main() -> candle_core::Result<()> {
         let gflop = 2.0 * (m * k * n) as f64 / 1e9;
         total += ts[ts.len() / 2];
         let med = ts[ts.len() / 2];
-        println!(
-            "{m}x{k} -> {n}: {:7.3} ms  {:6.1} GFLOP/s",
-            med * 1e3,
-            gflop / med
-        );
+        println!("{m}x{k} -> {n}: {:7.3} ms  {:6.1} GFLOP/s", med * 1e3, gflop / med);
     }
     println!("per ViT layer: {:.2} ms", total * 1e3);
     Ok(())

@@ -3,9 +3,7 @@
 
 use crate::dtype::{up, via_f32};
 use crate::error::{check_float, shape_err, OpsError};
-use crate::kernels::activation::{
-    add_leaky_relu_bwd, add_leaky_relu_inplace, gelu_bwd, gelu_fwd, leaky_relu_fwd, softmax_fwd,
-};
+use crate::kernels::activation::{add_leaky_relu_bwd, add_leaky_relu_inplace, gelu_bwd, gelu_fwd, leaky_relu_fwd, softmax_fwd};
 use crate::storage::{data, data2, dispatch, dispatch2, out};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 
@@ -16,26 +14,15 @@ impl CustomOp1 for LeakyRelu {
         "leaky_relu"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        crate::profile::timed("leaky_relu", || {
-            dispatch!(data(self.name(), s, l)?, |x| out(
-                leaky_relu_fwd(x, None, self.0),
-                l.shape().clone()
-            ))
-        })
+        crate::profile::timed("leaky_relu", || dispatch!(data(self.name(), s, l)?, |x| out(leaky_relu_fwd(x, None, self.0), l.shape().clone())))
     }
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
         Ok((crate::cuda::leaky_relu(s, l, self.0)?, l.shape().clone()))
     }
     fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         // As PyTorch: slope where x <= 0.
-        crate::profile::timed("leaky_relu_backward", || {
-            Ok(Some(x.gt(0.0)?.where_cond(g, &(g * self.0)?)?))
-        })
+        crate::profile::timed("leaky_relu_backward", || Ok(Some(x.gt(0.0)?.where_cond(g, &(g * self.0)?)?)))
     }
 }
 
@@ -55,30 +42,13 @@ impl CustomOp2 for AddLeakyRelu {
     fn name(&self) -> &'static str {
         "add_leaky_relu"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         crate::profile::timed("add_leaky_relu", || {
-            dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |a, b| out(
-                leaky_relu_fwd(a, Some(b), self.0),
-                l1.shape().clone()
-            ))
+            dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |a, b| out(leaky_relu_fwd(a, Some(b), self.0), l1.shape().clone()))
         })
     }
-    fn bwd(
-        &self,
-        a: &Tensor,
-        b: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let d = crate::profile::timed("add_leaky_relu_backward", || {
-            a.apply_op3(b, &g.contiguous()?, AddLeakyReluBwd(self.0))
-        })?;
+    fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = crate::profile::timed("add_leaky_relu_backward", || a.apply_op3(b, &g.contiguous()?, AddLeakyReluBwd(self.0)))?;
         Ok((Some(d.clone()), Some(d)))
     }
 }
@@ -90,28 +60,12 @@ impl CustomOp3 for AddLeakyReluBwd {
     fn name(&self) -> &'static str {
         "add_leaky_relu_backward"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = data(self.name(), s3, l3)?;
         match (data2(self.name(), s1, l1, s2, l2)?, g) {
-            (crate::storage::Data2::F32(a, b), crate::storage::Data::F32(g)) => {
-                out(add_leaky_relu_bwd(a, b, g, self.0), l1.shape().clone())
-            }
-            (crate::storage::Data2::F64(a, b), crate::storage::Data::F64(g)) => {
-                out(add_leaky_relu_bwd(a, b, g, self.0), l1.shape().clone())
-            }
-            _ => Err(OpsError::Param {
-                op: "add_leaky_relu",
-                msg: "gradient dtype differs from the input's".into(),
-            }
-            .into()),
+            (crate::storage::Data2::F32(a, b), crate::storage::Data::F32(g)) => out(add_leaky_relu_bwd(a, b, g, self.0), l1.shape().clone()),
+            (crate::storage::Data2::F64(a, b), crate::storage::Data::F64(g)) => out(add_leaky_relu_bwd(a, b, g, self.0), l1.shape().clone()),
+            _ => Err(OpsError::Param { op: "add_leaky_relu", msg: "gradient dtype differs from the input's".into() }.into()),
         }
     }
 }
@@ -121,19 +75,10 @@ pub fn add_leaky_relu(a: &Tensor, b: &Tensor, slope: f64) -> Result<Tensor> {
     const OP: &str = "add_leaky_relu";
     check_float(OP, a.dtype())?;
     if a.dims() != b.dims() {
-        return Err(shape_err(
-            OP,
-            "the two inputs differ in shape",
-            &[a.dims(), b.dims()],
-        ));
+        return Err(shape_err(OP, "the two inputs differ in shape", &[a.dims(), b.dims()]));
     }
     if a.dtype() != b.dtype() {
-        return Err(OpsError::DTypeMismatch {
-            op: OP,
-            a: a.dtype(),
-            b: b.dtype(),
-        }
-        .into());
+        return Err(OpsError::DTypeMismatch { op: OP, a: a.dtype(), b: b.dtype() }.into());
     }
     if via_f32(a) {
         return add_leaky_relu(&up(a)?, &up(b)?, slope)?.to_dtype(a.dtype());
@@ -141,8 +86,7 @@ pub fn add_leaky_relu(a: &Tensor, b: &Tensor, slope: f64) -> Result<Tensor> {
     if !a.device().is_cpu() {
         return leaky_relu(&(a + b)?, slope);
     }
-    a.contiguous()?
-        .apply_op2(&b.contiguous()?, AddLeakyRelu(slope))
+    a.contiguous()?.apply_op2(&b.contiguous()?, AddLeakyRelu(slope))
 }
 
 /// Exact (erf) GELU; the backward is our kernel too. First-order only.
@@ -153,12 +97,7 @@ impl CustomOp1 for Gelu {
         "gelu"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        crate::profile::timed("gelu", || {
-            dispatch!(data(self.name(), s, l)?, |x| out(
-                gelu_fwd(x),
-                l.shape().clone()
-            ))
-        })
+        crate::profile::timed("gelu", || dispatch!(data(self.name(), s, l)?, |x| out(gelu_fwd(x), l.shape().clone())))
     }
     fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(x.apply_op2(&g.contiguous()?, GeluBwd)?))
@@ -171,19 +110,8 @@ impl CustomOp2 for GeluBwd {
     fn name(&self) -> &'static str {
         "gelu_backward"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        crate::profile::timed("gelu_backward", || {
-            dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |x, g| out(
-                gelu_bwd(x, g),
-                l1.shape().clone()
-            ))
-        })
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        crate::profile::timed("gelu_backward", || dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |x, g| out(gelu_bwd(x, g), l1.shape().clone())))
     }
 }
 
@@ -208,19 +136,10 @@ impl CustomOp1 for Softmax {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = l.dims().last().copied().unwrap_or(1);
-        crate::profile::timed("softmax", || {
-            dispatch!(data(self.name(), s, l)?, |x| out(
-                softmax_fwd(x, d),
-                l.shape().clone()
-            ))
-        })
+        crate::profile::timed("softmax", || dispatch!(data(self.name(), s, l)?, |x| out(softmax_fwd(x, d), l.shape().clone())))
     }
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
         Ok((crate::cuda::softmax(s, l)?, l.shape().clone()))
     }
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
@@ -255,29 +174,13 @@ impl candle_core::InplaceOp2 for AddLeakyReluInplace {
     fn name(&self) -> &'static str {
         "add_leaky_relu"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<()> {
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
         let b = data(self.name(), s2, l2)?;
         crate::profile::timed("add_leaky_relu", || {
             match (crate::storage::data_mut(self.name(), s1, l1)?, b) {
-                (crate::storage::DataMut::F32(a), crate::storage::Data::F32(b)) => {
-                    add_leaky_relu_inplace(a, b, self.0)
-                }
-                (crate::storage::DataMut::F64(a), crate::storage::Data::F64(b)) => {
-                    add_leaky_relu_inplace(a, b, self.0)
-                }
-                _ => {
-                    return Err(OpsError::Param {
-                        op: "add_leaky_relu",
-                        msg: "the inputs differ in dtype".into(),
-                    }
-                    .into())
-                }
+                (crate::storage::DataMut::F32(a), crate::storage::Data::F32(b)) => add_leaky_relu_inplace(a, b, self.0),
+                (crate::storage::DataMut::F64(a), crate::storage::Data::F64(b)) => add_leaky_relu_inplace(a, b, self.0),
+                _ => return Err(OpsError::Param { op: "add_leaky_relu", msg: "the inputs differ in dtype".into() }.into()),
             }
             Ok(())
         })
@@ -292,19 +195,10 @@ pub fn add_leaky_relu_(a: &Tensor, b: &Tensor, slope: f64) -> Result<()> {
     crate::storage::check_inplace(OP, a)?;
     check_float(OP, a.dtype())?;
     if a.dims() != b.dims() {
-        return Err(shape_err(
-            OP,
-            "the two inputs differ in shape",
-            &[a.dims(), b.dims()],
-        ));
+        return Err(shape_err(OP, "the two inputs differ in shape", &[a.dims(), b.dims()]));
     }
     if a.dtype() != b.dtype() {
-        return Err(OpsError::DTypeMismatch {
-            op: OP,
-            a: a.dtype(),
-            b: b.dtype(),
-        }
-        .into());
+        return Err(OpsError::DTypeMismatch { op: OP, a: a.dtype(), b: b.dtype() }.into());
     }
     a.inplace_op2(&b.contiguous()?, &AddLeakyReluInplace(slope))
 }

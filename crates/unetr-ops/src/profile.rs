@@ -37,18 +37,10 @@ pub fn enable() {
 /// Stops recording and returns the rows, largest self time first.
 pub fn take() -> Vec<OpTime> {
     ENABLED.store(false, Ordering::Relaxed);
-    let map = TOTALS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .unwrap_or_default();
+    let map = TOTALS.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
     let mut rows: Vec<OpTime> = map
         .into_iter()
-        .map(|(name, (calls, seconds))| OpTime {
-            name: name.to_string(),
-            calls,
-            seconds,
-        })
+        .map(|(name, (calls, seconds))| OpTime { name: name.to_string(), calls, seconds })
         .collect();
     rows.sort_by(|a, b| b.seconds.total_cmp(&a.seconds).then(a.name.cmp(&b.name)));
     rows
@@ -93,9 +85,7 @@ mod tests {
         let t0 = Instant::now();
         timed("outer", || {
             std::thread::sleep(std::time::Duration::from_millis(20));
-            timed("inner", || {
-                std::thread::sleep(std::time::Duration::from_millis(30))
-            });
+            timed("inner", || std::thread::sleep(std::time::Duration::from_millis(30)));
         });
         let total = t0.elapsed().as_secs_f64();
         let rows = take();
@@ -104,10 +94,7 @@ mod tests {
         assert_eq!((outer.calls, inner.calls), (1, 1));
         assert!(inner.seconds >= 0.03 && outer.seconds >= 0.02, "{rows:?}");
         // The outer row excludes the inner scope's time.
-        assert!(
-            outer.seconds + inner.seconds <= total + 1e-9,
-            "{rows:?} in {total}"
-        );
+        assert!(outer.seconds + inner.seconds <= total + 1e-9, "{rows:?} in {total}");
         assert!(!is_enabled());
         assert!(timed("off", || 1) == 1 && take().is_empty());
     }

@@ -37,51 +37,22 @@ fn cuda_kernels_compile_to_ptx_with_nvrtc() {
         // so that the lookup finds it without LD_LIBRARY_PATH.
         let _builtins = std::fs::read_dir(path.parent().unwrap())
             .ok()
-            .and_then(|d| {
-                d.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
-                    p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with("libnvrtc-builtins.so."))
-                })
-            })
+            .and_then(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libnvrtc-builtins.so."))))
             .map(|p| libloading::Library::new(p).expect("loading libnvrtc-builtins"));
         let lib = libloading::Library::new(&path).expect("loading libnvrtc");
-        let create: libloading::Symbol<
-            unsafe extern "C" fn(
-                *mut Prog,
-                *const c_char,
-                *const c_char,
-                c_int,
-                *const *const c_char,
-                *const *const c_char,
-            ) -> c_int,
-        > = lib.get(b"nvrtcCreateProgram").unwrap();
-        let compile: libloading::Symbol<
-            unsafe extern "C" fn(Prog, c_int, *const *const c_char) -> c_int,
-        > = lib.get(b"nvrtcCompileProgram").unwrap();
-        let log_size: libloading::Symbol<unsafe extern "C" fn(Prog, *mut usize) -> c_int> =
-            lib.get(b"nvrtcGetProgramLogSize").unwrap();
-        let get_log: libloading::Symbol<unsafe extern "C" fn(Prog, *mut c_char) -> c_int> =
-            lib.get(b"nvrtcGetProgramLog").unwrap();
-        let ptx_size: libloading::Symbol<unsafe extern "C" fn(Prog, *mut usize) -> c_int> =
-            lib.get(b"nvrtcGetPTXSize").unwrap();
-        let get_ptx: libloading::Symbol<unsafe extern "C" fn(Prog, *mut c_char) -> c_int> =
-            lib.get(b"nvrtcGetPTX").unwrap();
+        let create: libloading::Symbol<unsafe extern "C" fn(*mut Prog, *const c_char, *const c_char, c_int, *const *const c_char, *const *const c_char) -> c_int> =
+            lib.get(b"nvrtcCreateProgram").unwrap();
+        let compile: libloading::Symbol<unsafe extern "C" fn(Prog, c_int, *const *const c_char) -> c_int> = lib.get(b"nvrtcCompileProgram").unwrap();
+        let log_size: libloading::Symbol<unsafe extern "C" fn(Prog, *mut usize) -> c_int> = lib.get(b"nvrtcGetProgramLogSize").unwrap();
+        let get_log: libloading::Symbol<unsafe extern "C" fn(Prog, *mut c_char) -> c_int> = lib.get(b"nvrtcGetProgramLog").unwrap();
+        let ptx_size: libloading::Symbol<unsafe extern "C" fn(Prog, *mut usize) -> c_int> = lib.get(b"nvrtcGetPTXSize").unwrap();
+        let get_ptx: libloading::Symbol<unsafe extern "C" fn(Prog, *mut c_char) -> c_int> = lib.get(b"nvrtcGetPTX").unwrap();
         let src = CString::new(unetr_ops::CUDA_KERNELS).unwrap();
         let name = CString::new("kernels.cu").unwrap();
         // The lent GPUs are sm_90 (H100/H200); also the default architecture the run-time compile uses.
         for arch in [None, Some("--gpu-architecture=compute_90")] {
             let mut prog: Prog = std::ptr::null_mut();
-            assert_eq!(
-                create(
-                    &mut prog,
-                    src.as_ptr(),
-                    name.as_ptr(),
-                    0,
-                    std::ptr::null(),
-                    std::ptr::null()
-                ),
-                0
-            );
+            assert_eq!(create(&mut prog, src.as_ptr(), name.as_ptr(), 0, std::ptr::null(), std::ptr::null()), 0);
             let opts: Vec<CString> = arch.into_iter().map(|a| CString::new(a).unwrap()).collect();
             let ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
             let rc = compile(prog, ptrs.len() as c_int, ptrs.as_ptr());
@@ -89,40 +60,19 @@ fn cuda_kernels_compile_to_ptx_with_nvrtc() {
             log_size(prog, &mut n);
             let mut log = vec![0u8; n.max(1)];
             get_log(prog, log.as_mut_ptr() as *mut c_char);
-            let log = String::from_utf8_lossy(&log)
-                .trim_end_matches('\0')
-                .to_string();
+            let log = String::from_utf8_lossy(&log).trim_end_matches('\0').to_string();
             assert_eq!(rc, 0, "NVRTC ({arch:?}) failed:\n{log}");
             let mut n = 0;
             ptx_size(prog, &mut n);
             let mut ptx = vec![0u8; n];
             get_ptx(prog, ptx.as_mut_ptr() as *mut c_char);
             let ptx = String::from_utf8_lossy(&ptx);
-            for k in [
-                "conv3d_fwd",
-                "conv3d_bwd_input",
-                "conv3d_bwd_weight",
-                "norm_fwd",
-                "norm_bwd",
-                "leaky_relu",
-                "softmax",
-                "attn_fwd",
-                "attn_bwd_q",
-                "attn_bwd_kv",
-            ] {
+            for k in ["conv3d_fwd", "conv3d_bwd_input", "conv3d_bwd_weight", "norm_fwd", "norm_bwd", "leaky_relu", "softmax", "attn_fwd", "attn_bwd_q", "attn_bwd_kv"] {
                 for dt in ["f32", "f64", "bf16"] {
-                    assert!(
-                        ptx.contains(&format!(".entry {k}_{dt}(")),
-                        "PTX ({arch:?}) lacks {k}_{dt}"
-                    );
+                    assert!(ptx.contains(&format!(".entry {k}_{dt}(")), "PTX ({arch:?}) lacks {k}_{dt}");
                 }
             }
-            eprintln!(
-                "NVRTC {} ({arch:?}): {} bytes of PTX, 30 entry points; warnings: {}",
-                path.display(),
-                ptx.len(),
-                if log.is_empty() { "none" } else { &log }
-            );
+            eprintln!("NVRTC {} ({arch:?}): {} bytes of PTX, 30 entry points; warnings: {}", path.display(), ptx.len(), if log.is_empty() { "none" } else { &log });
         }
     }
 }

@@ -13,17 +13,9 @@ fn portable_kernels_match_pytorch() {
         let (inp, vars) = vars(&f, DType::F32);
         let (y, _) = run(&f, &inp).unwrap();
         assert!(rel_err(&y, &f.t["y"]) <= 1e-5, "{}: forward", f.name);
-        let grads = (&y * &f.t["gy"])
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads = (&y * &f.t["gy"]).unwrap().sum_all().unwrap().backward().unwrap();
         for (k, v) in &vars {
-            let e = rel_err(
-                grads.get(v.as_tensor()).unwrap(),
-                &f.t[&format!("grad_{k}")],
-            );
+            let e = rel_err(grads.get(v.as_tensor()).unwrap(), &f.t[&format!("grad_{k}")]);
             assert!(e <= 1e-5, "{}: grad_{k} {e:.2e}", f.name);
         }
     }

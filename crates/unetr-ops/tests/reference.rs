@@ -93,12 +93,7 @@ fn rand(n: usize, seed: u64) -> Vec<f64> {
 
 /// A tensor's values as f64, flattened.
 fn to_f64(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
+    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
 }
 
 fn max_rel(a: &[f64], b: &[f64]) -> f64 {

@@ -49,13 +49,7 @@ pub struct GradScaler {
 impl Default for GradScaler {
     /// PyTorch's defaults: 2^16, x2 every 2000 finite steps, x0.5 on overflow.
     fn default() -> Self {
-        Self {
-            scale: 65536.0,
-            growth_factor: 2.0,
-            backoff_factor: 0.5,
-            growth_interval: 2000,
-            good_steps: 0,
-        }
+        Self { scale: 65536.0, growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 2000, good_steps: 0 }
     }
 }
 
@@ -103,33 +97,19 @@ mod tests {
     fn scaler_unscales_skips_on_overflow_and_adapts() -> Result<()> {
         let v = Var::new(&[1f32, 2.0], &Device::Cpu)?;
         let vars = vec![("w".to_string(), v.clone())];
-        let mut s = GradScaler {
-            growth_interval: 2,
-            ..Default::default()
-        };
+        let mut s = GradScaler { growth_interval: 2, ..Default::default() };
         // loss = scale * sum(w * [3, 4]) -> unscaled gradient [3, 4]
-        let loss =
-            s.scale_loss(&(v.as_tensor() * Tensor::new(&[3f32, 4.0], &Device::Cpu)?)?.sum_all()?)?;
+        let loss = s.scale_loss(&(v.as_tensor() * Tensor::new(&[3f32, 4.0], &Device::Cpu)?)?.sum_all()?)?;
         let mut g = loss.backward()?;
         assert!(s.unscale(&mut g, &vars)?);
-        assert_eq!(
-            g.get(v.as_tensor()).unwrap().to_vec1::<f32>()?,
-            vec![3.0, 4.0]
-        );
+        assert_eq!(g.get(v.as_tensor()).unwrap().to_vec1::<f32>()?, vec![3.0, 4.0]);
         s.update(true);
         assert_eq!(s.scale, 65536.0);
         s.update(true);
-        assert_eq!(
-            (s.scale, s.good_steps),
-            (131072.0, 0),
-            "grows after growth_interval finite steps"
-        );
+        assert_eq!((s.scale, s.good_steps), (131072.0, 0), "grows after growth_interval finite steps");
         // An overflowed gradient: the step is to be skipped and the scale halves.
         let mut g = (v.as_tensor() * 1.0)?.sum_all()?.backward()?;
-        g.insert(
-            v.as_tensor(),
-            Tensor::new(&[f32::INFINITY, 1.0], &Device::Cpu)?,
-        );
+        g.insert(v.as_tensor(), Tensor::new(&[f32::INFINITY, 1.0], &Device::Cpu)?);
         assert!(!s.unscale(&mut g, &vars)?);
         s.update(false);
         assert_eq!((s.scale, s.good_steps), (65536.0, 0));

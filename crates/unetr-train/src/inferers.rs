@@ -40,9 +40,7 @@ pub fn importance_map(roi: [usize; 3], blend: Blend) -> Vec<f32> {
     let g = |a: usize| -> Vec<f64> {
         let sigma = 0.125 * roi[a] as f64;
         let c = (roi[a] as f64 - 1.0) / 2.0;
-        (0..roi[a])
-            .map(|i| (-0.5 * ((i as f64 - c) / sigma).powi(2)).exp())
-            .collect()
+        (0..roi[a]).map(|i| (-0.5 * ((i as f64 - c) / sigma).powi(2)).exp()).collect()
     };
     let (x, y, z) = (g(0), g(1), g(2));
     let mut m: Vec<f64> = Vec::with_capacity(n);
@@ -59,11 +57,7 @@ pub fn importance_map(roi: [usize; 3], blend: Blend) -> Vec<f32> {
 }
 
 /// Runs `predict` ([n, C, roi] -> [n, K, roi]) over a [1, C, D, H, W] volume; returns [1, K, D, H, W].
-pub fn sliding_window_inference(
-    x: &Tensor,
-    sw: &SlidingWindow,
-    mut predict: impl FnMut(&Tensor) -> Result<Tensor>,
-) -> Result<Tensor> {
+pub fn sliding_window_inference(x: &Tensor, sw: &SlidingWindow, mut predict: impl FnMut(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
     let (b, _, d, h, w) = x.dims5()?;
     if b != 1 {
         candle_core::bail!("sliding_window_inference: batch must be 1, got {b}");
@@ -99,30 +93,19 @@ pub fn sliding_window_inference(
     for chunk in windows.chunks(sw.sw_batch.max(1)) {
         let crops = chunk
             .iter()
-            .map(|s| {
-                xp.narrow(2, s[0], roi[0])?
-                    .narrow(3, s[1], roi[1])?
-                    .narrow(4, s[2], roi[2])
-            })
+            .map(|s| xp.narrow(2, s[0], roi[0])?.narrow(3, s[1], roi[1])?.narrow(4, s[2], roi[2]))
             .collect::<Result<Vec<_>>>()?;
         let batch = Tensor::cat(&crops, 0)?;
         let out = predict(&batch)?;
         let (n, k, r0, r1, r2) = out.dims5()?;
         if n != chunk.len() || [r0, r1, r2] != roi {
-            candle_core::bail!(
-                "sliding_window_inference: predictor returned {:?} for {} windows of {roi:?}",
-                out.dims(),
-                chunk.len()
-            );
+            candle_core::bail!("sliding_window_inference: predictor returned {:?} for {} windows of {roi:?}", out.dims(), chunk.len());
         }
         if acc.is_empty() {
             k_out = k;
             acc = vec![0f32; k * pv];
         }
-        let o = out
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let o = out.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let rv = roi[0] * roi[1] * roi[2];
         for (wi, s) in chunk.iter().enumerate() {
             for a in 0..roi[0] {

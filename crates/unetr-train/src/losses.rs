@@ -16,26 +16,14 @@ pub struct DiceCeOptions {
 
 impl Default for DiceCeOptions {
     fn default() -> Self {
-        Self {
-            include_background: true,
-            squared_pred: false,
-            smooth_nr: 1e-5,
-            smooth_dr: 1e-5,
-            lambda_dice: 1.0,
-            lambda_ce: 1.0,
-        }
+        Self { include_background: true, squared_pred: false, smooth_nr: 1e-5, smooth_dr: 1e-5, lambda_dice: 1.0, lambda_ce: 1.0 }
     }
 }
 
 impl DiceCeOptions {
     /// The research recipe's loss: `DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, smooth_nr=0, smooth_dr=1e-6)`.
     pub fn research() -> Self {
-        Self {
-            squared_pred: true,
-            smooth_nr: 0.0,
-            smooth_dr: 1e-6,
-            ..Default::default()
-        }
+        Self { squared_pred: true, smooth_nr: 0.0, smooth_dr: 1e-6, ..Default::default() }
     }
 }
 
@@ -44,9 +32,7 @@ pub fn one_hot(labels: &Tensor, k: usize) -> Result<Tensor> {
     let classes = Tensor::arange(0u32, k as u32, labels.device())?.to_dtype(labels.dtype())?;
     let mut shape = vec![1; labels.rank()];
     shape[1] = k;
-    labels
-        .broadcast_eq(&classes.reshape(shape)?)?
-        .to_dtype(labels.dtype())
+    labels.broadcast_eq(&classes.reshape(shape)?)?.to_dtype(labels.dtype())
 }
 
 /// Soft Dice loss with softmax (`DiceLoss(to_onehot_y=True, softmax=True, ...)`), mean over batch and classes.
@@ -54,19 +40,11 @@ pub fn dice_loss(logits: &Tensor, labels: &Tensor, o: &DiceCeOptions) -> Result<
     let k = logits.dim(1)?;
     let p = candle_nn::ops::softmax(logits, 1)?;
     let y = one_hot(labels, k)?;
-    let (p, y) = if o.include_background || k == 1 {
-        (p, y)
-    } else {
-        (p.narrow(1, 1, k - 1)?, y.narrow(1, 1, k - 1)?)
-    };
+    let (p, y) = if o.include_background || k == 1 { (p, y) } else { (p.narrow(1, 1, k - 1)?, y.narrow(1, 1, k - 1)?) };
     let flat = |t: &Tensor| t.flatten_from(2);
     let (p, y) = (flat(&p)?, flat(&y)?);
     let inter = (&p * &y)?.sum(D::Minus1)?;
-    let den = if o.squared_pred {
-        (p.sqr()?.sum(D::Minus1)? + y.sqr()?.sum(D::Minus1)?)?
-    } else {
-        (p.sum(D::Minus1)? + y.sum(D::Minus1)?)?
-    };
+    let den = if o.squared_pred { (p.sqr()?.sum(D::Minus1)? + y.sqr()?.sum(D::Minus1)?)? } else { (p.sum(D::Minus1)? + y.sum(D::Minus1)?)? };
     let f = (1.0 - ((inter * 2.0)? + o.smooth_nr)?.div(&(den + o.smooth_dr)?)?)?;
     f.mean_all()
 }
@@ -126,12 +104,7 @@ mod fused {
 
     impl Sums {
         fn zeros(n: usize) -> Self {
-            Sums {
-                inter: vec![0.0; n],
-                pred: vec![0.0; n],
-                label: vec![0.0; n],
-                ce: 0.0,
-            }
+            Sums { inter: vec![0.0; n], pred: vec![0.0; n], label: vec![0.0; n], ce: 0.0 }
         }
     }
 
@@ -150,13 +123,7 @@ mod fused {
 
     /// Softmax over the K channels of voxel i of sample b into `p`; returns (max, log-sum-exp shift).
     #[inline(always)]
-    fn softmax_at<T: candle_core::WithDType>(
-        z: &[T],
-        n: usize,
-        k: usize,
-        i: usize,
-        p: &mut [f64],
-    ) -> (f64, f64) {
+    fn softmax_at<T: candle_core::WithDType>(z: &[T], n: usize, k: usize, i: usize, p: &mut [f64]) -> (f64, f64) {
         let mut m = f64::NEG_INFINITY;
         for c in 0..k {
             m = m.max(z[c * n + i].to_f64());
@@ -172,14 +139,7 @@ mod fused {
         (m, s.ln())
     }
 
-    fn sums<T: candle_core::WithDType>(
-        z: &[T],
-        y: &[T],
-        b: usize,
-        k: usize,
-        n: usize,
-        squared: bool,
-    ) -> Sums {
+    fn sums<T: candle_core::WithDType>(z: &[T], y: &[T], b: usize, k: usize, n: usize, squared: bool) -> Sums {
         let parts: Vec<Sums> = (0..b * n.div_ceil(CHUNK))
             .into_par_iter()
             .map(|t| {
@@ -227,8 +187,7 @@ mod fused {
             for bi in 0..b {
                 for c in c0..k {
                     let j = bi * k + c;
-                    dice += 1.0
-                        - (2.0 * s.inter[j] + o.smooth_nr) / (s.pred[j] + s.label[j] + o.smooth_dr);
+                    dice += 1.0 - (2.0 * s.inter[j] + o.smooth_nr) / (s.pred[j] + s.label[j] + o.smooth_dr);
                 }
             }
             o.lambda_dice * dice / (b * (k - c0)) as f64 + o.lambda_ce * s.ce / (b * n) as f64
@@ -241,22 +200,14 @@ mod fused {
     }
 
     fn range(l: &Layout) -> Result<std::ops::Range<usize>> {
-        l.contiguous_offsets()
-            .map(|(a, b)| a..b)
-            .ok_or_else(|| candle_core::Error::Msg("dice_ce: non-contiguous input".into()))
+        l.contiguous_offsets().map(|(a, b)| a..b).ok_or_else(|| candle_core::Error::Msg("dice_ce: non-contiguous input".into()))
     }
 
     impl CustomOp2 for DiceCe {
         fn name(&self) -> &'static str {
             "dice_ce"
         }
-        fn cpu_fwd(
-            &self,
-            s1: &CpuStorage,
-            l1: &Layout,
-            s2: &CpuStorage,
-            l2: &Layout,
-        ) -> Result<(CpuStorage, Shape)> {
+        fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
             let (b, k, n) = dims(l1);
             let (r1, r2) = (range(l1)?, range(l2)?);
             let squared = self.o.squared_pred;
@@ -275,32 +226,10 @@ mod fused {
                 Shape::from(()),
             ))
         }
-        fn bwd(
-            &self,
-            logits: &Tensor,
-            labels: &Tensor,
-            _res: &Tensor,
-            g: &Tensor,
-        ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-            let s = self
-                .sums
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-                .ok_or_else(|| {
-                    candle_core::Error::Msg("dice_ce: backward before forward".into())
-                })?;
+        fn bwd(&self, logits: &Tensor, labels: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+            let s = self.sums.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or_else(|| candle_core::Error::Msg("dice_ce: backward before forward".into()))?;
             let g = g.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            let d = unetr_ops::profile::timed("dice_ce_backward", || {
-                logits.apply_op2_no_bwd(
-                    labels,
-                    &DiceCeBwd {
-                        o: self.o,
-                        sums: s,
-                        g,
-                    },
-                )
-            })?;
+            let d = unetr_ops::profile::timed("dice_ce_backward", || logits.apply_op2_no_bwd(labels, &DiceCeBwd { o: self.o, sums: s, g }))?;
             Ok((Some(d), None))
         }
     }
@@ -312,14 +241,7 @@ mod fused {
         g: f64,
     }
 
-    fn grad<T: candle_core::WithDType>(
-        z: &[T],
-        y: &[T],
-        b: usize,
-        k: usize,
-        n: usize,
-        op: &DiceCeBwd,
-    ) -> Vec<T> {
+    fn grad<T: candle_core::WithDType>(z: &[T], y: &[T], b: usize, k: usize, n: usize, op: &DiceCeBwd) -> Vec<T> {
         let o = &op.o;
         let c0 = first_class(o, k);
         let s = &op.sums;
@@ -327,12 +249,7 @@ mod fused {
         let w = op.g * o.lambda_dice / (b * (k - c0)) as f64;
         let wce = op.g * o.lambda_ce / (b * n) as f64;
         let (num, den): (Vec<f64>, Vec<f64>) = (0..b * k)
-            .map(|j| {
-                (
-                    2.0 * s.inter[j] + o.smooth_nr,
-                    s.pred[j] + s.label[j] + o.smooth_dr,
-                )
-            })
+            .map(|j| (2.0 * s.inter[j] + o.smooth_nr, s.pred[j] + s.label[j] + o.smooth_dr))
             .unzip();
         let mut out: Vec<T> = Vec::with_capacity(z.len());
         let ptr = OutPtr(out.as_mut_ptr());
@@ -364,11 +281,7 @@ mod fused {
                         None => 0.0,
                     };
                     // SAFETY: (bi, c, i) is in bounds and written by this task only.
-                    unsafe {
-                        ptr.get()
-                            .add((bi * k + c) * n + i)
-                            .write(T::from_f64(p[c] * (a[c] - dot) + ce))
-                    };
+                    unsafe { ptr.get().add((bi * k + c) * n + i).write(T::from_f64(p[c] * (a[c] - dot) + ce)) };
                 }
             }
         });
@@ -392,22 +305,12 @@ mod fused {
         fn name(&self) -> &'static str {
             "dice_ce_backward"
         }
-        fn cpu_fwd(
-            &self,
-            s1: &CpuStorage,
-            l1: &Layout,
-            s2: &CpuStorage,
-            l2: &Layout,
-        ) -> Result<(CpuStorage, Shape)> {
+        fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
             let (b, k, n) = dims(l1);
             let (r1, r2) = (range(l1)?, range(l2)?);
             let v = match (s1, s2) {
-                (CpuStorage::F32(z), CpuStorage::F32(y)) => {
-                    CpuStorage::F32(grad(&z[r1], &y[r2], b, k, n, self))
-                }
-                (CpuStorage::F64(z), CpuStorage::F64(y)) => {
-                    CpuStorage::F64(grad(&z[r1], &y[r2], b, k, n, self))
-                }
+                (CpuStorage::F32(z), CpuStorage::F32(y)) => CpuStorage::F32(grad(&z[r1], &y[r2], b, k, n, self)),
+                (CpuStorage::F64(z), CpuStorage::F64(y)) => CpuStorage::F64(grad(&z[r1], &y[r2], b, k, n, self)),
                 _ => candle_core::bail!("dice_ce: logits and labels must share a float dtype"),
             };
             Ok((v, l1.shape().clone()))
@@ -415,14 +318,7 @@ mod fused {
     }
 
     pub fn dice_ce(logits: &Tensor, labels: &Tensor, o: &DiceCeOptions) -> Result<Tensor> {
-        let op = DiceCe {
-            o: *o,
-            sums: Mutex::new(None),
-        };
-        unetr_ops::profile::timed("dice_ce", || {
-            logits
-                .contiguous()?
-                .apply_op2(&labels.contiguous()?.detach(), op)
-        })
+        let op = DiceCe { o: *o, sums: Mutex::new(None) };
+        unetr_ops::profile::timed("dice_ce", || logits.contiguous()?.apply_op2(&labels.contiguous()?.detach(), op))
     }
 }

@@ -18,25 +18,12 @@ pub fn dice_per_class(pred: &[f32], label: &[f32], k: usize) -> Vec<Option<f64>>
             inter[p] += 1;
         }
     }
-    (0..k)
-        .map(|c| {
-            if ls[c] == 0 {
-                None
-            } else {
-                Some(2.0 * inter[c] as f64 / (ps[c] + ls[c]) as f64)
-            }
-        })
-        .collect()
+    (0..k).map(|c| if ls[c] == 0 { None } else { Some(2.0 * inter[c] as f64 / (ps[c] + ls[c]) as f64) }).collect()
 }
 
 /// Mean over the classes that are defined, optionally skipping the background (class 0).
 pub fn mean_dice(d: &[Option<f64>], include_background: bool) -> f64 {
-    let v: Vec<f64> = d
-        .iter()
-        .enumerate()
-        .filter(|(c, _)| include_background || *c > 0)
-        .filter_map(|(_, x)| *x)
-        .collect();
+    let v: Vec<f64> = d.iter().enumerate().filter(|(c, _)| include_background || *c > 0).filter_map(|(_, x)| *x).collect();
     if v.is_empty() {
         f64::NAN
     } else {
@@ -55,16 +42,8 @@ fn edges(mask: &[bool], d: [usize; 3]) -> Vec<[usize; 3]> {
                 if !at(i, j, k) {
                     continue;
                 }
-                let border =
-                    i == 0 || j == 0 || k == 0 || i + 1 == d[0] || j + 1 == d[1] || k + 1 == d[2];
-                if border
-                    || !at(i - 1, j, k)
-                    || !at(i + 1, j, k)
-                    || !at(i, j - 1, k)
-                    || !at(i, j + 1, k)
-                    || !at(i, j, k - 1)
-                    || !at(i, j, k + 1)
-                {
+                let border = i == 0 || j == 0 || k == 0 || i + 1 == d[0] || j + 1 == d[1] || k + 1 == d[2];
+                if border || !at(i - 1, j, k) || !at(i + 1, j, k) || !at(i, j - 1, k) || !at(i, j + 1, k) || !at(i, j, k - 1) || !at(i, j, k + 1) {
                     out.push([i, j, k]);
                 }
             }
@@ -83,13 +62,7 @@ fn percentile(v: &mut [f64], q: f64) -> f64 {
 
 /// MONAI's `HausdorffDistanceMetric(percentile=95)` for one class: the larger of the two directed 95th
 /// percentile surface distances, in voxels scaled by `spacing`. `None` when either mask is empty.
-pub fn hd95(
-    pred: &[f32],
-    label: &[f32],
-    class: usize,
-    d: [usize; 3],
-    spacing: [f64; 3],
-) -> Option<f64> {
+pub fn hd95(pred: &[f32], label: &[f32], class: usize, d: [usize; 3], spacing: [f64; 3]) -> Option<f64> {
     let a: Vec<bool> = pred.iter().map(|&p| p as usize == class).collect();
     let b: Vec<bool> = label.iter().map(|&p| p as usize == class).collect();
     let (ea, eb) = (edges(&a, d), edges(&b, d));
@@ -101,11 +74,7 @@ pub fn hd95(
             .iter()
             .map(|p| {
                 to.iter()
-                    .map(|q| {
-                        (0..3)
-                            .map(|x| ((p[x] as f64 - q[x] as f64) * spacing[x]).powi(2))
-                            .sum::<f64>()
-                    })
+                    .map(|q| (0..3).map(|x| ((p[x] as f64 - q[x] as f64) * spacing[x]).powi(2)).sum::<f64>())
                     .fold(f64::INFINITY, f64::min)
                     .sqrt()
             })

@@ -18,13 +18,7 @@ pub struct AdamWConfig {
 impl Default for AdamWConfig {
     /// The research recipe: lr 1e-4, weight decay 1e-5.
     fn default() -> Self {
-        Self {
-            lr: 1e-4,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 1e-5,
-        }
+        Self { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-5 }
     }
 }
 
@@ -44,14 +38,7 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(vars: Vec<(String, Var)>, cfg: AdamWConfig) -> Self {
-        Self {
-            cfg,
-            vars,
-            m: HashMap::new(),
-            v: HashMap::new(),
-            step: 0,
-            steps: HashMap::new(),
-        }
+        Self { cfg, vars, m: HashMap::new(), v: HashMap::new(), step: 0, steps: HashMap::new() }
     }
 
     pub fn set_lr(&mut self, lr: f64) {
@@ -64,9 +51,7 @@ impl AdamW {
         for (name, var) in &self.vars {
             // Detached: gradients can carry the autograd graph of their step (and with it every
             // activation); moments built from them would keep each step's graph alive.
-            let Some(g) = grads.get(var.as_tensor()).map(|g| g.detach()) else {
-                continue;
-            };
+            let Some(g) = grads.get(var.as_tensor()).map(|g| g.detach()) else { continue };
             let n = self.steps.entry(name.clone()).or_insert(0);
             *n += 1;
             let bc1 = 1.0 - c.beta1.powi(*n as i32);
@@ -114,15 +99,9 @@ impl AdamW {
         for (k, t) in &self.v {
             s.insert(format!("v.{k}"), t.clone());
         }
-        s.insert(
-            "step".into(),
-            Tensor::new(self.step as i64, &candle_core::Device::Cpu)?,
-        );
+        s.insert("step".into(), Tensor::new(self.step as i64, &candle_core::Device::Cpu)?);
         for (k, &n) in &self.steps {
-            s.insert(
-                format!("steps.{k}"),
-                Tensor::new(n as i64, &candle_core::Device::Cpu)?,
-            );
+            s.insert(format!("steps.{k}"), Tensor::new(n as i64, &candle_core::Device::Cpu)?);
         }
         Ok(s)
     }
@@ -137,18 +116,13 @@ impl AdamW {
                 self.v.insert(n.to_string(), t.clone());
             }
         }
-        self.step = s
-            .get("step")
-            .map(|t| t.to_scalar::<i64>())
-            .transpose()?
-            .unwrap_or(0) as u64;
+        self.step = s.get("step").map(|t| t.to_scalar::<i64>()).transpose()?.unwrap_or(0) as u64;
         // Per-variable counts; checkpoints written before they existed count every variable with a moment
         // as updated in every step.
         self.steps = self.m.keys().map(|k| (k.clone(), self.step)).collect();
         for (k, t) in s {
             if let Some(n) = k.strip_prefix("steps.") {
-                self.steps
-                    .insert(n.to_string(), t.to_scalar::<i64>()? as u64);
+                self.steps.insert(n.to_string(), t.to_scalar::<i64>()? as u64);
             }
         }
         Ok(())
@@ -195,17 +169,11 @@ mod fused {
     use rayon::prelude::*;
 
     pub fn applies(w: &Tensor, g: &Tensor) -> bool {
-        w.device().is_cpu()
-            && w.is_contiguous()
-            && matches!(w.dtype(), DType::F32 | DType::F64)
-            && g.dtype() == w.dtype()
-            && g.dims() == w.dims()
+        w.device().is_cpu() && w.is_contiguous() && matches!(w.dtype(), DType::F32 | DType::F64) && g.dtype() == w.dtype() && g.dims() == w.dims()
     }
 
     fn range(l: &Layout) -> Result<std::ops::Range<usize>> {
-        l.contiguous_offsets()
-            .map(|(a, b)| a..b)
-            .ok_or_else(|| candle_core::Error::Msg("adamw: non-contiguous tensor".into()))
+        l.contiguous_offsets().map(|(a, b)| a..b).ok_or_else(|| candle_core::Error::Msg("adamw: non-contiguous tensor".into()))
     }
 
     const CHUNK: usize = 1 << 14;
@@ -220,27 +188,18 @@ mod fused {
         fn name(&self) -> &'static str {
             "adamw_moment"
         }
-        fn cpu_fwd(
-            &self,
-            s1: &mut CpuStorage,
-            l1: &Layout,
-            s2: &CpuStorage,
-            l2: &Layout,
-        ) -> Result<()> {
+        fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
             let (r1, r2) = (range(l1)?, range(l2)?);
             macro_rules! run {
                 ($m:expr, $g:expr, $t:ty) => {{
                     let (b, ob) = (self.beta as $t, (1.0 - self.beta) as $t);
                     let sq = self.square;
-                    $m[r1]
-                        .par_chunks_mut(CHUNK)
-                        .zip($g[r2].par_chunks(CHUNK))
-                        .for_each(|(m, g)| {
-                            for (m, &g) in m.iter_mut().zip(g) {
-                                let x = if sq { g * g } else { g };
-                                *m = *m * b + x * ob;
-                            }
-                        });
+                    $m[r1].par_chunks_mut(CHUNK).zip($g[r2].par_chunks(CHUNK)).for_each(|(m, g)| {
+                        for (m, &g) in m.iter_mut().zip(g) {
+                            let x = if sq { g * g } else { g };
+                            *m = *m * b + x * ob;
+                        }
+                    });
                 }};
             }
             match (s1, s2) {
@@ -265,35 +224,17 @@ mod fused {
         fn name(&self) -> &'static str {
             "adamw_apply"
         }
-        fn cpu_fwd(
-            &self,
-            s1: &mut CpuStorage,
-            l1: &Layout,
-            s2: &CpuStorage,
-            l2: &Layout,
-            s3: &CpuStorage,
-            l3: &Layout,
-        ) -> Result<()> {
+        fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<()> {
             let (r1, r2, r3) = (range(l1)?, range(l2)?, range(l3)?);
             macro_rules! run {
                 ($w:expr, $m:expr, $v:expr, $t:ty) => {{
-                    let (decay, lr, c1, c2, eps) = (
-                        self.decay as $t,
-                        self.lr as $t,
-                        self.inv_bc1 as $t,
-                        self.inv_bc2 as $t,
-                        self.eps as $t,
-                    );
-                    $w[r1]
-                        .par_chunks_mut(CHUNK)
-                        .zip($m[r2].par_chunks(CHUNK))
-                        .zip($v[r3].par_chunks(CHUNK))
-                        .for_each(|((w, m), v)| {
-                            for ((w, &m), &v) in w.iter_mut().zip(m).zip(v) {
-                                let update = (m * c1) / ((v * c2).sqrt() + eps);
-                                *w = *w * decay - update * lr;
-                            }
-                        });
+                    let (decay, lr, c1, c2, eps) = (self.decay as $t, self.lr as $t, self.inv_bc1 as $t, self.inv_bc2 as $t, self.eps as $t);
+                    $w[r1].par_chunks_mut(CHUNK).zip($m[r2].par_chunks(CHUNK)).zip($v[r3].par_chunks(CHUNK)).for_each(|((w, m), v)| {
+                        for ((w, &m), &v) in w.iter_mut().zip(m).zip(v) {
+                            let update = (m * c1) / ((v * c2).sqrt() + eps);
+                            *w = *w * decay - update * lr;
+                        }
+                    });
                 }};
             }
             match (s1, s2, s3) {
@@ -306,39 +247,9 @@ mod fused {
     }
 
     /// One step on weight `w` (updated in place, like `Var::set`) with moments `m`, `v` (updated in place).
-    pub fn step(
-        w: &Tensor,
-        g: &Tensor,
-        m: &Tensor,
-        v: &Tensor,
-        c: AdamWConfig,
-        bc1: f64,
-        bc2: f64,
-    ) -> Result<()> {
-        m.inplace_op2(
-            g,
-            &Moment {
-                beta: c.beta1,
-                square: false,
-            },
-        )?;
-        v.inplace_op2(
-            g,
-            &Moment {
-                beta: c.beta2,
-                square: true,
-            },
-        )?;
-        w.inplace_op3(
-            m,
-            v,
-            &Apply {
-                decay: 1.0 - c.lr * c.weight_decay,
-                lr: c.lr,
-                inv_bc1: 1.0 / bc1,
-                inv_bc2: 1.0 / bc2,
-                eps: c.eps,
-            },
-        )
+    pub fn step(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, c: AdamWConfig, bc1: f64, bc2: f64) -> Result<()> {
+        m.inplace_op2(g, &Moment { beta: c.beta1, square: false })?;
+        v.inplace_op2(g, &Moment { beta: c.beta2, square: true })?;
+        w.inplace_op3(m, v, &Apply { decay: 1.0 - c.lr * c.weight_decay, lr: c.lr, inv_bc1: 1.0 / bc1, inv_bc2: 1.0 / bc2, eps: c.eps })
     }
 }

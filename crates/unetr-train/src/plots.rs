@@ -5,16 +5,7 @@ use image::{Rgb, RgbImage};
 use std::path::Path;
 
 /// Class colours (index 0, background, is not drawn).
-pub const COLORS: [[u8; 3]; 8] = [
-    [0, 0, 0],
-    [230, 60, 60],
-    [60, 160, 230],
-    [240, 200, 40],
-    [80, 200, 90],
-    [200, 90, 220],
-    [250, 140, 40],
-    [40, 220, 200],
-];
+pub const COLORS: [[u8; 3]; 8] = [[0, 0, 0], [230, 60, 60], [60, 160, 230], [240, 200, 40], [80, 200, 90], [200, 90, 220], [250, 140, 40], [40, 220, 200]];
 
 fn line(img: &mut RgbImage, (x0, y0): (f64, f64), (x1, y1): (f64, f64), c: [u8; 3]) {
     let n = ((x1 - x0).abs().max((y1 - y0).abs()) as usize).max(1);
@@ -31,48 +22,24 @@ fn line(img: &mut RgbImage, (x0, y0): (f64, f64), (x1, y1): (f64, f64), c: [u8; 
 }
 
 /// Line plot of several (x, y) series sharing axes; y from `y_range` (or the data's range).
-pub fn curves_png(
-    path: &Path,
-    series: &[(Vec<(f64, f64)>, [u8; 3])],
-    y_range: Option<(f64, f64)>,
-) -> std::io::Result<()> {
+pub fn curves_png(path: &Path, series: &[(Vec<(f64, f64)>, [u8; 3])], y_range: Option<(f64, f64)>) -> std::io::Result<()> {
     let (w, h, m) = (640u32, 360u32, 30.0);
     let mut img = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
-    let pts: Vec<(f64, f64)> = series
-        .iter()
-        .flat_map(|s| s.0.iter().copied())
-        .filter(|p| p.1.is_finite())
-        .collect();
+    let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.0.iter().copied()).filter(|p| p.1.is_finite()).collect();
     if pts.is_empty() {
         return img.save(path).map_err(std::io::Error::other);
     }
-    let (x0, x1) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
-        (a.0.min(p.0), a.1.max(p.0))
-    });
-    let (y0, y1) = y_range.unwrap_or_else(|| {
-        pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
-            (a.0.min(p.1), a.1.max(p.1))
-        })
-    });
+    let (x0, x1) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| (a.0.min(p.0), a.1.max(p.0)));
+    let (y0, y1) = y_range.unwrap_or_else(|| pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| (a.0.min(p.1), a.1.max(p.1))));
     let sx = |x: f64| m + (x - x0) / (x1 - x0).max(1e-12) * (w as f64 - 2.0 * m);
     let sy = |y: f64| h as f64 - m - (y - y0) / (y1 - y0).max(1e-12) * (h as f64 - 2.0 * m);
     let grey = [160, 160, 160];
-    line(
-        &mut img,
-        (m, h as f64 - m),
-        (w as f64 - m, h as f64 - m),
-        grey,
-    );
+    line(&mut img, (m, h as f64 - m), (w as f64 - m, h as f64 - m), grey);
     line(&mut img, (m, m), (m, h as f64 - m), grey);
     for (s, c) in series {
         for p in s.windows(2) {
             if p[0].1.is_finite() && p[1].1.is_finite() {
-                line(
-                    &mut img,
-                    (sx(p[0].0), sy(p[0].1)),
-                    (sx(p[1].0), sy(p[1].1)),
-                    *c,
-                );
+                line(&mut img, (sx(p[0].0), sy(p[0].1)), (sx(p[1].0), sy(p[1].1)), *c);
             }
         }
     }
@@ -81,30 +48,11 @@ pub fn curves_png(
 
 /// Three rows (image; image + label; image + prediction) x three planes through the volume's centre
 /// (axial = fixed k, coronal = fixed j, sagittal = fixed i on the RAS grid). Image intensities scaled to 0..1.
-pub fn overlay_png(
-    path: &Path,
-    image: &[f32],
-    label: &[f32],
-    pred: &[f32],
-    d: [usize; 3],
-    scale: u32,
-) -> std::io::Result<()> {
+pub fn overlay_png(path: &Path, image: &[f32], label: &[f32], pred: &[f32], d: [usize; 3], scale: u32) -> std::io::Result<()> {
     let planes: [(usize, usize, Box<dyn Fn(usize, usize) -> usize>); 3] = [
-        (
-            d[0],
-            d[1],
-            Box::new(move |a, b| (a * d[1] + b) * d[2] + d[2] / 2),
-        ),
-        (
-            d[0],
-            d[2],
-            Box::new(move |a, b| (a * d[1] + d[1] / 2) * d[2] + b),
-        ),
-        (
-            d[1],
-            d[2],
-            Box::new(move |a, b| ((d[0] / 2) * d[1] + a) * d[2] + b),
-        ),
+        (d[0], d[1], Box::new(move |a, b| (a * d[1] + b) * d[2] + d[2] / 2)),
+        (d[0], d[2], Box::new(move |a, b| (a * d[1] + d[1] / 2) * d[2] + b)),
+        (d[1], d[2], Box::new(move |a, b| ((d[0] / 2) * d[1] + a) * d[2] + b)),
     ];
     let width: usize = planes.iter().map(|p| p.0).sum::<usize>() + 2 * 2;
     let height = 3 * d.iter().copied().max().unwrap_or(1) + 2 * 2;

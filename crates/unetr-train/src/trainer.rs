@@ -3,10 +3,10 @@
 //! validation with per-class Dice, best-checkpoint tracking, a progress bar, JSONL and CSV logs, checkpoint
 //! folders replaced atomically (a kill -9 at any moment leaves the last one intact) and exact resume.
 
-use crate::amp::{GradScaler, Precision};
 use crate::inferers::{sliding_window_inference, Blend, SlidingWindow};
 use crate::losses::{dice_ce_loss, DiceCeOptions};
 use crate::metrics::{dice_per_class, mean_dice};
+use crate::amp::{GradScaler, Precision};
 use crate::optim::{clip_grad_norm, warmup_cosine, AdamW, AdamWConfig};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -39,10 +39,7 @@ pub enum TrainError {
 pub type Result<T> = std::result::Result<T, TrainError>;
 
 fn ferr(path: &Path, msg: impl std::fmt::Display) -> TrainError {
-    TrainError::File {
-        path: path.to_path_buf(),
-        msg: msg.to_string(),
-    }
+    TrainError::File { path: path.to_path_buf(), msg: msg.to_string() }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,12 +54,7 @@ pub struct DataConfig {
 }
 impl Default for DataConfig {
     fn default() -> Self {
-        Self {
-            dataset: None,
-            phantom_cases: 16,
-            phantom_seed: 0,
-            phantom_size: PhantomConfig::default().size,
-        }
+        Self { dataset: None, phantom_cases: 16, phantom_seed: 0, phantom_size: PhantomConfig::default().size }
     }
 }
 
@@ -138,54 +130,24 @@ impl TransformConfig {
             return p.clone();
         }
         use TransformSpec as T;
-        let mut v = vec![T::Orientation {
-            axcodes: "RAS".into(),
-        }];
+        let mut v = vec![T::Orientation { axcodes: "RAS".into() }];
         if self.spacing {
-            v.push(T::Spacing {
-                pixdim: self.pixdim,
-            });
+            v.push(T::Spacing { pixdim: self.pixdim });
         }
-        v.push(T::ScaleIntensityRange {
-            a_min: self.a_min,
-            a_max: self.a_max,
-            b_min: self.b_min,
-            b_max: self.b_max,
-            clip: self.clip,
-        });
+        v.push(T::ScaleIntensityRange { a_min: self.a_min, a_max: self.a_max, b_min: self.b_min, b_max: self.b_max, clip: self.clip });
         if self.crop_foreground {
-            v.push(T::CropForeground {
-                margin: self.crop_foreground_margin,
-            });
+            v.push(T::CropForeground { margin: self.crop_foreground_margin });
         }
-        v.push(T::RandCropByPosNegLabel {
-            spatial_size: self.roi,
-            pos: self.pos,
-            neg: self.neg,
-            num_samples: self.num_samples,
-        });
+        v.push(T::RandCropByPosNegLabel { spatial_size: self.roi, pos: self.pos, neg: self.neg, num_samples: self.num_samples });
         if self.flip_prob > 0.0 {
-            v.extend((0..3).map(|a| T::RandFlip {
-                spatial_axis: a,
-                prob: self.flip_prob,
-            }));
+            v.extend((0..3).map(|a| T::RandFlip { spatial_axis: a, prob: self.flip_prob }));
         }
         if self.rotate90_prob > 0.0 {
-            v.push(T::RandRotate90 {
-                prob: self.rotate90_prob,
-                max_k: 3,
-                spatial_axes: [0, 1],
-            });
+            v.push(T::RandRotate90 { prob: self.rotate90_prob, max_k: 3, spatial_axes: [0, 1] });
         }
         if self.intensity_prob > 0.0 {
-            v.push(T::RandScaleIntensity {
-                factors: self.intensity_scale,
-                prob: self.intensity_prob,
-            });
-            v.push(T::RandShiftIntensity {
-                offsets: self.intensity_shift,
-                prob: self.intensity_prob,
-            });
+            v.push(T::RandScaleIntensity { factors: self.intensity_scale, prob: self.intensity_prob });
+            v.push(T::RandShiftIntensity { offsets: self.intensity_shift, prob: self.intensity_prob });
         }
         v
     }
@@ -193,10 +155,7 @@ impl TransformConfig {
         Ok(Compose::from_specs(&self.specs())?)
     }
     pub fn read_options(&self) -> ReadOptions {
-        ReadOptions {
-            nonfinite: self.nonfinite,
-            ..Default::default()
-        }
+        ReadOptions { nonfinite: self.nonfinite, ..Default::default() }
     }
 }
 
@@ -261,17 +220,7 @@ pub struct OptimConfig {
 }
 impl Default for OptimConfig {
     fn default() -> Self {
-        Self {
-            adamw: AdamWConfig::default(),
-            steps: 25000,
-            warmup_steps: 50,
-            min_lr: 0.0,
-            batch_size: 1,
-            accumulate: 1,
-            grad_clip: 0.0,
-            loss: DiceCeOptions::research(),
-            precision: Precision::F32,
-        }
+        Self { adamw: AdamWConfig::default(), steps: 25000, warmup_steps: 50, min_lr: 0.0, batch_size: 1, accumulate: 1, grad_clip: 0.0, loss: DiceCeOptions::research(), precision: Precision::F32 }
     }
 }
 
@@ -286,13 +235,7 @@ pub struct ValidationConfig {
 }
 impl Default for ValidationConfig {
     fn default() -> Self {
-        Self {
-            every: 500,
-            overlap: 0.5,
-            sw_batch: 4,
-            blend: Blend::Gaussian,
-            include_background: false,
-        }
+        Self { every: 500, overlap: 0.5, sw_batch: 4, blend: Blend::Gaussian, include_background: false }
     }
 }
 
@@ -331,17 +274,11 @@ pub fn parse_device(name: &str) -> Result<Device> {
         "cuda" => 0,
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(i)) => i,
-            _ => {
-                return Err(TrainError::Config(format!(
-                    "device {name:?}: expected \"cpu\", \"cuda\" or \"cuda:N\""
-                )))
-            }
+            _ => return Err(TrainError::Config(format!("device {name:?}: expected \"cpu\", \"cuda\" or \"cuda:N\""))),
         },
     };
     if !cfg!(feature = "cuda") {
-        return Err(TrainError::Config(format!(
-            "device {name:?}: this build has no CUDA support (build with --features cuda)"
-        )));
+        return Err(TrainError::Config(format!("device {name:?}: this build has no CUDA support (build with --features cuda)")));
     }
     Device::new_cuda(gpu).map_err(|e| TrainError::Config(format!("device {name:?}: {e}")))
 }
@@ -362,14 +299,7 @@ pub struct OutputConfig {
 }
 impl Default for OutputConfig {
     fn default() -> Self {
-        Self {
-            dir: PathBuf::from("runs/train"),
-            seed: 0,
-            log_every: 10,
-            progress: true,
-            log_csv: true,
-            prefetch: 2,
-        }
+        Self { dir: PathBuf::from("runs/train"), seed: 0, log_every: 10, progress: true, log_csv: true, prefetch: 2 }
     }
 }
 
@@ -403,8 +333,7 @@ impl TrainConfig {
 /// to the target spacing, scale intensities, crop to the foreground). Every spatial step is recorded, so
 /// predictions map back to the input grid.
 pub fn preprocess(item: &unetr_data::Item, t: &TransformConfig) -> Result<Sample> {
-    Ok(t.compose()?
-        .apply_deterministic(load_item(item, &t.read_options())?)?)
+    Ok(t.compose()?.apply_deterministic(load_item(item, &t.read_options())?)?)
 }
 
 /// state.json of a checkpoint. Batches are a function of (seed, step), so this is all a resume needs.
@@ -433,9 +362,7 @@ pub struct TrainSummary {
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp).map_err(|e| ferr(&tmp, e))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| ferr(&tmp, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| ferr(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| ferr(path, e))
 }
 
@@ -453,13 +380,7 @@ pub const COMPLETE_MARKER: &str = ".complete";
 pub fn recover_dir(dir: &Path) -> Result<()> {
     let (new, old) = (sibling(dir, ".new"), sibling(dir, ".old"));
     let complete = |d: &Path| d.join(COMPLETE_MARKER).is_file();
-    let rm = |d: &Path| {
-        if d.exists() {
-            std::fs::remove_dir_all(d).map_err(|e| ferr(d, e))
-        } else {
-            Ok(())
-        }
-    };
+    let rm = |d: &Path| if d.exists() { std::fs::remove_dir_all(d).map_err(|e| ferr(d, e)) } else { Ok(()) };
     if !complete(dir) {
         for cand in [&new, &old] {
             if complete(cand) {
@@ -482,9 +403,7 @@ pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> R
     fill(&new)?;
     for e in std::fs::read_dir(&new).map_err(|e| ferr(&new, e))? {
         let p = e.map_err(|e| ferr(&new, e))?.path();
-        std::fs::File::open(&p)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| ferr(&p, e))?;
+        std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|e| ferr(&p, e))?;
     }
     write_atomic(&new.join(COMPLETE_MARKER), b"")?;
     let _ = std::fs::File::open(&new).and_then(|f| f.sync_all());
@@ -533,15 +452,9 @@ impl TrainLog {
                                     return true;
                                 }
                                 let f: Vec<&str> = l.split(',').collect();
-                                if f.len() == ncol {
-                                    f[0].parse::<u64>().ok()
-                                } else {
-                                    None
-                                }
+                                if f.len() == ncol { f[0].parse::<u64>().ok() } else { None }
                             } else {
-                                serde_json::from_str::<serde_json::Value>(l)
-                                    .ok()
-                                    .and_then(|r| r["step"].as_u64())
+                                serde_json::from_str::<serde_json::Value>(l).ok().and_then(|r| r["step"].as_u64())
                             };
                             rec_step.is_some_and(|s| s <= step)
                         })
@@ -553,19 +466,10 @@ impl TrainLog {
                 _ => {}
             }
         }
-        let open = |p: &Path| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| ferr(p, e))
-        };
+        let open = |p: &Path| std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(|e| ferr(p, e));
         let jsonl = open(&paths.0)?;
         let csv = if csv {
-            let fresh = !paths.1.exists()
-                || std::fs::metadata(&paths.1)
-                    .map(|m| m.len() == 0)
-                    .unwrap_or(true);
+            let fresh = !paths.1.exists() || std::fs::metadata(&paths.1).map(|m| m.len() == 0).unwrap_or(true);
             let mut f = open(&paths.1)?;
             if fresh {
                 let mut head: Vec<String> = Self::CSV_COLS.iter().map(|s| s.to_string()).collect();
@@ -577,12 +481,7 @@ impl TrainLog {
         } else {
             None
         };
-        Ok(Self {
-            jsonl,
-            csv,
-            paths,
-            n_classes,
-        })
+        Ok(Self { jsonl, csv, paths, n_classes })
     }
 
     fn write(&mut self, rec: &serde_json::Value) -> Result<()> {
@@ -599,38 +498,16 @@ impl TrainLog {
 }
 
 /// Sliding-window prediction (argmax labels and logits on the sample's grid) with a detached model.
-pub fn predict_labels(
-    model: &unetr_model::Unetr,
-    s: &Sample,
-    v: &ValidationConfig,
-) -> Result<(Vec<f32>, Tensor)> {
+pub fn predict_labels(model: &unetr_model::Unetr, s: &Sample, v: &ValidationConfig) -> Result<(Vec<f32>, Tensor)> {
     predict(model, s, v, false)
 }
 
 /// As [`predict_labels`]; with `tta`, logits are averaged over the identity and a mirror flip of each axis.
-pub fn predict(
-    model: &unetr_model::Unetr,
-    s: &Sample,
-    v: &ValidationConfig,
-    tta: bool,
-) -> Result<(Vec<f32>, Tensor)> {
+pub fn predict(model: &unetr_model::Unetr, s: &Sample, v: &ValidationConfig, tta: bool) -> Result<(Vec<f32>, Tensor)> {
     let d = s.dims;
-    let x = Tensor::from_vec(
-        s.image.clone(),
-        (1, s.channels, d[0], d[1], d[2]),
-        model.device(),
-    )?;
-    let sw = SlidingWindow {
-        roi: model.cfg.img_size,
-        overlap: v.overlap,
-        sw_batch: v.sw_batch,
-        blend: v.blend,
-    };
-    let run = |x: &Tensor| {
-        sliding_window_inference(x, &sw, |b| {
-            model.forward_t(b, false).map_err(candle_core::Error::wrap)
-        })
-    };
+    let x = Tensor::from_vec(s.image.clone(), (1, s.channels, d[0], d[1], d[2]), model.device())?;
+    let sw = SlidingWindow { roi: model.cfg.img_size, overlap: v.overlap, sw_batch: v.sw_batch, blend: v.blend };
+    let run = |x: &Tensor| sliding_window_inference(x, &sw, |b| model.forward_t(b, false).map_err(candle_core::Error::wrap));
     let mut logits = run(&x)?;
     if tta {
         for axis in 2..5 {
@@ -639,11 +516,7 @@ pub fn predict(
         }
         logits = (logits / 4.0)?;
     }
-    let labels = logits
-        .argmax(1)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    let labels = logits.argmax(1)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     Ok((labels, logits))
 }
 
@@ -660,20 +533,9 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
             let dir = out.join("phantom");
             let json = dir.join("dataset.json");
             if !json.exists() {
-                eprintln!(
-                    "generating {} phantom volumes in {}",
-                    cfg.data.phantom_cases,
-                    dir.display()
-                );
+                eprintln!("generating {} phantom volumes in {}", cfg.data.phantom_cases, dir.display());
                 let n = cfg.data.phantom_cases;
-                let pc = PhantomConfig {
-                    cases: n,
-                    validation: (n / 4).max(1),
-                    test: n / 8,
-                    seed: cfg.data.phantom_seed,
-                    size: cfg.data.phantom_size,
-                    ..Default::default()
-                };
+                let pc = PhantomConfig { cases: n, validation: (n / 4).max(1), test: n / 8, seed: cfg.data.phantom_seed, size: cfg.data.phantom_size, ..Default::default() };
                 write_dataset(&pc, &dir)?;
             }
             json
@@ -682,48 +544,19 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
     let dl = Datalist::from_json(&json)?;
     dl.check_files()?;
     if dl.training.is_empty() || dl.validation.is_empty() {
-        return Err(TrainError::Config(format!(
-            "{}: needs both \"training\" and \"validation\" entries",
-            json.display()
-        )));
+        return Err(TrainError::Config(format!("{}: needs both \"training\" and \"validation\" entries", json.display())));
     }
     let n_classes = dl.labels.iter().map(|l| l.0 + 1).max().unwrap_or(2).max(2);
     let t = &cfg.transforms;
     let compose = Arc::new(t.compose()?);
     let read = t.read_options();
-    let train_ds = Arc::new(CacheDataset::new(
-        dl.training.clone(),
-        compose.clone(),
-        read.clone(),
-        t.cache_bytes as usize,
-    )?);
-    let val_set: Vec<Sample> = dl
-        .validation
-        .par_iter()
-        .map(|it| Ok(compose.apply_deterministic(load_item(it, &read)?)?))
-        .collect::<Result<_>>()?;
-    let train_set: Vec<Arc<Sample>> = (0..train_ds.len())
-        .map(|i| train_ds.get(i))
-        .collect::<std::result::Result<_, _>>()?;
-    for (s, it) in train_set
-        .iter()
-        .map(|s| &**s)
-        .chain(&val_set)
-        .zip(dl.training.iter().chain(&dl.validation))
-    {
-        if let Some(m) = s
-            .label
-            .as_ref()
-            .and_then(|l| l.iter().cloned().reduce(f32::max))
-        {
+    let train_ds = Arc::new(CacheDataset::new(dl.training.clone(), compose.clone(), read.clone(), t.cache_bytes as usize)?);
+    let val_set: Vec<Sample> = dl.validation.par_iter().map(|it| Ok(compose.apply_deterministic(load_item(it, &read)?)?)).collect::<Result<_>>()?;
+    let train_set: Vec<Arc<Sample>> = (0..train_ds.len()).map(|i| train_ds.get(i)).collect::<std::result::Result<_, _>>()?;
+    for (s, it) in train_set.iter().map(|s| &**s).chain(&val_set).zip(dl.training.iter().chain(&dl.validation)) {
+        if let Some(m) = s.label.as_ref().and_then(|l| l.iter().cloned().reduce(f32::max)) {
             if m as usize >= n_classes {
-                return Err(ferr(
-                    it.label.as_ref().unwrap(),
-                    format!(
-                        "label {m} outside the {n_classes} classes declared in {}",
-                        json.display()
-                    ),
-                ));
+                return Err(ferr(it.label.as_ref().unwrap(), format!("label {m} outside the {n_classes} classes declared in {}", json.display())));
             }
         }
     }
@@ -734,12 +567,7 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
     let w = UnetrWeights::init_seeded(&mcfg, &dev, cfg.output.seed)?;
     if let Some(p) = &cfg.model.pretrained {
         let rep = w.load_from(p, |k| k.starts_with("out."))?;
-        tracing::info!(
-            "fine-tuning from {} ({} tensors, new: {:?})",
-            p.display(),
-            rep.loaded,
-            rep.skipped
-        );
+        tracing::info!("fine-tuning from {} ({} tensors, new: {:?})", p.display(), rep.loaded, rep.skipped);
     }
     let mut vars: Vec<(String, candle_core::Var)> = w
         .varmap
@@ -765,10 +593,7 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
     if resume {
         recover_dir(&ckpt)?;
         let sp = ckpt.join("state.json");
-        let st: TrainState = serde_json::from_str(
-            &std::fs::read_to_string(&sp).map_err(|e| ferr(&sp, format!("cannot resume: {e}")))?,
-        )
-        .map_err(|e| ferr(&sp, e))?;
+        let st: TrainState = serde_json::from_str(&std::fs::read_to_string(&sp).map_err(|e| ferr(&sp, format!("cannot resume: {e}")))?).map_err(|e| ferr(&sp, e))?;
         if st.seed != cfg.output.seed {
             return Err(ferr(&sp, format!("checkpoint was trained with seed {}, the config says {}: resume would not continue the same run", st.seed, cfg.output.seed)));
         }
@@ -777,54 +602,22 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
         opt.load_state(&os)?;
         tracing::info!("resuming at step {}", st.step);
         let scaler = st.grad_scaler.or(state.grad_scaler);
-        state = TrainState {
-            grad_scaler: if precision.needs_loss_scaling() {
-                scaler
-            } else {
-                None
-            },
-            ..st
-        };
+        state = TrainState { grad_scaler: if precision.needs_loss_scaling() { scaler } else { None }, ..st };
     }
-    std::fs::write(out.join("config.toml"), cfg.to_toml())
-        .map_err(|e| ferr(&out.join("config.toml"), e))?;
-    let mut log = TrainLog::open(
-        &out,
-        n_classes,
-        cfg.output.log_csv,
-        resume.then_some(state.step),
-    )?;
+    std::fs::write(out.join("config.toml"), cfg.to_toml()).map_err(|e| ferr(&out.join("config.toml"), e))?;
+    let mut log = TrainLog::open(&out, n_classes, cfg.output.log_csv, resume.then_some(state.step))?;
     let o = &cfg.optim;
     let acc = o.accumulate.max(1) as u64;
-    let mut loader = Loader::new(
-        train_ds.clone(),
-        LoaderConfig {
-            batch_size: o.batch_size.max(1),
-            seed: cfg.output.seed,
-            prefetch: cfg.output.prefetch,
-        },
-        state.step * acc,
-    );
+    let mut loader = Loader::new(train_ds.clone(), LoaderConfig { batch_size: o.batch_size.max(1), seed: cfg.output.seed, prefetch: cfg.output.prefetch }, state.step * acc);
     let pb = if cfg.output.progress && std::io::stderr().is_terminal() {
         let pb = ProgressBar::new(o.steps).with_position(state.step);
-        pb.set_style(
-            ProgressStyle::with_template(
-                "{bar:30.cyan/blue} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
+        pb.set_style(ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]").unwrap_or_else(|_| ProgressStyle::default_bar()));
         pb.reset_eta();
         pb
     } else {
         ProgressBar::hidden()
     };
-    let say = |m: String| {
-        if pb.is_hidden() {
-            eprintln!("{m}")
-        } else {
-            pb.println(m)
-        }
-    };
+    let say = |m: String| if pb.is_hidden() { eprintln!("{m}") } else { pb.println(m) };
     let mut losses = Vec::new();
     let mut last_print = Instant::now();
     let mut last_val = (f64::NAN, vec![]);
@@ -835,18 +628,11 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
         let mut grads_acc: Option<candle_core::backprop::GradStore> = None;
         let mut loss_v = 0.0;
         for _ in 0..acc {
-            let b = loader.next().unwrap_or_else(|| {
-                Err(unetr_data::DataError::Invalid(
-                    "the loader thread stopped".into(),
-                ))
-            })?;
+            let b = loader.next().unwrap_or_else(|| Err(unetr_data::DataError::Invalid("the loader thread stopped".into())))?;
             let [d0, d1, d2] = b.dims;
             let x = Tensor::from_vec(b.image, (b.n, b.channels, d0, d1, d2), &dev)?;
             let y = Tensor::from_vec(b.label, (b.n, 1, d0, d1, d2), &dev)?;
-            let logits = w
-                .model
-                .forward_t(&x.to_dtype(precision.dtype())?, true)?
-                .to_dtype(DType::F32)?;
+            let logits = w.model.forward_t(&x.to_dtype(precision.dtype())?, true)?.to_dtype(DType::F32)?;
             let loss = (dice_ce_loss(&logits, &y, &o.loss)? / acc as f64)?;
             loss_v += loss.to_scalar::<f32>()? as f64;
             let g = match &state.grad_scaler {
@@ -872,31 +658,20 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
             Some(s) => s.unscale(&mut grads, &vars)?,
             None => true,
         };
-        let gnorm = if finite {
-            clip_grad_norm(&mut grads, &vars, o.grad_clip)?
-        } else {
-            f64::NAN
-        };
+        let gnorm = if finite { clip_grad_norm(&mut grads, &vars, o.grad_clip)? } else { f64::NAN };
         if finite {
             opt.step(&grads)?;
         }
         if let Some(s) = state.grad_scaler.as_mut() {
             s.update(finite);
             if !finite {
-                tracing::warn!(
-                    "step {}: f16 gradients overflowed, step skipped, loss scale now {}",
-                    state.step + 1,
-                    s.scale
-                );
+                tracing::warn!("step {}: f16 gradients overflowed, step skipped, loss scale now {}", state.step + 1, s.scale);
             }
         }
         state.step += 1;
         losses.push(loss_v);
         if !loss_v.is_finite() {
-            return Err(TrainError::Config(format!(
-                "loss became {loss_v} at step {}: lower the learning rate or enable grad_clip",
-                state.step
-            )));
+            return Err(TrainError::Config(format!("loss became {loss_v} at step {}: lower the learning rate or enable grad_clip", state.step)));
         }
         let mut rec = serde_json::json!({"step": state.step, "loss": loss_v, "lr": lr, "grad_norm": gnorm, "elapsed_s": t0.elapsed().as_secs_f64()});
         if let Some(s) = &state.grad_scaler {
@@ -909,45 +684,23 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
             let mut per = vec![Vec::new(); n_classes];
             for s in &val_set {
                 let (pred, _) = predict_labels(&model, s, &cfg.validation)?;
-                for (c, d) in dice_per_class(&pred, s.label.as_ref().unwrap(), n_classes)
-                    .into_iter()
-                    .enumerate()
-                {
+                for (c, d) in dice_per_class(&pred, s.label.as_ref().unwrap(), n_classes).into_iter().enumerate() {
                     if let Some(d) = d {
                         per[c].push(d);
                     }
                 }
             }
-            let per_class: Vec<Option<f64>> = per
-                .iter()
-                .map(|v| {
-                    if v.is_empty() {
-                        None
-                    } else {
-                        Some(v.iter().sum::<f64>() / v.len() as f64)
-                    }
-                })
-                .collect();
+            let per_class: Vec<Option<f64>> = per.iter().map(|v| if v.is_empty() { None } else { Some(v.iter().sum::<f64>() / v.len() as f64) }).collect();
             let md = mean_dice(&per_class, cfg.validation.include_background);
             rec["val_mean_dice"] = md.into();
             rec["val_dice"] = serde_json::to_value(&per_class).unwrap();
-            say(format!(
-                "  validation at step {}: mean Dice {md:.4} per class {:?}",
-                state.step,
-                per_class
-                    .iter()
-                    .map(|d| d.map(|v| (v * 1000.0).round() / 1000.0))
-                    .collect::<Vec<_>>()
-            ));
+            say(format!("  validation at step {}: mean Dice {md:.4} per class {:?}", state.step, per_class.iter().map(|d| d.map(|v| (v * 1000.0).round() / 1000.0)).collect::<Vec<_>>()));
             if md > state.best_dice {
                 state.best_dice = md;
                 state.best_step = state.step;
                 write_dir_atomic(&out.join("best"), |d| {
                     w.save(&d.join("model.safetensors"))?;
-                    write_atomic(
-                        &d.join("config.json"),
-                        serde_json::to_string_pretty(&mcfg).unwrap().as_bytes(),
-                    )?;
+                    write_atomic(&d.join("config.json"), serde_json::to_string_pretty(&mcfg).unwrap().as_bytes())?;
                     write_atomic(&d.join("train_config.toml"), cfg.to_toml().as_bytes())
                 })?;
             }
@@ -956,9 +709,7 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
         log.write(&rec)?;
         let steps_per_s = (state.step - run_start.1) as f64 / run_start.0.elapsed().as_secs_f64();
         pb.set_position(state.step);
-        pb.set_message(format!(
-            "loss {loss_v:.4} lr {lr:.2e} {steps_per_s:.2} step/s"
-        ));
+        pb.set_message(format!("loss {loss_v:.4} lr {lr:.2e} {steps_per_s:.2} step/s"));
         if pb.is_hidden() && (state.step % cfg.output.log_every.max(1) == 0 || validate) {
             let el = t0.elapsed().as_secs_f64();
             let rate = last_print.elapsed().as_secs_f64() / cfg.output.log_every.max(1) as f64;
@@ -971,14 +722,8 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
             write_dir_atomic(&ckpt, |d| {
                 w.save(&d.join("model.safetensors"))?;
                 unetr_model::write_safetensors(&opt.state()?, &d.join("optimizer.safetensors"))?;
-                write_atomic(
-                    &d.join("state.json"),
-                    serde_json::to_string_pretty(&state).unwrap().as_bytes(),
-                )?;
-                write_atomic(
-                    &d.join("config.json"),
-                    serde_json::to_string_pretty(&mcfg).unwrap().as_bytes(),
-                )?;
+                write_atomic(&d.join("state.json"), serde_json::to_string_pretty(&state).unwrap().as_bytes())?;
+                write_atomic(&d.join("config.json"), serde_json::to_string_pretty(&mcfg).unwrap().as_bytes())?;
                 write_atomic(&d.join("train_config.toml"), cfg.to_toml().as_bytes())
             })?;
         }
@@ -990,31 +735,17 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
     let plots = out.join("plots");
     std::fs::create_dir_all(&plots).map_err(|e| ferr(&plots, e))?;
     let log_text = std::fs::read_to_string(&log_path).map_err(|e| ferr(&log_path, e))?;
-    let recs: Vec<serde_json::Value> = log_text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let loss: Vec<(f64, f64)> = recs
-        .iter()
-        .filter_map(|r| Some((r["step"].as_f64()?, r["loss"].as_f64()?)))
-        .collect();
-    crate::plots::curves_png(&plots.join("loss.png"), &[(loss, [40, 90, 200])], None)
-        .map_err(|e| ferr(&plots.join("loss.png"), e))?;
+    let recs: Vec<serde_json::Value> = log_text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let loss: Vec<(f64, f64)> = recs.iter().filter_map(|r| Some((r["step"].as_f64()?, r["loss"].as_f64()?))).collect();
+    crate::plots::curves_png(&plots.join("loss.png"), &[(loss, [40, 90, 200])], None).map_err(|e| ferr(&plots.join("loss.png"), e))?;
     let mut dice_series = Vec::new();
     for c in 0..n_classes {
-        let pts: Vec<(f64, f64)> = recs
-            .iter()
-            .filter_map(|r| Some((r["step"].as_f64()?, r["val_dice"].get(c)?.as_f64()?)))
-            .collect();
+        let pts: Vec<(f64, f64)> = recs.iter().filter_map(|r| Some((r["step"].as_f64()?, r["val_dice"].get(c)?.as_f64()?))).collect();
         dice_series.push((pts, crate::plots::COLORS[c % crate::plots::COLORS.len()]));
     }
-    let mean: Vec<(f64, f64)> = recs
-        .iter()
-        .filter_map(|r| Some((r["step"].as_f64()?, r["val_mean_dice"].as_f64()?)))
-        .collect();
+    let mean: Vec<(f64, f64)> = recs.iter().filter_map(|r| Some((r["step"].as_f64()?, r["val_mean_dice"].as_f64()?))).collect();
     dice_series.push((mean, [120, 120, 120]));
-    crate::plots::curves_png(&plots.join("val_dice.png"), &dice_series, Some((0.0, 1.0)))
-        .map_err(|e| ferr(&plots.join("val_dice.png"), e))?;
+    crate::plots::curves_png(&plots.join("val_dice.png"), &dice_series, Some((0.0, 1.0))).map_err(|e| ferr(&plots.join("val_dice.png"), e))?;
     let model = w.inference_model()?;
     let pred_dir = out.join("predictions");
     std::fs::create_dir_all(&pred_dir).map_err(|e| ferr(&pred_dir, e))?;
@@ -1022,22 +753,11 @@ pub fn train(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary> {
         let (pred, _) = predict_labels(&model, s, &cfg.validation)?;
         if vi < 4 {
             let p = plots.join(format!("overlay_{vi}.png"));
-            crate::plots::overlay_png(&p, &s.image, s.label.as_ref().unwrap(), &pred, s.dims, 4)
-                .map_err(|e| ferr(&p, e))?;
+            crate::plots::overlay_png(&p, &s.image, s.label.as_ref().unwrap(), &pred, s.dims, 4).map_err(|e| ferr(&p, e))?;
         }
         let vol = s.invert(&pred, 1, 0.0);
-        let name = it.image[0]
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "pred.nii.gz".into());
+        let name = it.image[0].file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "pred.nii.gz".into());
         write_nifti(&pred_dir.join(name), &vol, true)?;
     }
-    Ok(TrainSummary {
-        final_dice: last_val.0,
-        per_class: last_val.1,
-        best_dice: state.best_dice,
-        out_dir: out,
-        seconds: t0.elapsed().as_secs_f64(),
-        losses,
-    })
+    Ok(TrainSummary { final_dice: last_val.0, per_class: last_val.1, best_dice: state.best_dice, out_dir: out, seconds: t0.elapsed().as_secs_f64(), losses })
 }

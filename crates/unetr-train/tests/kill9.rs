@@ -40,12 +40,8 @@ fn losses(dir: &Path) -> Vec<(u64, f64)> {
 #[test]
 #[ignore = "the child process of kill_9_leaves_a_loadable_checkpoint"]
 fn child_training_run() {
-    let dir = PathBuf::from(
-        std::env::var("UNETR_KILL9_DIR").expect("run by kill_9_leaves_a_loadable_checkpoint"),
-    );
-    let resume = dir.join("checkpoint").exists()
-        || dir.join("checkpoint.new").exists()
-        || dir.join("checkpoint.old").exists();
+    let dir = PathBuf::from(std::env::var("UNETR_KILL9_DIR").expect("run by kill_9_leaves_a_loadable_checkpoint"));
+    let resume = dir.join("checkpoint").exists() || dir.join("checkpoint.new").exists() || dir.join("checkpoint.old").exists();
     train(&config(&dir), resume).unwrap();
 }
 
@@ -56,19 +52,9 @@ fn checkpoint_is_loadable(dir: &Path) -> Option<u64> {
     if !ck.exists() {
         return None; // killed before the first checkpoint
     }
-    let st: TrainState =
-        serde_json::from_str(&std::fs::read_to_string(ck.join("state.json")).expect("state.json"))
-            .expect("state.json parses");
-    let w = safetensors::SafeTensors::deserialize(
-        &std::fs::read(ck.join("model.safetensors")).unwrap(),
-    )
-    .map(|t| t.len())
-    .expect("model.safetensors parses");
-    let o = safetensors::SafeTensors::deserialize(
-        &std::fs::read(ck.join("optimizer.safetensors")).unwrap(),
-    )
-    .map(|t| t.len())
-    .expect("optimizer.safetensors parses");
+    let st: TrainState = serde_json::from_str(&std::fs::read_to_string(ck.join("state.json")).expect("state.json")).expect("state.json parses");
+    let w = safetensors::SafeTensors::deserialize(&std::fs::read(ck.join("model.safetensors")).unwrap()).map(|t| t.len()).expect("model.safetensors parses");
+    let o = safetensors::SafeTensors::deserialize(&std::fs::read(ck.join("optimizer.safetensors")).unwrap()).map(|t| t.len()).expect("optimizer.safetensors parses");
     assert!(w > 0 && o > 0);
     Some(st.step)
 }
@@ -100,13 +86,7 @@ fn kill_9_leaves_a_loadable_checkpoint() {
     let mut kills = 0;
     for _ in 0..12 {
         let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "child_training_run",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args(["--exact", "child_training_run", "--ignored", "--nocapture", "--test-threads=1"])
             .env("UNETR_KILL9_DIR", &dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -129,10 +109,7 @@ fn kill_9_leaves_a_loadable_checkpoint() {
         }
         child.wait().unwrap();
         if let Some(step) = checkpoint_is_loadable(&dir) {
-            assert!(
-                step >= last,
-                "checkpoint went back from step {last} to {step}"
-            );
+            assert!(step >= last, "checkpoint went back from step {last} to {step}");
             last = step;
         }
         if finished {
@@ -144,9 +121,6 @@ fn kill_9_leaves_a_loadable_checkpoint() {
     // Resume to the end: the same losses as the uninterrupted run, step by step.
     train(&config(&dir), dir.join("checkpoint").exists()).unwrap();
     let (a, b) = (losses(&base.join("ref")), losses(&dir));
-    assert_eq!(
-        a, b,
-        "after {kills} kill(s) and resume, the log must equal the uninterrupted run's"
-    );
+    assert_eq!(a, b, "after {kills} kill(s) and resume, the log must equal the uninterrupted run's");
     let _ = std::fs::remove_dir_all(&base);
 }

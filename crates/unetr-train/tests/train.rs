@@ -12,9 +12,7 @@ mod common;
 use common::tiny;
 
 fn fixture(name: &str) -> (std::collections::HashMap<String, Tensor>, serde_json::Value) {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
     let bytes = std::fs::read(&p).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let meta = meta.metadata().clone().unwrap();
@@ -23,16 +21,7 @@ fn fixture(name: &str) -> (std::collections::HashMap<String, Tensor>, serde_json
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
 #[test]
@@ -43,19 +32,9 @@ fn dice_ce_matches_monai_values_and_gradients() {
         let x = Var::from_tensor(&t["logits"]).unwrap();
         let l = dice_ce_loss(x.as_tensor(), &t["labels"], &o).unwrap();
         let want = t[&format!("dicece.{i}")].to_vec1::<f32>().unwrap()[0];
-        assert!(
-            (l.to_scalar::<f32>().unwrap() - want).abs() < 1e-5,
-            "combo {i}: {} vs {want}",
-            l.to_scalar::<f32>().unwrap()
-        );
-        let d = dice_loss(&t["logits"], &t["labels"], &o)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(
-            (d - t[&format!("dice.{i}")].to_vec1::<f32>().unwrap()[0]).abs() < 1e-5,
-            "combo {i}: dice"
-        );
+        assert!((l.to_scalar::<f32>().unwrap() - want).abs() < 1e-5, "combo {i}: {} vs {want}", l.to_scalar::<f32>().unwrap());
+        let d = dice_loss(&t["logits"], &t["labels"], &o).unwrap().to_scalar::<f32>().unwrap();
+        assert!((d - t[&format!("dice.{i}")].to_vec1::<f32>().unwrap()[0]).abs() < 1e-5, "combo {i}: dice");
         let g = l.backward().unwrap();
         let e = max_abs(g.get(x.as_tensor()).unwrap(), &t[&format!("grad.{i}")]);
         assert!(e < 1e-6, "combo {i}: gradient max-abs {e}");
@@ -71,11 +50,7 @@ fn sliding_window_matches_monai() {
             roi: [roi[0], roi[1], roi[2]],
             overlap: c["overlap"].as_f64().unwrap(),
             sw_batch: c["sw_batch"].as_u64().unwrap() as usize,
-            blend: if c["mode"] == "gaussian" {
-                Blend::Gaussian
-            } else {
-                Blend::Constant
-            },
+            blend: if c["mode"] == "gaussian" { Blend::Gaussian } else { Blend::Constant },
         };
         let y = sliding_window_inference(&t[&format!("x.{i}")], &sw, |b| {
             let m = b.mean_keepdim(2)?.mean_keepdim(3)?.mean_keepdim(4)?;
@@ -107,36 +82,16 @@ fn resume_continues_exactly_and_outputs_are_written() {
     // 3 steps, then resume to 6 (the checkpoint is written at step 3, a validation step).
     train(&tiny(&base.join("b"), 3), false).unwrap();
     let b = train(&tiny(&base.join("b"), 6), true).unwrap();
-    assert_eq!(
-        a.losses[3..],
-        b.losses[..],
-        "resumed losses must equal the uninterrupted run's"
-    );
+    assert_eq!(a.losses[3..], b.losses[..], "resumed losses must equal the uninterrupted run's");
     // Outputs: checkpoint, best model, log, predictions on the original grids.
-    for f in [
-        "checkpoint/model.safetensors",
-        "checkpoint/optimizer.safetensors",
-        "checkpoint/state.json",
-        "best/model.safetensors",
-        "log.jsonl",
-        "config.toml",
-        "plots/loss.png",
-        "plots/val_dice.png",
-        "plots/overlay_0.png",
-    ] {
+    for f in ["checkpoint/model.safetensors", "checkpoint/optimizer.safetensors", "checkpoint/state.json", "best/model.safetensors", "log.jsonl", "config.toml", "plots/loss.png", "plots/val_dice.png", "plots/overlay_0.png"] {
         assert!(base.join("a").join(f).is_file(), "{f}");
     }
-    let preds: Vec<_> = std::fs::read_dir(base.join("a/predictions"))
-        .unwrap()
-        .collect();
+    let preds: Vec<_> = std::fs::read_dir(base.join("a/predictions")).unwrap().collect();
     assert_eq!(preds.len(), 1);
     let p = preds[0].as_ref().unwrap().path();
     let v = unetr_data::read_nifti(&p, &Default::default()).unwrap();
-    let img = unetr_data::read_nifti(
-        &base.join("a/phantom/imagesTr").join(p.file_name().unwrap()),
-        &Default::default(),
-    )
-    .unwrap();
+    let img = unetr_data::read_nifti(&base.join("a/phantom/imagesTr").join(p.file_name().unwrap()), &Default::default()).unwrap();
     assert_eq!(v.header.dims, img.header.dims);
     assert_eq!(v.header.affine, img.header.affine);
     assert!(a.final_dice.is_finite());
@@ -149,18 +104,11 @@ fn dice_and_hd95_match_monai() {
     let (pred, lab) = (v("pred"), v("label"));
     let d = unetr_train::metrics::dice_per_class(&pred, &lab, 3);
     for (c, want) in v("dice").iter().enumerate() {
-        assert!(
-            (d[c].unwrap() - *want as f64).abs() < 1e-6,
-            "dice class {c}: {:?} vs {want}",
-            d[c]
-        );
+        assert!((d[c].unwrap() - *want as f64).abs() < 1e-6, "dice class {c}: {:?} vs {want}", d[c]);
     }
     for (c, want) in v("hd95").iter().enumerate() {
         let h = unetr_train::metrics::hd95(&pred, &lab, c, [12, 10, 8], [1.0; 3]).unwrap();
-        assert!(
-            (h - *want as f64).abs() < 1e-4,
-            "hd95 class {c}: {h} vs {want}"
-        );
+        assert!((h - *want as f64).abs() < 1e-4, "hd95 class {c}: {h} vs {want}");
     }
 }
 
@@ -183,18 +131,9 @@ fn mixed_precision_training_tracks_f32() {
         if p == Precision::F16 {
             f16_losses = r.losses.clone();
         }
-        assert!(
-            r.losses.iter().all(|l| l.is_finite()),
-            "{p:?}: {:?}",
-            r.losses
-        );
+        assert!(r.losses.iter().all(|l| l.is_finite()), "{p:?}: {:?}", r.losses);
         for (a, b) in r.losses.iter().zip(&f32_run.losses) {
-            assert!(
-                (a - b).abs() < 0.05 * b.abs().max(0.1),
-                "{p:?} losses {:?} vs f32 {:?}",
-                r.losses,
-                f32_run.losses
-            );
+            assert!((a - b).abs() < 0.05 * b.abs().max(0.1), "{p:?} losses {:?} vs f32 {:?}", r.losses, f32_run.losses);
         }
     }
     let state = std::fs::read_to_string(base.join("F16/checkpoint/state.json")).unwrap();
@@ -214,15 +153,7 @@ fn adamw_matches_pytorch() {
     use unetr_train::optim::{AdamW, AdamWConfig};
     let (t, meta) = fixture("adamw.safetensors");
     let c: AdamWConfig = serde_json::from_value(meta).unwrap();
-    let vars: Vec<(String, Var)> = ["a", "b"]
-        .iter()
-        .map(|k| {
-            (
-                k.to_string(),
-                Var::from_tensor(&t[&format!("w0.{k}")]).unwrap(),
-            )
-        })
-        .collect();
+    let vars: Vec<(String, Var)> = ["a", "b"].iter().map(|k| (k.to_string(), Var::from_tensor(&t[&format!("w0.{k}")]).unwrap())).collect();
     let mut opt = AdamW::new(vars.clone(), c);
     for i in 0..4 {
         // Gradients via a loss whose gradient is the fixture's: sum(w * g).
@@ -235,16 +166,7 @@ fn adamw_matches_pytorch() {
         opt.step(&loss.backward().unwrap()).unwrap();
         for (k, v) in &vars {
             let want = &t[&format!("w{}.{k}", i + 1)];
-            let err = (v.as_tensor() - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let err = (v.as_tensor() - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
             assert!(err < 1e-6, "step {} {k}: max error {err}", i + 1);
         }
     }
@@ -256,65 +178,24 @@ fn adamw_matches_pytorch() {
 fn fused_dice_ce_matches_composition() {
     use unetr_train::losses::dice_ce_composed;
     for dt in [candle_core::DType::F32, candle_core::DType::F64] {
-        let logits = (Tensor::randn(0f32, 2.0, (2, 5, 6, 7, 4), &Device::Cpu).unwrap())
-            .to_dtype(dt)
-            .unwrap();
-        let mut lab: Vec<f32> = (0..2 * 6 * 7 * 4)
-            .map(|i| ((i * 7 + i / 5) % 5) as f32)
-            .collect();
+        let logits = (Tensor::randn(0f32, 2.0, (2, 5, 6, 7, 4), &Device::Cpu).unwrap()).to_dtype(dt).unwrap();
+        let mut lab: Vec<f32> = (0..2 * 6 * 7 * 4).map(|i| ((i * 7 + i / 5) % 5) as f32).collect();
         lab[3] = 7.0; // out of range
         lab[10] = -1.0;
-        lab.iter_mut()
-            .skip(6 * 7 * 4)
-            .filter(|v| **v == 3.0)
-            .for_each(|v| *v = 0.0); // class 3 absent in sample 1
-        let labels = Tensor::from_vec(lab, (2, 1, 6, 7, 4), &Device::Cpu)
-            .unwrap()
-            .to_dtype(dt)
-            .unwrap();
+        lab.iter_mut().skip(6 * 7 * 4).filter(|v| **v == 3.0).for_each(|v| *v = 0.0); // class 3 absent in sample 1
+        let labels = Tensor::from_vec(lab, (2, 1, 6, 7, 4), &Device::Cpu).unwrap().to_dtype(dt).unwrap();
         for o in [
             DiceCeOptions::default(),
             DiceCeOptions::research(),
-            DiceCeOptions {
-                include_background: false,
-                lambda_dice: 0.3,
-                lambda_ce: 1.7,
-                ..DiceCeOptions::research()
-            },
+            DiceCeOptions { include_background: false, lambda_dice: 0.3, lambda_ce: 1.7, ..DiceCeOptions::research() },
         ] {
             let x = Var::from_tensor(&logits).unwrap();
-            let (a, b) = (
-                dice_ce_loss(x.as_tensor(), &labels, &o).unwrap(),
-                dice_ce_composed(x.as_tensor(), &labels, &o).unwrap(),
-            );
-            let f = |t: &Tensor| {
-                t.to_dtype(candle_core::DType::F64)
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap()
-            };
-            assert!(
-                (f(&a) - f(&b)).abs() < 1e-5,
-                "{dt:?} {o:?}: {} vs {}",
-                f(&a),
-                f(&b)
-            );
-            let (ga, gb) = (
-                (&a * 3.0).unwrap().backward().unwrap(),
-                (&b * 3.0).unwrap().backward().unwrap(),
-            );
-            let (ga, gb) = (
-                ga.get(x.as_tensor()).unwrap(),
-                gb.get(x.as_tensor()).unwrap(),
-            );
-            let e = (ga - gb)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap();
+            let (a, b) = (dice_ce_loss(x.as_tensor(), &labels, &o).unwrap(), dice_ce_composed(x.as_tensor(), &labels, &o).unwrap());
+            let f = |t: &Tensor| t.to_dtype(candle_core::DType::F64).unwrap().to_scalar::<f64>().unwrap();
+            assert!((f(&a) - f(&b)).abs() < 1e-5, "{dt:?} {o:?}: {} vs {}", f(&a), f(&b));
+            let (ga, gb) = ((&a * 3.0).unwrap().backward().unwrap(), (&b * 3.0).unwrap().backward().unwrap());
+            let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
+            let e = (ga - gb).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
             assert!(f(&e) < 1e-6, "{dt:?} {o:?}: gradient max-abs {}", f(&e));
         }
     }
@@ -335,10 +216,7 @@ fn device_names_are_checked() {
         let mut cfg = tiny(&dir, 1);
         cfg.device = "cuda:1".into();
         let e = train(&cfg, false).unwrap_err();
-        assert!(
-            matches!(e, TrainError::Config(_)) && e.to_string().contains("--features cuda"),
-            "{e}"
-        );
+        assert!(matches!(e, TrainError::Config(_)) && e.to_string().contains("--features cuda"), "{e}");
         assert!(!dir.exists(), "nothing is written for a bad device");
     }
 }

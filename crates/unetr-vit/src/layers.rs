@@ -25,12 +25,7 @@ impl candle_core::Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // Parameters follow the input's dtype (f32 master weights in a bf16/f16 pass; the cast is differentiable).
         let dt = x.dtype();
-        unetr_ops::layer_norm(
-            x,
-            Some(&cast_to(&self.weight, dt)?),
-            Some(&cast_to(&self.bias, dt)?),
-            self.eps,
-        )
+        unetr_ops::layer_norm(x, Some(&cast_to(&self.weight, dt)?), Some(&cast_to(&self.bias, dt)?), self.eps)
     }
 }
 
@@ -58,14 +53,6 @@ impl Linear {
 impl candle_core::Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dt = x.dtype();
-        unetr_ops::linear(
-            x,
-            &cast_to(&self.weight, dt)?,
-            self.bias
-                .as_ref()
-                .map(|b| cast_to(b, dt))
-                .transpose()?
-                .as_ref(),
-        )
+        unetr_ops::linear(x, &cast_to(&self.weight, dt)?, self.bias.as_ref().map(|b| cast_to(b, dt)).transpose()?.as_ref())
     }
 }

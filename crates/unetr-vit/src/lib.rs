@@ -7,6 +7,4 @@ mod layers;
 mod vit;
 
 pub use layers::{dropout, LayerNorm, Linear};
-pub use vit::{
-    MlpBlock, PatchEmbeddingBlock, ProjType, SABlock, TransformerBlock, Vit, VitConfig, VitOutput,
-};
+pub use vit::{MlpBlock, PatchEmbeddingBlock, ProjType, SABlock, TransformerBlock, Vit, VitConfig, VitOutput};

@@ -57,19 +57,8 @@ impl VitConfig {
 
 /// Init of MONAI's ViT linear layers: trunc_normal(std 0.02) weights, zero bias.
 fn vit_linear(i: usize, o: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    let w = vb.get_with_hints(
-        (o, i),
-        "weight",
-        Init::Randn {
-            mean: 0.0,
-            stdev: 0.02,
-        },
-    )?;
-    let b = if bias {
-        Some(vb.get_with_hints(o, "bias", Init::Const(0.0))?)
-    } else {
-        None
-    };
+    let w = vb.get_with_hints((o, i), "weight", Init::Randn { mean: 0.0, stdev: 0.02 })?;
+    let b = if bias { Some(vb.get_with_hints(o, "bias", Init::Const(0.0))?) } else { None };
     Ok(Linear::new(w, b))
 }
 
@@ -97,34 +86,15 @@ impl PatchEmbeddingBlock {
                 let init = Init::Uniform { lo: -b, up: b };
                 let vb = vb.pp("patch_embeddings");
                 Proj::Conv {
-                    weight: vb.get_with_hints(
-                        (cfg.hidden_size, cfg.in_channels, p0, p1, p2),
-                        "weight",
-                        init,
-                    )?,
+                    weight: vb.get_with_hints((cfg.hidden_size, cfg.in_channels, p0, p1, p2), "weight", init)?,
                     bias: vb.get_with_hints(cfg.hidden_size, "bias", init)?,
                 }
             }
-            ProjType::Perceptron => Proj::Perceptron(vit_linear(
-                patch_dim,
-                cfg.hidden_size,
-                true,
-                vb.pp("patch_embeddings.1"),
-            )?),
+            ProjType::Perceptron => Proj::Perceptron(vit_linear(patch_dim, cfg.hidden_size, true, vb.pp("patch_embeddings.1"))?),
         };
-        let position_embeddings = vb.get_with_hints(
-            (1, cfg.n_patches(), cfg.hidden_size),
-            "position_embeddings",
-            Init::Randn {
-                mean: 0.0,
-                stdev: 0.02,
-            },
-        )?;
-        Ok(Self {
-            proj,
-            position_embeddings,
-            cfg: cfg.clone(),
-        })
+        let position_embeddings =
+            vb.get_with_hints((1, cfg.n_patches(), cfg.hidden_size), "position_embeddings", Init::Randn { mean: 0.0, stdev: 0.02 })?;
+        Ok(Self { proj, position_embeddings, cfg: cfg.clone() })
     }
 
     /// [B, C, D, H, W] -> tokens [B, N, hidden] (position embedding added, dropout applied).
@@ -134,19 +104,9 @@ impl PatchEmbeddingBlock {
         let [g0, g1, g2] = self.cfg.grid();
         let tokens = match &self.proj {
             Proj::Conv { weight, bias } => {
-                let p = unetr_ops::Conv3dParams {
-                    stride: self.cfg.patch_size,
-                    padding: [0; 3],
-                };
+                let p = unetr_ops::Conv3dParams { stride: self.cfg.patch_size, padding: [0; 3] };
                 let dt = x.dtype();
-                unetr_ops::conv3d(
-                    x,
-                    &unetr_ops::cast_to(weight, dt)?,
-                    Some(&unetr_ops::cast_to(bias, dt)?),
-                    p,
-                )?
-                .flatten_from(2)?
-                .transpose(1, 2)?
+                unetr_ops::conv3d(x, &unetr_ops::cast_to(weight, dt)?, Some(&unetr_ops::cast_to(bias, dt)?), p)?.flatten_from(2)?.transpose(1, 2)?
             }
             Proj::Perceptron(lin) => {
                 let c = self.cfg.in_channels;
@@ -191,21 +151,13 @@ impl SABlock {
         let (b, n, h) = x.dims3()?;
         let dh = h / self.num_heads;
         // "b h (qkv l d) -> qkv b l h d"
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((b, n, 3, self.num_heads, dh))?
-            .permute((2, 0, 3, 1, 4))?;
+        let qkv = self.qkv.forward(x)?.reshape((b, n, 3, self.num_heads, dh))?.permute((2, 0, 3, 1, 4))?;
         // (the head split/merge copies are charged to "attention" and "heads_merge")
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
         let ctx = if train && self.dropout_rate > 0.0 {
             // Dropout on the attention weights needs the unfused path.
             let att = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * self.scale)?;
-            let att = dropout(
-                &unetr_ops::softmax_last_dim(&att)?,
-                self.dropout_rate,
-                train,
-            )?;
+            let att = dropout(&unetr_ops::softmax_last_dim(&att)?, self.dropout_rate, train)?;
             att.matmul(&v.contiguous()?)?
         } else {
             unetr_ops::attention(&q, &k, &v, self.scale)?
@@ -281,9 +233,7 @@ pub struct Vit {
 
 impl Vit {
     pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
-        let blocks = (0..cfg.num_layers)
-            .map(|i| TransformerBlock::new(cfg, vb.pp(format!("blocks.{i}"))))
-            .collect::<Result<_>>()?;
+        let blocks = (0..cfg.num_layers).map(|i| TransformerBlock::new(cfg, vb.pp(format!("blocks.{i}")))).collect::<Result<_>>()?;
         Ok(Self {
             patch_embedding: PatchEmbeddingBlock::new(cfg, vb.pp("patch_embedding"))?,
             blocks,
@@ -299,10 +249,7 @@ impl Vit {
             h = blk.forward_t(&h, train)?;
             hidden_states.push(h.clone());
         }
-        Ok(VitOutput {
-            last: self.norm.forward(&h)?,
-            hidden_states,
-        })
+        Ok(VitOutput { last: self.norm.forward(&h)?, hidden_states })
     }
 }
 
@@ -311,3 +258,4 @@ impl Module for Vit {
         Ok(self.forward_t(x, false)?.last)
     }
 }
+

@@ -3,9 +3,7 @@
 //! also run here, as on the CPU.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
-};
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result};
 use std::sync::{Arc, OnceLock};
@@ -39,45 +37,22 @@ pub fn suffix(op: &'static str, dt: DType) -> Result<&'static str> {
 
 /// The kernel `name` with the stream it runs on (candle's device stream).
 pub fn func(dev: &CudaDevice, name: &str) -> Result<(CudaFunction, Arc<CudaStream>)> {
-    Ok((
-        (*dev.get_or_load_custom_func(name, MODULE, ptx()?)?).clone(),
-        dev.cuda_stream(),
-    ))
+    Ok(((*dev.get_or_load_custom_func(name, MODULE, ptx()?)?).clone(), dev.cuda_stream()))
 }
 
-fn view<'a, T: CudaDType + DeviceRepr>(
-    op: &'static str,
-    s: &'a CudaStorage,
-    l: &Layout,
-) -> Result<CudaView<'a, T>> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| crate::error::OpsError::Param {
-            op,
-            msg: format!(
-                "internal: non-contiguous layout {:?} reached the CUDA kernel",
-                l.shape()
-            ),
-        })?;
+fn view<'a, T: CudaDType + DeviceRepr>(op: &'static str, s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
+    let (a, b) = l.contiguous_offsets().ok_or_else(|| crate::error::OpsError::Param { op, msg: format!("internal: non-contiguous layout {:?} reached the CUDA kernel", l.shape()) })?;
     Ok(s.as_cuda_slice::<T>()?.slice(a..b))
 }
 
 fn grid(total: usize) -> LaunchConfig {
     let blocks = total.div_ceil(THREADS as usize).clamp(1, 1 << 20) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// One block per item (reductions), at most 2^20 blocks (the kernels loop beyond).
 fn blocks(items: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (items.clamp(1, 1 << 20) as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    LaunchConfig { grid_dim: (items.clamp(1, 1 << 20) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// Runs `$body` with `$t` bound to the Rust element type of `$dt`.
@@ -120,39 +95,18 @@ unsafe impl DeviceRepr for Geom {}
 impl Geom {
     pub fn of(g: &crate::kernels::conv3d::ConvGeom) -> Self {
         let c = |v: [usize; 3]| v.map(|x| x as i32);
-        Self {
-            n: g.n as i32,
-            ci: g.ci as i32,
-            co: g.co as i32,
-            input: c(g.input),
-            kernel: c(g.kernel),
-            stride: c(g.stride),
-            padding: c(g.padding),
-            output: c(g.output),
-        }
+        Self { n: g.n as i32, ci: g.ci as i32, co: g.co as i32, input: c(g.input), kernel: c(g.kernel), stride: c(g.stride), padding: c(g.padding), output: c(g.output) }
     }
 }
 
 /// `kind`: "fwd" (x, w), "bwd_input" (dy, w) or "bwd_weight" (x, dy); `out_len` elements.
-pub fn conv(
-    kind: &str,
-    s1: &CudaStorage,
-    l1: &Layout,
-    s2: &CudaStorage,
-    l2: &Layout,
-    g: &crate::kernels::conv3d::ConvGeom,
-    out_len: usize,
-) -> Result<CudaStorage> {
+pub fn conv(kind: &str, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout, g: &crate::kernels::conv3d::ConvGeom, out_len: usize) -> Result<CudaStorage> {
     const OP: &str = "conv3d (cuda)";
     let dev = s1.device().clone();
     let sfx = suffix(OP, s1.dtype())?;
     let f = func(&dev, &format!("conv3d_{kind}_{sfx}"))?;
     let geom = Geom::of(g);
-    let cfg = if kind == "bwd_weight" {
-        blocks(out_len)
-    } else {
-        grid(out_len)
-    };
+    let cfg = if kind == "bwd_weight" { blocks(out_len) } else { grid(out_len) };
     with_dtype!(OP, s1.dtype(), T => {
         let (a, b) = (view::<T>(OP, s1, l1)?, view::<T>(OP, s2, l2)?);
         // SAFETY: every element is written by the kernel.
@@ -170,26 +124,11 @@ pub fn conv(
 
 /// Group normalisation forward (`dy` None) or backward (`dy` Some), as kernels::norm.
 #[allow(clippy::too_many_arguments)]
-pub fn norm(
-    x: &CudaStorage,
-    lx: &Layout,
-    dy: Option<(&CudaStorage, &Layout)>,
-    groups: usize,
-    segs: usize,
-    len: usize,
-    eps: f64,
-    slope: Option<f64>,
-) -> Result<CudaStorage> {
+pub fn norm(x: &CudaStorage, lx: &Layout, dy: Option<(&CudaStorage, &Layout)>, groups: usize, segs: usize, len: usize, eps: f64, slope: Option<f64>) -> Result<CudaStorage> {
     const OP: &str = "norm (cuda)";
     let dev = x.device().clone();
     let sfx = suffix(OP, x.dtype())?;
-    let f = func(
-        &dev,
-        &format!(
-            "{}_{sfx}",
-            if dy.is_some() { "norm_bwd" } else { "norm_fwd" }
-        ),
-    )?;
+    let f = func(&dev, &format!("{}_{sfx}", if dy.is_some() { "norm_bwd" } else { "norm_fwd" }))?;
     let (g, s, l) = (groups as i64, segs as i64, len as i64);
     let (act, sl) = (slope.is_some() as i32, slope.unwrap_or(1.0));
     with_dtype!(OP, x.dtype(), T => {
@@ -268,13 +207,7 @@ pub struct AttnDims {
 }
 
 /// Fused attention forward: o [bh, l, dh] (the log-sum-exp is recomputed by the backward).
-pub fn attn_fwd(
-    q: (&CudaStorage, &Layout),
-    k: (&CudaStorage, &Layout),
-    v: (&CudaStorage, &Layout),
-    d: AttnDims,
-    scale: f64,
-) -> Result<CudaStorage> {
+pub fn attn_fwd(q: (&CudaStorage, &Layout), k: (&CudaStorage, &Layout), v: (&CudaStorage, &Layout), d: AttnDims, scale: f64) -> Result<CudaStorage> {
     const OP: &str = "attention (cuda)";
     let dev = q.0.device().clone();
     let f = func(&dev, &format!("attn_fwd_{}", suffix(OP, q.0.dtype())?))?;
@@ -289,17 +222,7 @@ pub fn attn_fwd(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn launch_attn_fwd<T: DeviceRepr>(
-    f: &(CudaFunction, Arc<CudaStream>),
-    q: &CudaView<T>,
-    k: &CudaView<T>,
-    v: &CudaView<T>,
-    o: &CudaSlice<T>,
-    lse: &CudaSlice<f32>,
-    d: AttnDims,
-    scale: f64,
-    rows: usize,
-) -> Result<()> {
+fn launch_attn_fwd<T: DeviceRepr>(f: &(CudaFunction, Arc<CudaStream>), q: &CudaView<T>, k: &CudaView<T>, v: &CudaView<T>, o: &CudaSlice<T>, lse: &CudaSlice<f32>, d: AttnDims, scale: f64, rows: usize) -> Result<()> {
     let (bh, l, lk, dh) = (d.bh as i32, d.l as i32, d.lk as i32, d.dh as i32);
     let mut bld = f.1.launch_builder(&f.0);
     bld.arg(q);
@@ -318,21 +241,11 @@ fn launch_attn_fwd<T: DeviceRepr>(
 }
 
 /// Fused attention backward: (q, k, v packed flat as [q | k | v], o, dout) -> [dq | dk | dv] flat.
-pub fn attn_bwd(
-    qkv: (&CudaStorage, &Layout),
-    o: (&CudaStorage, &Layout),
-    dout: (&CudaStorage, &Layout),
-    d: AttnDims,
-    scale: f64,
-) -> Result<CudaStorage> {
+pub fn attn_bwd(qkv: (&CudaStorage, &Layout), o: (&CudaStorage, &Layout), dout: (&CudaStorage, &Layout), d: AttnDims, scale: f64) -> Result<CudaStorage> {
     const OP: &str = "attention backward (cuda)";
     let dev = qkv.0.device().clone();
     let sfx = suffix(OP, qkv.0.dtype())?;
-    let (ff, fq, fkv) = (
-        func(&dev, &format!("attn_fwd_{sfx}"))?,
-        func(&dev, &format!("attn_bwd_q_{sfx}"))?,
-        func(&dev, &format!("attn_bwd_kv_{sfx}"))?,
-    );
+    let (ff, fq, fkv) = (func(&dev, &format!("attn_fwd_{sfx}"))?, func(&dev, &format!("attn_bwd_q_{sfx}"))?, func(&dev, &format!("attn_bwd_kv_{sfx}"))?);
     let (nq, nk) = (d.bh * d.l * d.dh, d.bh * d.lk * d.dh);
     let (rows, krows) = (d.bh * d.l, d.bh * d.lk);
     let (bh, l, lk, dh) = (d.bh as i32, d.l as i32, d.lk as i32, d.dh as i32);

@@ -16,10 +16,7 @@ const CHUNK: usize = 1 << 15;
 /// of each input.
 fn map_chunks<T: Elem>(n: usize, f: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync) -> Vec<T> {
     let mut y: Vec<T> = Vec::with_capacity(n);
-    y.spare_capacity_mut()
-        .par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(i, c)| f(i * CHUNK, c));
+    y.spare_capacity_mut().par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| f(i * CHUNK, c));
     // SAFETY: every chunk was written by `f` (all callers write each element of their chunk).
     unsafe { y.set_len(n) };
     y
@@ -38,11 +35,7 @@ fn softmax_row_imp<T: Elem>(r: &mut [T]) {
         }
     }
     // (a NaN in the row is skipped here but still turns every output NaN through the sum below)
-    let m = it
-        .remainder()
-        .iter()
-        .chain(&mx)
-        .fold(T::neg_infinity(), |a, &b| if b > a { b } else { a });
+    let m = it.remainder().iter().chain(&mx).fold(T::neg_infinity(), |a, &b| if b > a { b } else { a });
     r.iter_mut().for_each(|v| *v = (*v - m).exp_v());
     let mut sum = [T::zero(); L];
     let mut it = r.chunks_exact(L);
@@ -51,11 +44,7 @@ fn softmax_row_imp<T: Elem>(r: &mut [T]) {
             sum[l] = sum[l] + c[l];
         }
     }
-    let s = it
-        .remainder()
-        .iter()
-        .chain(&sum)
-        .fold(T::zero(), |a, &b| a + b);
+    let s = it.remainder().iter().chain(&sum).fold(T::zero(), |a, &b| a + b);
     let inv = T::one() / s;
     r.iter_mut().for_each(|v| *v = *v * inv);
 }
@@ -69,9 +58,7 @@ pub fn softmax_fwd<T: Elem>(x: &[T], d: usize) -> Vec<T> {
     if d == 0 {
         return y;
     }
-    y.par_chunks_mut(d)
-        .with_min_len(min_rows(d))
-        .for_each(softmax_row);
+    y.par_chunks_mut(d).with_min_len(min_rows(d)).for_each(softmax_row);
     y
 }
 
@@ -96,14 +83,7 @@ multiversion!(fn leaky<T: Elem>(x: &[T], r: Option<&[T]>, y: &mut [MaybeUninit<T
 /// LeakyReLU(x), or LeakyReLU(x + residual) in the same pass.
 pub fn leaky_relu_fwd<T: Elem>(x: &[T], residual: Option<&[T]>, slope: f64) -> Vec<T> {
     let s = of_f64::<T>(slope);
-    map_chunks(x.len(), |o, c| {
-        leaky(
-            &x[o..o + c.len()],
-            residual.map(|r| &r[o..o + c.len()]),
-            c,
-            s,
-        )
-    })
+    map_chunks(x.len(), |o, c| leaky(&x[o..o + c.len()], residual.map(|r| &r[o..o + c.len()]), c, s))
 }
 
 /// a = LeakyReLU(a + b) in place.
@@ -117,9 +97,7 @@ pub fn add_leaky_relu_inplace<T: Elem>(a: &mut [T], b: &[T], slope: f64) {
         }
     }
     multiversion!(fn run<T: Elem>(a: &mut [T], b: &[T], s: T) -> () => imp);
-    a.par_chunks_mut(CHUNK)
-        .zip(b.par_chunks(CHUNK))
-        .for_each(|(x, y)| run(x, y, s));
+    a.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(|(x, y)| run(x, y, s));
 }
 
 /// Gradient of LeakyReLU(a + b) w.r.t. either input: dy where a + b > 0, else slope * dy (PyTorch's
@@ -141,10 +119,7 @@ pub fn add_leaky_relu_bwd<T: Elem>(a: &[T], b: &[T], dy: &[T], slope: f64) -> Ve
 
 #[inline(always)]
 fn gelu_imp<T: Elem>(x: &[T], y: &mut [MaybeUninit<T>]) {
-    let (half, r2) = (
-        of_f64::<T>(0.5),
-        of_f64::<T>(std::f64::consts::FRAC_1_SQRT_2),
-    );
+    let (half, r2) = (of_f64::<T>(0.5), of_f64::<T>(std::f64::consts::FRAC_1_SQRT_2));
     for (o, &v) in y.iter_mut().zip(x) {
         o.write(half * v * (T::one() + (v * r2).erf_v()));
     }
@@ -158,10 +133,7 @@ pub fn gelu_fwd<T: Elem>(x: &[T]) -> Vec<T> {
 
 #[inline(always)]
 fn gelu_bwd_imp<T: Elem>(x: &[T], dy: &[T], y: &mut [MaybeUninit<T>]) {
-    let (half, r2) = (
-        of_f64::<T>(0.5),
-        of_f64::<T>(std::f64::consts::FRAC_1_SQRT_2),
-    );
+    let (half, r2) = (of_f64::<T>(0.5), of_f64::<T>(std::f64::consts::FRAC_1_SQRT_2));
     let inv_sqrt_2pi = of_f64::<T>(0.398_942_280_401_432_7);
     for ((o, &v), &g) in y.iter_mut().zip(x).zip(dy) {
         // d/dx x Phi(x) = Phi(x) + x phi(x)

@@ -41,34 +41,13 @@ pub fn attention_fwd<T: Elem>(
             // SAFETY: views within the operands (see `Strided::at`); each task writes its own output block
             // [bh * l * dh, (bh + 1) * l * dh), and the scratch buffer is this thread's.
             unsafe {
-                let qm = Mat {
-                    ptr: qp,
-                    rs: qs.s[2] as isize,
-                    cs: qs.s[3] as isize,
-                };
+                let qm = Mat { ptr: qp, rs: qs.s[2] as isize, cs: qs.s[3] as isize };
                 // K^T: element (d, j) of K^T is K[j, d]
-                let kt = Mat {
-                    ptr: kp,
-                    rs: ks.s[3] as isize,
-                    cs: ks.s[2] as isize,
-                };
+                let kt = Mat { ptr: kp, rs: ks.s[3] as isize, cs: ks.s[2] as isize };
                 matmul_scaled(l, lk, dh, s.as_mut_ptr(), lk, qm, kt, false, scale);
                 s.chunks_mut(lk).for_each(softmax_row);
-                let vm = Mat {
-                    ptr: vp,
-                    rs: vs.s[2] as isize,
-                    cs: vs.s[3] as isize,
-                };
-                matmul(
-                    l,
-                    dh,
-                    lk,
-                    op.ptr().add(bh * l * dh),
-                    dh,
-                    Mat::rows(s.as_ptr(), lk),
-                    vm,
-                    false,
-                );
+                let vm = Mat { ptr: vp, rs: vs.s[2] as isize, cs: vs.s[3] as isize };
+                matmul(l, dh, lk, op.ptr().add(bh * l * dh), dh, Mat::rows(s.as_ptr(), lk), vm, false);
             }
         })
     });
@@ -102,64 +81,20 @@ pub fn attention_bwd<T: Elem>(
             // SAFETY: views within the operands (see `Strided::at`); each task writes its own blocks of dq,
             // dk and dv; the scratch buffer is this thread's.
             unsafe {
-                let qm = Mat {
-                    ptr: qp,
-                    rs: qs.s[2] as isize,
-                    cs: qs.s[3] as isize,
-                };
-                let km = Mat {
-                    ptr: kp,
-                    rs: ks.s[2] as isize,
-                    cs: ks.s[3] as isize,
-                };
-                let kt = Mat {
-                    ptr: kp,
-                    rs: ks.s[3] as isize,
-                    cs: ks.s[2] as isize,
-                };
-                let vt = Mat {
-                    ptr: vp,
-                    rs: vs.s[3] as isize,
-                    cs: vs.s[2] as isize,
-                };
+                let qm = Mat { ptr: qp, rs: qs.s[2] as isize, cs: qs.s[3] as isize };
+                let km = Mat { ptr: kp, rs: ks.s[2] as isize, cs: ks.s[3] as isize };
+                let kt = Mat { ptr: kp, rs: ks.s[3] as isize, cs: ks.s[2] as isize };
+                let vt = Mat { ptr: vp, rs: vs.s[3] as isize, cs: vs.s[2] as isize };
                 matmul_scaled(l, lk, dh, p.as_mut_ptr(), lk, qm, kt, false, scale);
                 p.chunks_mut(lk).for_each(softmax_row);
-                let (dq, dk, dv) = (
-                    op.ptr().add(bh * l * dh),
-                    op.ptr().add(nq + bh * lk * dh),
-                    op.ptr().add(nq + nk + bh * lk * dh),
-                );
-                matmul(
-                    lk,
-                    dh,
-                    l,
-                    dv,
-                    dh,
-                    Mat::t(p.as_ptr(), lk),
-                    Mat::rows(gp, dh),
-                    false,
-                );
+                let (dq, dk, dv) = (op.ptr().add(bh * l * dh), op.ptr().add(nq + bh * lk * dh), op.ptr().add(nq + nk + bh * lk * dh));
+                matmul(lk, dh, l, dv, dh, Mat::t(p.as_ptr(), lk), Mat::rows(gp, dh), false);
                 matmul(l, lk, dh, ds.as_mut_ptr(), lk, Mat::rows(gp, dh), vt, false);
                 for (pr, dr) in p.chunks(lk).zip(ds.chunks_mut(lk)) {
-                    let dot = pr
-                        .iter()
-                        .zip(dr.iter())
-                        .fold(T::zero(), |a, (&x, &y)| a + x * y);
-                    dr.iter_mut()
-                        .zip(pr)
-                        .for_each(|(d, &x)| *d = x * (*d - dot));
+                    let dot = pr.iter().zip(dr.iter()).fold(T::zero(), |a, (&x, &y)| a + x * y);
+                    dr.iter_mut().zip(pr).for_each(|(d, &x)| *d = x * (*d - dot));
                 }
-                matmul_scaled(
-                    l,
-                    dh,
-                    lk,
-                    dq,
-                    dh,
-                    Mat::rows(ds.as_ptr(), lk),
-                    km,
-                    false,
-                    scale,
-                );
+                matmul_scaled(l, dh, lk, dq, dh, Mat::rows(ds.as_ptr(), lk), km, false, scale);
                 matmul_scaled(lk, dh, l, dk, dh, Mat::t(ds.as_ptr(), lk), qm, false, scale);
             }
         })

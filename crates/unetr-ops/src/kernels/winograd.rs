@@ -267,29 +267,12 @@ unsafe fn input_transform(
 
 // Only x86-64 calls `slab` (the caller checks AVX-512); elsewhere these keep it compiling.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn input_transform(
-    _: &[f32],
-    _: usize,
-    _: usize,
-    _: &[Segment],
-    _: &mut [f32],
-    _: usize,
-    _: &mut Work,
-) {
+unsafe fn input_transform(_: &[f32], _: usize, _: usize, _: &[Segment], _: &mut [f32], _: usize, _: &mut Work) {
     unreachable!("winograd called without AVX-512");
 }
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn output_transform(
-    _: &[f32],
-    _: &ConvGeom,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: &[Segment],
-    _: &SyncPtr<f32>,
-    _: &mut Work,
-) {
+unsafe fn output_transform(_: &[f32], _: &ConvGeom, _: usize, _: usize, _: usize, _: &[Segment], _: &SyncPtr<f32>, _: &mut Work) {
     unreachable!("winograd called without AVX-512");
 }
 

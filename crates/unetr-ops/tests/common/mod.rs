@@ -138,11 +138,7 @@ pub fn run(
         "leaky_relu" => leaky_relu(x.unwrap(), p["slope"].as_f64().unwrap())?,
         "softmax_last_dim" => softmax_last_dim(x.unwrap())?,
         "gelu" => gelu(x.unwrap())?,
-        "add_leaky_relu" => add_leaky_relu(
-            g("a").unwrap(),
-            g("b").unwrap(),
-            p["slope"].as_f64().unwrap(),
-        )?,
+        "add_leaky_relu" => add_leaky_relu(g("a").unwrap(), g("b").unwrap(), p["slope"].as_f64().unwrap())?,
         "linear" => linear(x.unwrap(), g("w").unwrap(), g("b"))?,
         "attention" => attention(
             g("q").unwrap(),
@@ -178,23 +174,14 @@ pub fn vars(f: &Fixture, dtype: DType) -> (HashMap<String, Tensor>, HashMap<Stri
 
 /// A tensor's values, flattened, as f64.
 pub fn f64s(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
+    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
 }
 
 /// max |a - b| / max |b| (or the absolute difference when b is all zeros).
 pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
     let (a, b) = (f64s(a), f64s(b));
-    let diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
     let scale = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
     if scale > 0.0 {
         diff / scale
