@@ -11,7 +11,10 @@
 //! The forward picks one of four kernels over these views (`Kernel`): in f32 on AVX-512, Winograd
 //! F(2, 3) (`winograd`, 3x3x3 padding 1, 16+ input and <= 64 output channels), else positions in lanes
 //! (`spatial_avx512`, <= 16 output channels, channels-first copy), else channels in lanes
-//! (`direct_avx512`); otherwise (f64, no AVX-512) the GEMMs. The input is padded one depth slab at a time.
+//! (`direct_avx512`); otherwise (f64, no AVX-512) the GEMMs. The input is padded one depth slab at a time
+//! into one buffer, which carries the halo planes to the next slab; so a "same" convolution can write its
+//! output over its input (`fwd_into`, the in-place inference ops), optionally with a 1x1x1 side conv of the
+//! same input computed on the same slabs.
 
 use super::conv3d::ConvGeom;
 use super::{
