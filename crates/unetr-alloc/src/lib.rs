@@ -94,10 +94,6 @@ impl<A> Pooled<A> {
         self.pooling.store(on, Relaxed);
         true
     }
-    /// Restart the peak from the live bytes now (also lowers the pool's bound).
-    pub fn reset_peak(&self) {
-        self.peak.store(self.live(), Relaxed);
-    }
     fn grew(&self, n: usize) -> usize {
         let now = self.live.fetch_add(n, Relaxed) + n;
         self.peak.fetch_max(now, Relaxed);

@@ -47,25 +47,27 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// The logits and at least 22 intermediates of `model` on the case's input, against MONAI's, within 1e-4.
+fn assert_features_match(name: &str, model: &unetr_model::Unetr, io: &HashMap<String, Tensor>) {
+    let (y, feats) = model.forward_features(&io["input"]).unwrap();
+    let e = max_abs(&y, &io["output"]);
+    assert!(e < 1e-4, "{name}: logits max-abs {e}");
+    let mut checked = 0;
+    for (k, t) in feats {
+        if let Some(r) = io.get(&format!("feat.{k}")) {
+            let e = max_abs(&t, r);
+            assert!(e < 1e-4, "{name}: {k} max-abs {e}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 12 + 10, "{name}: only {checked} intermediates compared");
+}
+
 #[test]
 fn logits_and_intermediates_match_monai() {
     for name in CASES {
         let (_, w, io) = case(name);
-        let (y, feats) = w.model.forward_features(&io["input"]).unwrap();
-        let e = max_abs(&y, &io["output"]);
-        assert!(e < 1e-4, "{name}: logits max-abs {e}");
-        let mut checked = 0;
-        for (k, t) in feats {
-            if let Some(r) = io.get(&format!("feat.{k}")) {
-                let e = max_abs(&t, r);
-                assert!(e < 1e-4, "{name}: {k} max-abs {e}");
-                checked += 1;
-            }
-        }
-        assert!(
-            checked >= 12 + 10,
-            "{name}: only {checked} intermediates compared"
-        );
+        assert_features_match(name, &w.model, &io);
     }
 }
 
@@ -425,13 +427,7 @@ fn inference_model_matches_and_keeps_no_graph() {
         );
         let e = max_abs(&a, &io["output"]);
         assert!(e < 1e-4, "{name}: logits max-abs {e}");
-        let (_, feats) = m.forward_features(&io["input"]).unwrap();
-        for (k, t) in feats {
-            if let Some(r) = io.get(&format!("feat.{k}")) {
-                let e = max_abs(&t, r);
-                assert!(e < 1e-4, "{name}: {k} max-abs {e}");
-            }
-        }
+        assert_features_match(name, &m, &io);
     }
 }
 

@@ -129,7 +129,8 @@ fn inplace_problem(x: &candle_core::Tensor) -> Option<&'static str> {
 }
 
 /// Whether the in-place ops (`instance_norm_`, `instance_norm_leaky_relu_`, `add_leaky_relu_`,
-/// `instance_norm_add_leaky_relu_`) accept `x`.
+/// `instance_norm_add_leaky_relu_`, `instance_norm_add_proj1_leaky_relu_`, `conv3d_`, `conv3d_cat_`) accept
+/// `x` (the convs also check their geometry).
 pub fn inplace_ok(x: &candle_core::Tensor) -> bool {
     inplace_problem(x).is_none()
 }

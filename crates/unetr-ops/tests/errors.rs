@@ -14,6 +14,11 @@ fn err_contains<T: std::fmt::Debug>(r: candle_core::Result<T>, parts: &[&str]) {
     }
 }
 
+/// Largest absolute difference of two same-shape tensors (f32 or f64).
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+}
+
 #[test]
 fn conv3d_rejects_bad_input() {
     let p = Conv3dParams::new(1, 1);
@@ -201,18 +206,6 @@ fn activations_reject_bad_input() {
 fn inplace_ops_match_and_refuse_graph_tensors() {
     let x = Tensor::randn(0f32, 1.0, (2, 3, 4, 5, 6), &Device::Cpu).unwrap();
     let b = Tensor::randn(0f32, 1.0, (2, 3, 4, 5, 6), &Device::Cpu).unwrap();
-    let max_diff = |a: &Tensor, b: &Tensor| {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
     let (p0, p1) = (Conv3dParams::new(1, 0), Conv3dParams::new(1, 1));
     let w = (Tensor::randn(0f32, 1.0, (3, 3, 3, 3, 3), &Device::Cpu).unwrap() * 0.2).unwrap();
     let w6 = (Tensor::randn(0f32, 1.0, (3, 6, 3, 3, 3), &Device::Cpu).unwrap() * 0.2).unwrap();
@@ -330,22 +323,8 @@ fn conv3d_cat_inplace_matches_and_refuses() {
         let want_b = conv3d(&x, &ws, None, Conv3dParams::new(1, 0)).unwrap();
         let (ya, yb) = (a.copy().unwrap(), b.copy().unwrap());
         conv3d_cat_(&ya, &yb, &w, &ws, Conv3dParams::new(1, 1)).unwrap();
-        let diff = |u: &Tensor, v: &Tensor| {
-            (u - v)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_dtype(DType::F64)
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
-        };
         assert!(
-            diff(&ya, &want_a) < 1e-5 && diff(&yb, &want_b) < 1e-5,
+            max_diff(&ya, &want_a) < 1e-5 && max_diff(&yb, &want_b) < 1e-5,
             "{dt:?}"
         );
     }
@@ -394,15 +373,6 @@ fn conv_bias_in_place_matches_broadcast_add() {
         .unwrap()
         .broadcast_add(&b.reshape((1, 4, 1, 1, 1)).unwrap())
         .unwrap();
-    let e = (y - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let e = max_diff(&y, &want);
     assert!(e < 1e-6, "max-abs {e}");
 }
