@@ -442,10 +442,7 @@ fn read_cpu(
 }
 
 /// The typed slice of a CPU storage range, or a dtype error.
-fn typed<'a, T: candle_core::WithDType>(
-    s: &'a candle_core::Storage,
-    r: std::ops::Range<usize>,
-) -> Result<&'a [T]> {
+fn typed<T: candle_core::WithDType>(s: &candle_core::Storage, r: std::ops::Range<usize>) -> Result<&[T]> {
     match s {
         candle_core::Storage::Cpu(c) => Ok(&c.as_slice::<T>()?[r]),
         _ => Err(OpsError::Param {
