@@ -228,8 +228,10 @@ fn conv_transpose3d_matches_direct_loops() {
 /// (16, 32, 64-channel groups), compile-time and run-time channel counts, weights split into tap chunks.
 /// Positions in lanes (up to 16 output channels): every group width (1..8 channels), input channels split
 /// into passes, rows narrower than a vector, and the 1x1x1 convs with a partial last block. Winograd
-/// (3x3x3, padding 1, even sizes, up to 64 output channels): blocks of whole and partial tile rows, tile
-/// rows longer than a block, input channels in several passes.
+/// (3x3x3, padding 1, 16+ input channels): F(2, 3) (even sizes, up to 64 output channels) and F(4, 3)
+/// (sizes divisible by 4, up to 32 output channels; its relative error here is 4-5e-6 against F(2, 3)'s
+/// 2-3e-7): blocks of whole and partial tile rows, tile rows longer than a block, input channels in
+/// several passes.
 #[test]
 fn f32_direct_kernel_matches_f64() {
     let dev = Device::Cpu;
@@ -250,6 +252,10 @@ fn f32_direct_kernel_matches_f64() {
         (40, 64, [4, 2, 6], [3, 3, 3], [1, 1, 1]),
         (16, 9, [2, 4, 100], [3, 3, 3], [1, 1, 1]),
         (33, 5, [8, 14, 2], [3, 3, 3], [1, 1, 1]),
+        (16, 16, [8, 8, 12], [3, 3, 3], [1, 1, 1]),
+        (40, 32, [4, 12, 8], [3, 3, 3], [1, 1, 1]),
+        (16, 9, [4, 4, 100], [3, 3, 3], [1, 1, 1]),
+        (24, 5, [8, 16, 52], [3, 3, 3], [1, 1, 1]),
     ] {
         let x64 = Tensor::from_vec(
             rand(2 * ci * inp.iter().product::<usize>(), 5),

@@ -9,7 +9,7 @@
 //! small tile per thread.
 //!
 //! The forward picks one of four kernels over these views (`Kernel`): in f32 on AVX-512, Winograd
-//! F(2, 3) (`winograd`, 3x3x3 padding 1, 16+ input and <= 64 output channels), else positions in lanes
+//! F(4, 3) or F(2, 3) (`winograd`, 3x3x3 padding 1, 16+ input and <= 64 output channels), else positions in lanes
 //! (`spatial_avx512`, <= 16 output channels, channels-first copy), else channels in lanes
 //! (`direct_avx512`); otherwise (f64, no AVX-512) the GEMMs. The input is padded one depth slab at a time
 //! into one buffer, which carries the halo planes to the next slab; so a "same" convolution can write its
@@ -325,9 +325,9 @@ enum Kernel<T> {
     },
     /// f32, AVX-512, few output channels: `spatial_avx512` (positions in lanes) on the channels-first copy.
     Spatial { packed: Vec<f32> },
-    /// f32, AVX-512, 3x3x3 padding 1, even sizes, <= 64 output channels: Winograd F(2, 3) on the
+    /// f32, AVX-512, 3x3x3 padding 1, whole tiles, <= 64 output channels: Winograd on the
     /// channels-first copy.
-    Winograd { u: Vec<f32> },
+    Winograd { u: Vec<f32>, tile: winograd::Tile },
     /// Anything else: GEMMs over views of the channels-last copy.
     Gemm { taps: Vec<T> },
 }
@@ -373,9 +373,10 @@ pub unsafe fn fwd_into<T: Elem>(
     debug_assert_eq!(parts.iter().map(|p| p.channels).sum::<usize>(), g.ci);
     let simd = as_f32(w).filter(|_| direct_avx512::available());
     let kernel = match simd {
-        Some(w32) if winograd::applies(g) => Kernel::Winograd {
-            u: winograd::pack(w32, g.co, g.ci),
-        },
+        Some(w32) if winograd::applies(g) => {
+            let tile = winograd::Tile::choose(g).expect("applies");
+            Kernel::Winograd { u: winograd::pack(w32, g.co, g.ci, tile), tile }
+        }
         Some(w32) if spatial_avx512::preferred(g.co) => Kernel::Spatial {
             packed: spatial_avx512::pack_weights(w32, g.co, g.ci, kd * kh * kw),
         },
@@ -410,11 +411,10 @@ pub unsafe fn fwd_into<T: Elem>(
     let offs_cf: Vec<usize> = (0..kd * kh * kw)
         .map(|t| (t / (kh * kw)) * p.hp * p.wp + (t / kw % kh) * p.wp + t % kw)
         .collect();
-    // Winograd tiles are two planes deep: slabs of an even number of planes.
-    let per_slab = if matches!(kernel, Kernel::Winograd { .. }) {
-        per_slab + per_slab % 2
-    } else {
-        per_slab
+    // Winograd tiles are two or four planes deep: slabs of whole tiles.
+    let per_slab = match &kernel {
+        Kernel::Winograd { tile, .. } => per_slab.next_multiple_of(tile.edge()),
+        _ => per_slab,
     };
     let plane_q = p.hp * p.wp;
     // One padded slab buffer for the whole forward, zeroed once: it has room for the largest slab plus
@@ -480,13 +480,13 @@ pub unsafe fn fwd_into<T: Elem>(
                         }
                     });
                 };
-            if let Kernel::Winograd { u } = &kernel {
+            if let Kernel::Winograd { u, tile } = &kernel {
                 // SAFETY: T is f32 here (the weights were).
                 let (xp32, yp32) = (
                     std::slice::from_raw_parts(xp.as_ptr() as *const f32, xp.len()),
                     SyncPtr(yp.ptr() as *mut f32),
                 );
-                winograd::slab(xp32, cs, p.hp, p.wp, g, n, oz0, oz1, u, &yp32);
+                winograd::slab(*tile, xp32, cs, p.hp, p.wp, g, n, oz0, oz1, u, &yp32);
             } else {
                 slab_tiles.par_iter().for_each(|&(q0, cols)| {
                     let (len, ld) = match &kernel {
@@ -701,6 +701,7 @@ mod tests {
         for (ci, co, pad, input) in [
             (3usize, 5usize, 1usize, [7usize, 5, 6]),
             (16, 16, 1, [6, 4, 5]),
+            (16, 16, 1, [12, 8, 4]),
             (2, 17, 0, [5, 6, 4]),
         ] {
             let output = ConvGeom::out_size(input, [3; 3], [1; 3], [pad; 3]).unwrap();
@@ -812,7 +813,8 @@ mod tests {
                 );
             }
         }
-        check::<f32>(16, 16, [6, 4, 6], 2); // Winograd (f32 with AVX-512)
+        check::<f32>(16, 16, [6, 4, 6], 2); // Winograd F(2, 3) (f32 with AVX-512)
+        check::<f32>(16, 16, [12, 4, 8], 2); // Winograd F(4, 3)
         check::<f32>(8, 8, [5, 3, 4], 1); // positions in lanes
         check::<f32>(24, 8, [5, 3, 5], 2); // channels in lanes
         check::<f64>(4, 3, [5, 4, 3], 2); // GEMMs
