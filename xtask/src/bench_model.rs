@@ -19,6 +19,10 @@ pub struct Args {
     /// Timed forward passes after one warm-up.
     #[arg(long, default_value_t = 5)]
     repeats: usize,
+    /// Forward measurements alternate ours and PyTorch this many times (fresh processes each round), so
+    /// that a burst of load on a shared machine falls on both sides; the medians are over all rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Skip the PyTorch side.
     #[arg(long)]
     no_pytorch: bool,
@@ -323,9 +327,49 @@ fn measure(
     Ok((ours, Some((serde_json::from_value(v.clone())?, v))))
 }
 
+/// Forward measurements in `a.rounds` alternating rounds, merged (all timed forwards, the largest peaks),
+/// with each round's ratio of medians (ours / PyTorch's) where PyTorch ran.
+fn measure_rounds(a: &Args, cfg: &UnetrConfig) -> Result<(Side, Vec<f64>)> {
+    let mut merged: Option<Side> = None;
+    let mut ratios = Vec::new();
+    for round in 0..a.rounds.max(1) {
+        if a.rounds > 1 {
+            eprintln!("round {} of {}", round + 1, a.rounds);
+        }
+        let (ours, torch) = measure(a, cfg, "forward")?;
+        if let Some((t, _)) = &torch {
+            ratios.push(stats(&ours.forward_s).1 / stats(&t.forward_s).1);
+        }
+        merged = Some(match merged {
+            None => (ours, torch),
+            Some((mut o, mt)) => {
+                merge(&mut o, ours);
+                let t = match (mt, torch) {
+                    (Some((mut t, mut v)), Some((t2, _))) => {
+                        merge(&mut t, t2);
+                        v["forward_s"] = serde_json::json!(t.forward_s);
+                        v["peak_rss_kb"] = serde_json::json!(t.peak_rss_kb);
+                        Some((t, v))
+                    }
+                    (t, _) => t,
+                };
+                (o, t)
+            }
+        });
+    }
+    Ok((merged.expect("at least one round"), ratios))
+}
+
+/// Adds another round of the same side: its timed forwards, and the larger peaks.
+fn merge(into: &mut Measured, m: Measured) {
+    into.forward_s.extend(m.forward_s);
+    into.peak_rss_kb = into.peak_rss_kb.max(m.peak_rss_kb);
+    into.peak_live_kb = into.peak_live_kb.max(m.peak_live_kb);
+}
+
 pub fn run(a: Args) -> Result<()> {
     let cfg = config(&a)?;
-    let fwd = measure(&a, &cfg, "forward")?;
+    let (fwd, round_ratios) = measure_rounds(&a, &cfg)?;
     let train = if a.no_train {
         None
     } else {
@@ -344,7 +388,7 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         None
     };
-    let mut report = render(&a, &cfg, &fwd, train.as_ref());
+    let mut report = render(&a, &cfg, &fwd, &round_ratios, train.as_ref());
     report += &render_profile(&prof, sliding.as_ref(), &cfg);
     report += &render_ops("forward", &prof);
     if let Some(t) = &train {
@@ -469,7 +513,7 @@ fn render_profile(p: &Side, sliding: Option<&Side>, cfg: &UnetrConfig) -> String
     s
 }
 
-fn render(a: &Args, cfg: &UnetrConfig, fwd: &Side, train: Option<&Side>) -> String {
+fn render(a: &Args, cfg: &UnetrConfig, fwd: &Side, round_ratios: &[f64], train: Option<&Side>) -> String {
     let (ours, torch) = (&fwd.0, fwd.1.as_ref());
     let params = count_params(cfg);
     let costs = layer_costs(cfg);
@@ -482,9 +526,10 @@ fn render(a: &Args, cfg: &UnetrConfig, fwd: &Side, train: Option<&Side>) -> Stri
     let mut s = String::new();
     let size = cfg.img_size.map(|v| v.to_string()).join(",");
     s += &format!(
-        "Command: `cargo xtask bench --config {} --size {size} --repeats {}{}{}`  \nMachine: {}  \nPyTorch: {}\n\n",
+        "Command: `cargo xtask bench --config {} --size {size} --repeats {} --rounds {}{}{}`  \nMachine: {}  \nPyTorch: {}\n\n",
         a.config,
         a.repeats,
+        a.rounds,
         if a.sliding { " --sliding" } else { "" },
         a.json.as_ref().map_or(String::new(), |p| format!(" --json {}", p.display())),
         crate::bench_ops::machine(),
@@ -542,6 +587,12 @@ fn render(a: &Args, cfg: &UnetrConfig, fwd: &Side, train: Option<&Side>) -> Stri
             2.0 * macs / 1e9 / v
         ))
     );
+    if !round_ratios.is_empty() {
+        s += &format!(
+            "| forward, each round's ratio of medians | | | {} |\n",
+            round_ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" / ")
+        );
+    }
     let (om, tm) = (ours.peak_rss_kb as f64 / 1e6, t.map(|t| t.1 as f64 / 1e6));
     s += &format!(
         "| peak RSS of the process, inference (GB) | {om:.2} | {} | {} |\n",
