@@ -1,9 +1,10 @@
-//! LeakyReLU (alone and fused with a residual add), exact GELU and softmax with backward (candle's
-//! `softmax_last_dim` has none; its `gelu_erf` is a scalar libm loop, 20x slower than ours on the ViT's MLP).
+//! LeakyReLU (alone and fused with a residual add), the plain residual add, exact GELU and softmax with
+//! backward (candle's `softmax_last_dim` has none; its `gelu_erf` is a scalar libm loop, 20x slower than
+//! ours on the ViT's MLP).
 
 use crate::dtype::{up, via_f32};
 use crate::error::{check_float, shape_err, OpsError};
-use crate::kernels::activation::{add_leaky_relu_bwd, add_leaky_relu_inplace, gelu_bwd, gelu_fwd, leaky_relu_fwd, softmax_fwd};
+use crate::kernels::activation::{add_fwd, add_leaky_relu_bwd, add_leaky_relu_inplace, gelu_bwd, gelu_fwd, leaky_relu_fwd, softmax_fwd};
 use crate::storage::{data, data2, dispatch, dispatch2, out};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 
@@ -87,6 +88,44 @@ pub fn add_leaky_relu(a: &Tensor, b: &Tensor, slope: f64) -> Result<Tensor> {
         return leaky_relu(&(a + b)?, slope);
     }
     a.contiguous()?.apply_op2(&b.contiguous()?, AddLeakyRelu(slope))
+}
+
+/// a + b of one shape; the gradient goes to both.
+struct Add;
+
+impl CustomOp2 for Add {
+    fn name(&self) -> &'static str {
+        "add"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        dispatch2!(data2(self.name(), s1, l1, s2, l2)?, |a, b| out(add_fwd(a, b), l1.shape().clone()))
+    }
+    fn bwd(&self, _a: &Tensor, _b: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(g.clone()), Some(g.clone())))
+    }
+}
+
+/// `a + b` for tensors of one shape and dtype (the transformer's residual joins), on the CPU in one pass
+/// on our thread pool. candle's element-wise ops above 64K elements run on a second pool of candle's own,
+/// whose worker spins for about a millisecond after each op: on a 2-core machine it competes with our
+/// threads (at 96^3, 1.8% of a forward's samples were that worker spinning and 1.1% the caller waiting
+/// for it, for 24 adds of 166K floats).
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    const OP: &str = "add";
+    check_float(OP, a.dtype())?;
+    if a.dims() != b.dims() {
+        return Err(shape_err(OP, "the two inputs differ in shape", &[a.dims(), b.dims()]));
+    }
+    if a.dtype() != b.dtype() {
+        return Err(OpsError::DTypeMismatch { op: OP, a: a.dtype(), b: b.dtype() }.into());
+    }
+    if via_f32(a) {
+        return add(&up(a)?, &up(b)?)?.to_dtype(a.dtype());
+    }
+    if !a.device().is_cpu() {
+        return a + b;
+    }
+    a.contiguous()?.apply_op2(&b.contiguous()?, Add)
 }
 
 /// Exact (erf) GELU; the backward is our kernel too. First-order only.

@@ -19,7 +19,7 @@ pub mod norm;
 pub mod profile;
 mod storage;
 
-pub use activation::{add_leaky_relu, add_leaky_relu_, gelu, leaky_relu, softmax_last_dim};
+pub use activation::{add, add_leaky_relu, add_leaky_relu_, gelu, leaky_relu, softmax_last_dim};
 pub use attention::attention;
 pub use conv::{conv3d, conv3d_, conv3d_cat_, conv_transpose3d, Conv3dParams};
 pub use dtype::cast_to;

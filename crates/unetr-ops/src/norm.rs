@@ -3,8 +3,10 @@
 //!
 //! candle's fused `LayerNorm` registers no backward (its gradients are silently dropped); these ops
 //! all have one. The normalisation is a custom op; the optional affine part is plain candle
-//! broadcasting, so its gradients come from candle's autograd.
+//! broadcasting, so its gradients come from candle's autograd, except layer norm's (weight and bias
+//! over the last axis), which is one op of ours on the CPU (see [`LastAffine`]).
 
+use crate::dtype::via_f32;
 use crate::error::{check_float, shape_err, OpsError};
 use crate::kernels::norm::{norm_bwd, norm_fwd, norm_fwd_inplace, Groups};
 use crate::storage::{data, data2, dispatch, dispatch2, out};
@@ -374,6 +376,14 @@ pub fn layer_norm(
         Ok(())
     };
     crate::profile::timed("norm_affine", || {
+        if let (Some(w), Some(b), true) = (weight, bias, y.device().is_cpu() && !via_f32(&y)) {
+            check(w, "weight")?;
+            check(b, "bias")?;
+            if w.dtype() != y.dtype() || b.dtype() != y.dtype() {
+                return Err(OpsError::DTypeMismatch { op: OP, a: y.dtype(), b: w.dtype() }.into());
+            }
+            return y.apply_op3(&w.contiguous()?, &b.contiguous()?, LastAffine);
+        }
         let y = match weight {
             Some(w) => {
                 check(w, "weight")?;
@@ -389,6 +399,46 @@ pub fn layer_norm(
             None => Ok(y),
         }
     })
+}
+
+/// y * w + b with w, b over the last axis (layer norm's affine part) in one pass on our thread pool:
+/// as two candle broadcast ops it ran on candle's own pool, whose worker then spins for about a
+/// millisecond and competes with ours on a 2-core machine (see `unetr_ops::add`). Gradients: g w, and
+/// the sums over rows of g y and g.
+struct LastAffine;
+
+impl candle_core::CustomOp3 for LastAffine {
+    fn name(&self) -> &'static str {
+        "norm_affine"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let b = data(self.name(), s3, l3)?;
+        match (data2(self.name(), s1, l1, s2, l2)?, b) {
+            (crate::storage::Data2::F32(y, w), crate::storage::Data::F32(b)) => out(last_affine(y, w, b), l1.shape().clone()),
+            (crate::storage::Data2::F64(y, w), crate::storage::Data::F64(b)) => out(last_affine(y, w, b), l1.shape().clone()),
+            _ => Err(OpsError::Param { op: "norm_affine", msg: "bias dtype differs from the input's".into() }.into()),
+        }
+    }
+    fn bwd(&self, y: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.dim(0)?;
+        let (g2, y2) = (g.reshape(((), d))?, y.reshape(((), d))?);
+        Ok((Some(g.broadcast_mul(w)?), Some((&g2 * &y2)?.sum(0)?), Some(g2.sum(0)?)))
+    }
+}
+
+fn last_affine<T: crate::kernels::Elem>(y: &[T], w: &[T], b: &[T]) -> Vec<T> {
+    use rayon::prelude::*;
+    let d = w.len();
+    let mut o = y.to_vec();
+    // Rows in chunks of about 64K values, as candle's own split.
+    o.par_chunks_mut(d * (65536 / d).max(1)).for_each(|rows| {
+        for r in rows.chunks_mut(d) {
+            for ((v, &wi), &bi) in r.iter_mut().zip(w).zip(b) {
+                *v = *v * wi + bi;
+            }
+        }
+    });
+    o
 }
 
 struct NormInplace(NormOp);

@@ -151,6 +151,12 @@ fn norms_reject_bad_input() {
         layer_norm(&t(&[2, 8]), Some(&t(&[7])), None, 1e-5),
         &["layer_norm", "weight"],
     );
+    // the fused affine path (weight and bias) checks both
+    err_contains(
+        layer_norm(&t(&[2, 8]), Some(&t(&[8])), Some(&t(&[9])), 1e-5),
+        &["layer_norm", "bias", "[8]"],
+    );
+    err_contains(add(&t(&[2, 8]), &t(&[8, 2])), &["add", "differ in shape"]);
     let (rm, rv) = (t(&[3]), t(&[4]));
     err_contains(
         batch_norm(&t(&[2, 4, 3, 3, 3]), &rm, &rv, None, None, true, 0.1, 1e-5),

@@ -120,7 +120,7 @@ impl PatchEmbeddingBlock {
             }
         };
         let pos = unetr_ops::cast_to(&self.position_embeddings, tokens.dtype())?;
-        let emb = timed("position_embedding_add", || tokens.broadcast_add(&pos))?;
+        let emb = timed("position_embedding_add", || unetr_ops::add(&tokens, &pos.broadcast_as(tokens.shape())?))?;
         dropout(&emb, self.cfg.dropout_rate, train)
     }
 }
@@ -210,9 +210,9 @@ impl TransformerBlock {
     /// Pre-norm: x + attn(norm1(x)); x + mlp(norm2(x)).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let a = self.attn.forward_t(&self.norm1.forward(x)?, train)?;
-        let x = timed("residual_add", || x + a)?;
+        let x = timed("residual_add", || unetr_ops::add(x, &a))?;
         let m = self.mlp.forward_t(&self.norm2.forward(&x)?, train)?;
-        timed("residual_add", || &x + m)
+        timed("residual_add", || unetr_ops::add(&x, &m))
     }
 }
 

@@ -86,6 +86,18 @@ pub fn leaky_relu_fwd<T: Elem>(x: &[T], residual: Option<&[T]>, slope: f64) -> V
     map_chunks(x.len(), |o, c| leaky(&x[o..o + c.len()], residual.map(|r| &r[o..o + c.len()]), c, s))
 }
 
+/// a + b.
+pub fn add_fwd<T: Elem>(a: &[T], b: &[T]) -> Vec<T> {
+    #[inline(always)]
+    fn imp<T: Elem>(a: &[T], b: &[T], y: &mut [MaybeUninit<T>]) {
+        for ((o, &x), &r) in y.iter_mut().zip(a).zip(b) {
+            o.write(x + r);
+        }
+    }
+    multiversion!(fn run<T: Elem>(a: &[T], b: &[T], y: &mut [MaybeUninit<T>]) -> () => imp);
+    map_chunks(a.len(), |o, c| run(&a[o..o + c.len()], &b[o..o + c.len()], c))
+}
+
 /// a = LeakyReLU(a + b) in place.
 pub fn add_leaky_relu_inplace<T: Elem>(a: &mut [T], b: &[T], slope: f64) {
     let s = of_f64::<T>(slope);
