@@ -208,7 +208,11 @@ fn conv3d_matches_direct_loops() {
 
 #[test]
 fn conv_transpose3d_matches_direct_loops() {
+    // windows that tile the output exactly (written once, no zeroed buffer): cubic and anisotropic
     check(2, 6, 4, [5, 6, 7], [2, 2, 2], [2; 3], [0; 3], [0; 3], true);
+    check(2, 3, 2, [3, 4, 2], [2, 1, 3], [2, 1, 3], [0; 3], [0; 3], true);
+    // the same kernel and stride with output padding: uncovered planes stay zero
+    check(1, 2, 3, [3, 3, 3], [2, 2, 2], [2; 3], [0; 3], [1, 0, 1], true);
     check(1, 3, 5, [6, 7, 5], [3, 3, 3], [1; 3], [1; 3], [0; 3], true);
     check(
         1,

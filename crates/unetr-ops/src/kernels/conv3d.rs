@@ -181,6 +181,34 @@ fn col2im_add<T: Elem>(col: &[T], g: &ConvGeom, r0: usize, r1: usize, dx: &mut [
     }
 }
 
+/// [`col2im_add`] where the windows tile the input exactly (kernel = stride, no padding, input = output *
+/// stride): every element of `dx` gets exactly one value, so it is written (no zeroed buffer to add
+/// into), and each destination row is written in order, its kw source rows interleaved.
+fn col2im_set<T: Elem>(col: &[T], g: &ConvGeom, r0: usize, r1: usize, dx: &SyncPtr<T>) {
+    let [d, h, w] = g.input;
+    let [kd, kh, kw] = g.kernel;
+    let [_, ho, wo] = g.output;
+    let pt = (r1 - r0) * wo;
+    for c in 0..g.ci {
+        for kz in 0..kd {
+            for ky in 0..kh {
+                let row0 = ((c * kd + kz) * kh + ky) * kw;
+                for (j, r) in (r0..r1).enumerate() {
+                    let (iz, iy) = ((r / ho) * kd + kz, (r % ho) * kh + ky);
+                    // SAFETY: (c, iz, iy) is one input row, written by this tile only (see the caller).
+                    let dst = unsafe { dx.slice(((c * d + iz) * h + iy) * w, w) };
+                    for kx in 0..kw {
+                        let src = &col[(row0 + kx) * pt + j * wo..][..wo];
+                        for (o, &v) in src.iter().enumerate() {
+                            dst[o * kw + kx] = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// y[n, co, out] = sum_{ci, k} w[co, ci, k] * x[n, ci, out * s + k - p]  (no bias).
 pub fn conv3d_fwd<T: Elem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
     let (iv, ov, k) = (g.in_vol(), g.out_vol(), g.k());
@@ -429,7 +457,9 @@ pub fn conv3d_bwd_input<T: Elem>(dy: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
         };
         return conv3d_fwd(dy, &wt, &ga);
     }
-    let mut dx = zeros_written(g.n * g.ci * iv);
+    // Windows that tile the input exactly (UNETR's k2 s2 up-sampling): each value is written once.
+    let exact = (0..3).all(|i| g.kernel[i] == g.stride[i] && g.padding[i] == 0 && g.input[i] == g.output[i] * g.stride[i]);
+    let mut dx: Vec<T> = if exact { Vec::with_capacity(g.n * g.ci * iv) } else { zeros_written(g.n * g.ci * iv) };
     let dxp = SyncPtr(dx.as_mut_ptr());
     let wo = g.output[2];
     let wt = Mat::t(w.as_ptr(), k);
@@ -438,6 +468,10 @@ pub fn conv3d_bwd_input<T: Elem>(dy: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
         with_scratch(k * pt, |col: &mut [T]| {
             let b = Mat::rows(dy[n * g.co * ov + c0..].as_ptr(), ov);
             unsafe { matmul(k, pt, g.co, col.as_mut_ptr(), pt, wt, b, false) };
+            if exact {
+                col2im_set(col, g, r0, r1, &SyncPtr(unsafe { dxp.ptr().add(n * g.ci * iv) }));
+                return;
+            }
             // SAFETY: see the two call sites: no other thread writes the part of sample n this tile touches.
             let dxs = unsafe { dxp.slice(n * g.ci * iv, g.ci * iv) };
             col2im_add(col, g, r0, r1, dxs);
@@ -452,6 +486,11 @@ pub fn conv3d_bwd_input<T: Elem>(dy: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
         (0..g.n)
             .into_par_iter()
             .for_each(|n| tiles.iter().filter(|t| t.0 == n).for_each(|&t| tile(t)));
+    }
+    if exact {
+        // SAFETY: the tiles cover every output row of every sample, and with exact windows every
+        // element of dx (col2im_set).
+        unsafe { dx.set_len(g.n * g.ci * iv) };
     }
     dx
 }
