@@ -376,11 +376,13 @@ pub fn layer_norm(
         Ok(())
     };
     crate::profile::timed("norm_affine", || {
-        if let (Some(w), Some(b), true) = (weight, bias, y.device().is_cpu() && !via_f32(&y)) {
+        if let (Some(w), Some(b), true) = (weight, bias, y.device().is_cpu() && !via_f32(&y) && y.elem_count() > 0) {
             check(w, "weight")?;
             check(b, "bias")?;
-            if w.dtype() != y.dtype() || b.dtype() != y.dtype() {
-                return Err(OpsError::DTypeMismatch { op: OP, a: y.dtype(), b: w.dtype() }.into());
+            for p in [w, b] {
+                if p.dtype() != y.dtype() {
+                    return Err(OpsError::DTypeMismatch { op: OP, a: y.dtype(), b: p.dtype() }.into());
+                }
             }
             return y.apply_op3(&w.contiguous()?, &b.contiguous()?, LastAffine);
         }

@@ -156,6 +156,10 @@ fn norms_reject_bad_input() {
         layer_norm(&t(&[2, 8]), Some(&t(&[8])), Some(&t(&[9])), 1e-5),
         &["layer_norm", "bias", "[8]"],
     );
+    err_contains(
+        layer_norm(&t(&[2, 8]), Some(&t(&[8])), Some(&t(&[8]).to_dtype(DType::F64).unwrap()), 1e-5),
+        &["layer_norm", "F64"],
+    );
     err_contains(add(&t(&[2, 8]), &t(&[8, 2])), &["add", "differ in shape"]);
     let (rm, rv) = (t(&[3]), t(&[4]));
     err_contains(
