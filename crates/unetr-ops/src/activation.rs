@@ -36,6 +36,18 @@ pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
     x.contiguous()?.apply_op1(LeakyRelu(slope))
 }
 
+/// The two inputs of an element-wise binary op: float, one shape, one dtype.
+fn check_pair(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    check_float(op, a.dtype())?;
+    if a.dims() != b.dims() {
+        return Err(shape_err(op, "the two inputs differ in shape", &[a.dims(), b.dims()]));
+    }
+    if a.dtype() != b.dtype() {
+        return Err(OpsError::DTypeMismatch { op, a: a.dtype(), b: b.dtype() }.into());
+    }
+    Ok(())
+}
+
 /// LeakyReLU(a + b): the residual join of MONAI's UnetResBlock in one pass (no intermediate sum).
 struct AddLeakyRelu(f64);
 
@@ -73,14 +85,7 @@ impl CustomOp3 for AddLeakyReluBwd {
 
 /// `F.leaky_relu(a + b, slope)` in one pass on the CPU (a and b of the same shape and dtype).
 pub fn add_leaky_relu(a: &Tensor, b: &Tensor, slope: f64) -> Result<Tensor> {
-    const OP: &str = "add_leaky_relu";
-    check_float(OP, a.dtype())?;
-    if a.dims() != b.dims() {
-        return Err(shape_err(OP, "the two inputs differ in shape", &[a.dims(), b.dims()]));
-    }
-    if a.dtype() != b.dtype() {
-        return Err(OpsError::DTypeMismatch { op: OP, a: a.dtype(), b: b.dtype() }.into());
-    }
+    check_pair("add_leaky_relu", a, b)?;
     if via_f32(a) {
         return add_leaky_relu(&up(a)?, &up(b)?, slope)?.to_dtype(a.dtype());
     }
@@ -111,14 +116,7 @@ impl CustomOp2 for Add {
 /// threads (at 96^3, 1.8% of a forward's samples were that worker spinning and 1.1% the caller waiting
 /// for it, for 24 adds of 166K floats).
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    const OP: &str = "add";
-    check_float(OP, a.dtype())?;
-    if a.dims() != b.dims() {
-        return Err(shape_err(OP, "the two inputs differ in shape", &[a.dims(), b.dims()]));
-    }
-    if a.dtype() != b.dtype() {
-        return Err(OpsError::DTypeMismatch { op: OP, a: a.dtype(), b: b.dtype() }.into());
-    }
+    check_pair("add", a, b)?;
     if via_f32(a) {
         return add(&up(a)?, &up(b)?)?.to_dtype(a.dtype());
     }
@@ -232,12 +230,6 @@ impl candle_core::InplaceOp2 for AddLeakyReluInplace {
 pub fn add_leaky_relu_(a: &Tensor, b: &Tensor, slope: f64) -> Result<()> {
     const OP: &str = "add_leaky_relu";
     crate::storage::check_inplace(OP, a)?;
-    check_float(OP, a.dtype())?;
-    if a.dims() != b.dims() {
-        return Err(shape_err(OP, "the two inputs differ in shape", &[a.dims(), b.dims()]));
-    }
-    if a.dtype() != b.dtype() {
-        return Err(OpsError::DTypeMismatch { op: OP, a: a.dtype(), b: b.dtype() }.into());
-    }
+    check_pair(OP, a, b)?;
     a.inplace_op2(&b.contiguous()?, &AddLeakyReluInplace(slope))
 }

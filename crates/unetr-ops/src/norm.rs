@@ -431,15 +431,18 @@ impl candle_core::CustomOp3 for LastAffine {
 fn last_affine<T: crate::kernels::Elem>(y: &[T], w: &[T], b: &[T]) -> Vec<T> {
     use rayon::prelude::*;
     let d = w.len();
-    let mut o = y.to_vec();
+    let mut o: Vec<T> = Vec::with_capacity(y.len());
     // Rows in chunks of about 64K values, as candle's own split.
-    o.par_chunks_mut(d * (65536 / d).max(1)).for_each(|rows| {
-        for r in rows.chunks_mut(d) {
-            for ((v, &wi), &bi) in r.iter_mut().zip(w).zip(b) {
-                *v = *v * wi + bi;
+    let rows = d * (65536 / d).max(1);
+    o.spare_capacity_mut().par_chunks_mut(rows).zip(y.par_chunks(rows)).for_each(|(oc, yc)| {
+        for (orow, yrow) in oc.chunks_mut(d).zip(yc.chunks(d)) {
+            for (((v, &x), &wi), &bi) in orow.iter_mut().zip(yrow).zip(w).zip(b) {
+                v.write(x * wi + bi);
             }
         }
     });
+    // SAFETY: the chunks cover all of y's elements, each written above (y's length is a multiple of d).
+    unsafe { o.set_len(y.len()) };
     o
 }
 

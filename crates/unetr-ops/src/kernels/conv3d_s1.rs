@@ -372,15 +372,12 @@ pub unsafe fn fwd_into<T: Elem>(
     let kk = kw * g.ci;
     debug_assert_eq!(parts.iter().map(|p| p.channels).sum::<usize>(), g.ci);
     let simd = as_f32(w).filter(|_| direct_avx512::available());
-    let kernel = match simd {
-        Some(w32) if winograd::applies(g) => {
-            let tile = winograd::Tile::choose(g).expect("applies");
-            Kernel::Winograd { u: winograd::pack(w32, g.co, g.ci, tile), tile }
-        }
-        Some(w32) if spatial_avx512::preferred(g.co) => Kernel::Spatial {
+    let kernel = match (simd, winograd::Tile::choose(g)) {
+        (Some(w32), Some(tile)) => Kernel::Winograd { u: winograd::pack(w32, g.co, g.ci, tile), tile },
+        (Some(w32), None) if spatial_avx512::preferred(g.co) => Kernel::Spatial {
             packed: spatial_avx512::pack_weights(w32, g.co, g.ci, kd * kh * kw),
         },
-        Some(w32) => {
+        (Some(w32), None) => {
             let co_pad = g.co.next_multiple_of(16);
             let (pb, nb) = direct_avx512::blocking(co_pad);
             Kernel::Channels {
@@ -389,7 +386,7 @@ pub unsafe fn fwd_into<T: Elem>(
                 pb,
             }
         }
-        None => Kernel::Gemm {
+        (None, _) => Kernel::Gemm {
             taps: weight_taps(w, g),
         },
     };

@@ -100,9 +100,14 @@ impl Tile {
     }
 }
 
-/// Whether a Winograd transform applies to `g` (see [`Tile::choose`]).
-pub fn applies(g: &ConvGeom) -> bool {
-    Tile::choose(g).is_some()
+/// The mask of the first `k` of 16 lanes (all of them when k >= 16).
+#[inline(always)]
+fn first_lanes(k: usize) -> u16 {
+    if k >= 16 {
+        0xFFFF
+    } else {
+        ((1u32 << k) - 1) as u16
+    }
 }
 
 /// The transformed kernel, packed per input-channel pass and transform point in the layout of
@@ -414,11 +419,7 @@ unsafe fn output_transform(
                 // out[2 l] = v0[l], out[2 l + 1] = v1[l], 16 tiles (32 floats) at a time.
                 for s in (0..len).step_by(16) {
                     // (masked: the lanes past this segment may lie past the arrays)
-                    let t = if len - s >= 16 {
-                        0xFFFF
-                    } else {
-                        (1u32 << (len - s)) as u16 - 1
-                    };
+                    let t = first_lanes(len - s);
                     let (a, b) = (
                         _mm512_maskz_loadu_ps(t, v0.as_ptr().add(l0 + s)),
                         _mm512_maskz_loadu_ps(t, v1.as_ptr().add(l0 + s)),
@@ -428,18 +429,7 @@ unsafe fn output_transform(
                         _mm512_permutex2var_ps(a, hi, b),
                     );
                     let rem = 2 * (len - s);
-                    let m0 = if rem >= 16 {
-                        0xFFFF
-                    } else {
-                        (1u32 << rem) as u16 - 1
-                    };
-                    let m1 = if rem >= 32 {
-                        0xFFFF
-                    } else if rem > 16 {
-                        (1u32 << (rem - 16)) as u16 - 1
-                    } else {
-                        0
-                    };
+                    let (m0, m1) = (first_lanes(rem), first_lanes(rem.saturating_sub(16)));
                     _mm512_mask_storeu_ps(row.add(2 * s), m0, i0);
                     _mm512_mask_storeu_ps(row.add(2 * s + 16), m1, i1);
                 }
@@ -620,7 +610,7 @@ unsafe fn output_transform4(
                 let row = y.ptr().add((((n * co + o) * d + 4 * tz + dz) * h + 4 * ty + dy) * w + 4 * tx0);
                 for s in (0..len).step_by(16) {
                     // (masked: the lanes past this segment may lie past the arrays)
-                    let t = if len - s >= 16 { 0xFFFF } else { (1u32 << (len - s)) as u16 - 1 };
+                    let t = first_lanes(len - s);
                     let [v0, v1, v2, v3] = [0, 1, 2, 3].map(|dx| _mm512_maskz_loadu_ps(t, v[dx].as_ptr().add(l0 + s)));
                     let (a_lo, a_hi) = (_mm512_permutex2var_ps(v0, p_lo, v1), _mm512_permutex2var_ps(v0, p_hi, v1));
                     let (b_lo, b_hi) = (_mm512_permutex2var_ps(v2, p_lo, v3), _mm512_permutex2var_ps(v2, p_hi, v3));
@@ -632,10 +622,9 @@ unsafe fn output_transform4(
                     ];
                     let rem = 4 * (len - s).min(16);
                     for (q, ov) in out.iter().enumerate() {
-                        let valid = rem.saturating_sub(16 * q).min(16);
+                        let valid = rem.saturating_sub(16 * q);
                         if valid > 0 {
-                            let mk = if valid == 16 { 0xFFFF } else { (1u32 << valid) as u16 - 1 };
-                            _mm512_mask_storeu_ps(row.add(4 * s + 16 * q), mk, *ov);
+                            _mm512_mask_storeu_ps(row.add(4 * s + 16 * q), first_lanes(valid), *ov);
                         }
                     }
                 }
