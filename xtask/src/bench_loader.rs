@@ -7,7 +7,7 @@ use std::time::Instant;
 use unetr_data::loader::{CacheDataset, Loader, LoaderConfig};
 use unetr_data::phantom::{write_dataset, PhantomConfig};
 use unetr_data::{Datalist, ReadOptions};
-use unetr_train::trainer::TransformConfig;
+use unetr_data::TransformConfig;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -41,7 +41,7 @@ pub fn run(a: Args) -> Result<()> {
         write_dataset(&PhantomConfig { cases: a.cases + 1, validation: 1, test: 0, size, ..Default::default() }, &dir)?;
         std::fs::write(&stamp, &params)?;
     }
-    let dl = Datalist::from_json(&json)?;
+    let dl = Datalist::from_json(&json, Default::default())?;
     let t = TransformConfig::default(); // the research recipe: RAS, 1.5x1.5x2 mm, CT window, foreground crop, 4 x 96^3, flips, rot90, intensity
     let compose = Arc::new(t.compose()?);
     let t0 = Instant::now();

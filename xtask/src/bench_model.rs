@@ -43,6 +43,13 @@ pub struct Args {
     mode: String,
 }
 
+impl Args {
+    /// Whether this (measuring) process times training steps.
+    pub fn is_train(&self) -> bool {
+        self.mode == "train"
+    }
+}
+
 /// What one measuring process reports.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct Measured {
@@ -171,7 +178,7 @@ pub fn child(a: Args) -> Result<()> {
         }
         gemm_gflops = 3.0 * 2.0 * (n * n * n) as f64 / t.elapsed().as_secs_f64() / 1e9;
     } else if a.mode == "sliding" {
-        use unetr_train::inferers::{sliding_window_inference, Blend, SlidingWindow};
+        use unetr_infer::inferers::{sliding_window_inference, Blend, SlidingWindow};
         let model = UnetrWeights::init(&cfg, &dev)?.inference_model()?;
         let big = Tensor::randn(0f32, 1.0, (1, cfg.in_channels, 256, 256, 160), &dev)?;
         let sw = SlidingWindow {
@@ -191,15 +198,7 @@ pub fn child(a: Args) -> Result<()> {
         use unetr_train::optim::{AdamW, AdamWConfig};
         let w = UnetrWeights::init(&cfg, &dev)?;
         let y = Tensor::rand(0f32, cfg.out_channels as f32, (1, 1, d, h, ww), &dev)?.floor()?;
-        let vars: Vec<_> = w
-            .varmap
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(k, _)| !k.contains("running_"))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let vars = w.trainable_vars(unetr_model::Trainable::All);
         let mut opt = AdamW::new(vars, AdamWConfig::default());
         let mut step = || -> Result<()> {
             let loss = dice_ce_loss(

@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use unetr_data::datasets::{colin27_lobes, LOBES};
-use unetr_train::trainer::{train, TrainConfig};
+use unetr_train::{train, RunMode, TrainConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -33,8 +33,7 @@ pub fn run(a: Args) -> Result<()> {
     let base = root.join("runs/colin27");
     let json = colin27_lobes(&a.templates, &base.join("data"), 8).context("building the Colin27 lobes dataset (is mricron-data installed?)")?;
     let path = a.config.unwrap_or_else(|| root.join("data/presets/colin27.toml"));
-    let mut cfg = TrainConfig::from_toml(&std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?, &path)?;
-    cfg.data.dataset = Some(json);
+    let mut cfg = TrainConfig::load(&path, &[format!("data.dataset={:?}", json.display().to_string())])?;
     if let Some(s) = a.steps {
         cfg.optim.steps = s;
     }
@@ -42,7 +41,7 @@ pub fn run(a: Args) -> Result<()> {
         cfg.output.seed = s;
     }
     cfg.output.dir = base.join(format!("ours-seed{}", cfg.output.seed));
-    let ours = train(&cfg, false)?;
+    let ours = train(&cfg, RunMode::Overwrite)?;
     let monai = if a.no_monai {
         None
     } else {

@@ -145,7 +145,7 @@ pub fn run(a: Args) -> Result<()> {
     let y16 = w_dev.model.forward_t(&x.to_device(&dev)?.to_dtype(bf)?, false)?.to_dtype(DType::F32)?;
     checks.push(Check { name: "UNETR forward, bf16 compute with f32 weights".into(), dtype: bf, err: rel_err(&y16, &y_ref)?, tol: 5e-2 });
     let label = Tensor::rand(0f32, cfg.out_channels as f32, (1, 1, size[0], size[1], size[2]), &dev)?.floor()?;
-    let vars: Vec<(String, candle_core::Var)> = w_dev.varmap.data().lock().unwrap().iter().filter(|(k, _)| !k.contains("running_")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let vars = w_dev.trainable_vars(unetr_model::Trainable::All);
     let mut opt = unetr_train::optim::AdamW::new(vars, unetr_train::optim::AdamWConfig { lr: 1e-3, ..Default::default() });
     let loss_opts = unetr_train::losses::DiceCeOptions::research();
     let xd = x.to_device(&dev)?;
@@ -167,12 +167,12 @@ pub fn run(a: Args) -> Result<()> {
     // The trainer itself on the device (a config's `device = "cuda"`): the phantom preset, 4 steps with a
     // sliding-window validation at steps 2 and 4, checkpoints and predictions written.
     let preset = include_str!("../../data/presets/phantom.toml");
-    let mut tcfg = unetr_train::trainer::TrainConfig::from_toml(preset, std::path::Path::new("data/presets/phantom.toml"))?;
+    let mut tcfg = unetr_train::TrainConfig::from_toml(preset, std::path::Path::new("data/presets/phantom.toml"))?;
     tcfg.device = if dev.is_cpu() { "cpu" } else { "cuda" }.into();
     (tcfg.optim.steps, tcfg.optim.warmup_steps, tcfg.validation.every, tcfg.data.phantom_cases) = (4, 1, 2, 4);
     tcfg.output.dir = a.out.join("trainer");
     let _ = std::fs::remove_dir_all(&tcfg.output.dir);
-    let ts = unetr_train::trainer::train(&tcfg, false)?;
+    let ts = unetr_train::train(&tcfg, unetr_train::RunMode::Fresh)?;
     let trainer_ok = ts.losses.iter().all(|l| l.is_finite()) && ts.final_dice.is_finite();
     // Benchmarks.
     let fwd_ms = median_ms(&dev, a.repeats, || Ok(drop(w_dev.model.forward_t(&xd, false)?)))?;
@@ -202,7 +202,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     r += &format!("\nTraining steps (DiceCE + AdamW lr 1e-3 on one batch; 3 in f32, then 3 in bf16 mixed precision): losses {:?} ({})\n\n", losses, if train_ok { "ok: finite, decreasing" } else { "FAIL" });
     r += &format!(
-        "Trainer (`unetr_train::trainer::train`, phantom preset, device {:?}, 4 steps, validation at 2 and 4): losses {:?}, validation Dice {:.3}, {:.1} s ({})\n\n",
+        "Trainer (`unetr_train::train`, phantom preset, device {:?}, 4 steps, validation at 2 and 4): losses {:?}, validation Dice {:.3}, {:.1} s ({})\n\n",
         tcfg.device, ts.losses, ts.final_dice, ts.seconds, if trainer_ok { "ok" } else { "FAIL" }
     );
     r += &format!(

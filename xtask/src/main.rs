@@ -5,33 +5,22 @@ mod bench_model;
 mod bench_ops;
 mod colin27;
 mod compare;
-mod data;
 mod docs;
-mod forward;
 mod gpu_check;
-mod infer;
 mod python;
-mod train;
 
 use anyhow::{bail, Context, Result};
-
-// UNETR's activations are 50-100 MB each. glibc maps every allocation above 32 MB afresh and unmaps it
-// on free, so each op pays for zeroing new pages (30% of a training step, measured); mimalloc keeps and
-// reuses freed memory.
-// In inference, blocks of 256 KiB and more (activations, weights) are pooled by `unetr_alloc` with a bound
-// at the live peak (see `main`); mimalloc serves the rest, and everything in training.
-#[global_allocator]
-static GLOBAL: unetr_alloc::Pooled<mimalloc::MiMalloc> =
-    unetr_alloc::Pooled::new(mimalloc::MiMalloc);
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::Command;
+use unetr_cli::alloc::{self, Profile};
+use unetr_cli::commands;
+
+/// The allocator xtask shares with the `unetr` binary (its peak counters feed `bench`).
+pub use unetr_cli::alloc::GLOBAL;
 
 #[derive(Parser)]
-#[command(
-    name = "cargo xtask",
-    about = "UNETR in Rust: build, test and benchmark"
-)]
+#[command(name = "cargo xtask", about = "UNETR in Rust: the user commands from a checkout, and the developer tasks (test, bench, fixtures, gpu-check)")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -39,16 +28,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// `unetr train`; without --config, the phantom preset into runs/phantom of the checkout.
+    Train(commands::train::Args),
+    /// `unetr infer`.
+    Infer(commands::infer::Args),
+    /// `unetr eval`.
+    Eval(commands::eval::Args),
+    /// `unetr forward`.
+    Forward(commands::forward::Args),
+    /// `unetr inspect`.
+    Inspect(commands::inspect::Args),
+    /// `unetr phantom`.
+    Phantom(commands::phantom::Args),
     /// Every CUDA op and the model against the CPU, training steps, benchmarks: one report (--dry-run: CPU).
     GpuCheck(gpu_check::Args),
     /// The real-data experiment: Colin27 lobes, ours and MONAI's recipe side by side.
     Colin27(colin27::Args),
-    /// Train UNETR (default: a small model on the built-in phantom data, data/presets/phantom.toml).
-    Train(train::Args),
-    /// Segment volumes with a trained checkpoint; label maps on each input's grid.
-    Infer(infer::InferArgs),
-    /// Dice and HD95 per class of a checkpoint on a datalist split.
-    Eval(infer::EvalArgs),
     /// Run the whole test suite (release-optimised, CPU).
     Test {
         /// Extra arguments passed to `cargo test`.
@@ -68,14 +63,8 @@ enum Cmd {
     BenchChild(bench_model::Args),
     /// Regenerate the PyTorch / MONAI parity fixtures (needs a Python with torch and monai; see README).
     Fixtures,
-    /// One UNETR forward pass: MONAI config + weights + input file -> logits file.
-    Forward(forward::Args),
     /// Max-abs difference of two tensors stored in .safetensors files.
     Compare(compare::Args),
-    /// Shape, data type, spacing, orientation, affine and intensity range of NIfTI volumes.
-    Inspect(data::InspectArgs),
-    /// Write the built-in phantom dataset (NIfTI + dataset.json).
-    Phantom(data::PhantomArgs),
 }
 
 #[derive(Subcommand)]
@@ -88,61 +77,24 @@ enum BenchCmd {
 }
 
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the repo")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the repo").to_path_buf()
+}
+
+impl Cmd {
+    fn profile(&self) -> Profile {
+        match self {
+            Cmd::Infer(_) | Cmd::Eval(_) | Cmd::Forward(_) | Cmd::Inspect(_) => Profile::Inference,
+            Cmd::BenchChild(a) if !a.is_train() => Profile::Inference,
+            _ => Profile::Training,
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
-    // Inference commands pool large blocks under the live peak (`unetr_alloc`, see GLOBAL above), and
-    // mimalloc returns its small-object pages after 10 ms and commits its arena on demand, so that the peak
-    // RSS stays at what the forward holds live (96^3: 0.90 -> 0.54 GB, docs/benchmarks.md). Training
-    // steps allocate many sizes in an order a bounded pool serves poorly; there mimalloc serves everything
-    // and keeps freed pages mapped for reuse (a step at 96^3: 10 s -> 7 s against returning them).
-    let args: Vec<String> = std::env::args().collect();
-    let inference = match args.get(1).map(String::as_str) {
-        Some("forward" | "infer") => true,
-        Some("bench-child") => {
-            !args.windows(2).any(|w| w[0] == "--mode" && w[1] == "train")
-                && !args.iter().any(|a| a == "--mode=train")
-        }
-        _ => false,
-    };
-    GLOBAL.set_pooling(inference);
-    // SAFETY: plain option setters of the allocator, called before any worker thread exists.
-    unsafe {
-        // mimalloc's option numbers (the -sys crate exports no names for these two; same in v2 and v3).
-        const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
-        const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-        // (MIMALLOC_PURGE_DELAY / MIMALLOC_ARENA_EAGER_COMMIT in the environment take precedence)
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, if inference { 10 } else { -1 });
-        }
-        if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
-            libmimalloc_sys::mi_option_set(
-                MI_OPTION_ARENA_EAGER_COMMIT,
-                if inference { 0 } else { 1 },
-            );
-        }
-    }
-    // Library warnings (replaced NaN voxels, skipped keys) go to stderr; RUST_LOG overrides the level.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .init();
-    // Errors print as one readable chain ("context: cause"), without a backtrace.
-    match run(Cli::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let cli = Cli::parse();
+    alloc::configure(cli.cmd.profile());
+    alloc::init_tracing();
+    unetr_cli::exit_code(run(cli))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -181,12 +133,18 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Forward(a) => forward::run(a),
         Cmd::Compare(a) => compare::run(a),
-        Cmd::Train(a) => train::run(a),
-        Cmd::Infer(a) => infer::infer(a),
-        Cmd::Eval(a) => infer::eval(a),
-        Cmd::Inspect(a) => data::inspect(a),
-        Cmd::Phantom(a) => data::phantom(a),
+        Cmd::Train(mut a) => {
+            // The README's main job from a checkout: the preset's run folder in the checkout.
+            if a.config.is_none() && a.out.is_none() {
+                a.out = Some(repo_root().join("runs/phantom"));
+            }
+            commands::train::run(a)
+        }
+        Cmd::Infer(a) => commands::infer::run(a),
+        Cmd::Eval(a) => commands::eval::run(a),
+        Cmd::Forward(a) => commands::forward::run(a),
+        Cmd::Inspect(a) => commands::inspect::run(a),
+        Cmd::Phantom(a) => commands::phantom::run(a),
     }
 }

@@ -18,7 +18,7 @@
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::{AcqRel, Acquire, Relaxed}};
 use std::sync::Mutex;
 
 /// Blocks of at least this many bytes are pooled (smaller ones go to the wrapped allocator). 256 KiB: the
@@ -26,6 +26,9 @@ use std::sync::Mutex;
 /// peak RSS was 16 MB larger (measured at 96^3, 0.553 -> 0.537 GB).
 pub const LARGE: usize = 1 << 18;
 const PAGE: usize = 4096;
+/// `mode` bits.
+const POOL: u8 = 1;
+const STARTED: u8 = 2;
 /// Pool slots; more freed blocks than this evict the oldest.
 const SLOTS: usize = 1024;
 
@@ -35,10 +38,10 @@ pub struct Pooled<A> {
     live: AtomicUsize,
     peak: AtomicUsize,
     fresh: AtomicUsize,
-    /// Whether large blocks are pooled (else everything goes to the inner allocator).
-    pooling: AtomicBool,
-    /// Whether a large block was ever handed out (then `pooling` may no longer change).
-    started: AtomicBool,
+    /// [`POOL`]: large blocks are pooled (else everything goes to the inner allocator); [`STARTED`]: a
+    /// large-size block was requested, so the choice is fixed. One atomic, so that a switch and a first
+    /// allocation on another thread cannot interleave (a block must be freed by whoever made it).
+    mode: AtomicU8,
     pool: Mutex<Pool>,
 }
 
@@ -56,8 +59,7 @@ impl<A> Pooled<A> {
             live: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             fresh: AtomicUsize::new(0),
-            pooling: AtomicBool::new(true),
-            started: AtomicBool::new(false),
+            mode: AtomicU8::new(POOL),
             pool: Mutex::new(Pool {
                 blocks: [(0, 0); SLOTS],
                 n: 0,
@@ -88,11 +90,17 @@ impl<A> Pooled<A> {
     /// served better by a general allocator that keeps everything (measured: a pool bounded at the live
     /// peak maps 1.6 GB afresh per training step at 96^3, unbounded it ends 14% above mimalloc's RSS).
     pub fn set_pooling(&self, on: bool) -> bool {
-        if self.started.load(Relaxed) {
-            return on == self.pooling.load(Relaxed);
+        let want = if on { POOL } else { 0 };
+        let mut cur = self.mode.load(Acquire);
+        loop {
+            if cur & STARTED != 0 {
+                return (cur & POOL) == want;
+            }
+            match self.mode.compare_exchange_weak(cur, want, AcqRel, Acquire) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
         }
-        self.pooling.store(on, Relaxed);
-        true
     }
     fn grew(&self, n: usize) -> usize {
         let now = self.live.fetch_add(n, Relaxed) + n;
@@ -102,11 +110,15 @@ impl<A> Pooled<A> {
 }
 
 impl<A> Pooled<A> {
+    /// Whether this layout is served by the pool. The first large-size request fixes the pooling choice
+    /// (whichever the mode was at that instant), so that every block is freed the way it was made.
     fn is_large(&self, l: &Layout) -> bool {
-        cfg!(target_os = "linux")
-            && l.size() >= LARGE
-            && l.align() <= PAGE
-            && self.pooling.load(Relaxed)
+        if !(cfg!(target_os = "linux") && l.size() >= LARGE && l.align() <= PAGE) {
+            return false;
+        }
+        let m = self.mode.load(Acquire);
+        let m = if m & STARTED != 0 { m } else { self.mode.fetch_or(STARTED, AcqRel) };
+        m & POOL != 0
     }
 }
 
@@ -268,7 +280,6 @@ impl Pool {
 impl<A: GlobalAlloc> Pooled<A> {
     unsafe fn large(&self, l: Layout, zero: bool) -> *mut u8 {
         let n = pages(l.size());
-        self.started.store(true, Relaxed);
         let Ok(mut pool) = self.pool.lock() else {
             return std::ptr::null_mut();
         };
@@ -450,6 +461,39 @@ mod tests {
             );
             b.dealloc(p, l(2 << 20));
             assert_eq!(b.pooled(), 2 << 20);
+        }
+    }
+
+    /// A switch racing a first large allocation on another thread: either the switch is refused and the
+    /// block was pooled, or it took effect and the block came from the inner allocator; never a pooled
+    /// block freed as an inner one (or the reverse), and a block allocated while the pool was off does not
+    /// let the pool be switched on later.
+    #[test]
+    fn pooling_switch_races_a_first_allocation() {
+        for round in 0..300 {
+            let a = std::sync::Arc::new(Pooled::new(System));
+            let go = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let (a2, go2) = (a.clone(), go.clone());
+            let t = std::thread::spawn(move || {
+                go2.wait();
+                unsafe {
+                    let p = a2.alloc(l(1 << 20));
+                    std::ptr::write_bytes(p, 7, 1 << 20);
+                    a2.dealloc(p, l(1 << 20));
+                }
+            });
+            go.wait();
+            let switched = a.set_pooling(false);
+            t.join().unwrap();
+            assert_eq!(a.pooled() == 0, switched, "round {round}: switched {switched}, pooled {}", a.pooled());
+            assert_eq!(a.live(), 0);
+        }
+        let c = Pooled::new(System);
+        assert!(c.set_pooling(false));
+        unsafe {
+            let p = c.alloc(l(1 << 20));
+            assert!(!c.set_pooling(true), "an inner block exists: pooling may not start");
+            c.dealloc(p, l(1 << 20));
         }
     }
 

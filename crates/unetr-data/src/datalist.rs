@@ -1,6 +1,7 @@
 //! Decathlon-style `dataset.json` (MONAI's `load_decathlon_datalist`) and the imagesTr/labelsTr layout.
 
 use crate::error::{ferr, DataError, Result};
+use crate::limits::MemoryLimit;
 use std::path::{Path, PathBuf};
 
 /// One case: image file(s) (several = modalities, stacked as channels) and an optional label.
@@ -43,8 +44,13 @@ fn parse_item(v: &serde_json::Value, base: &Path, json: &Path, where_: &str) -> 
 }
 
 impl Datalist {
-    /// Parses a Decathlon `dataset.json`; paths are relative to its folder.
-    pub fn from_json(path: &Path) -> Result<Self> {
+    /// Parses a Decathlon `dataset.json`; paths are relative to its folder. A file larger than `limit` is
+    /// refused before it is read; `labels` keys must be the class indices 0..K-1.
+    pub fn from_json(path: &Path, limit: MemoryLimit) -> Result<Self> {
+        let len = std::fs::metadata(path).map_err(|e| ferr(path, format!("cannot read: {e}")))?.len();
+        if len > limit.bytes() {
+            return Err(ferr(path, format!("{len} bytes, over the memory limit of {limit} (memory_limit in the config, --memory-limit on the command line)")));
+        }
         let text = std::fs::read_to_string(path).map_err(|e| ferr(path, format!("cannot read: {e}")))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ferr(path, format!("malformed JSON: {e}")))?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -59,10 +65,18 @@ impl Datalist {
         }
         if let Some(l) = v.get("labels").and_then(|l| l.as_object()) {
             for (k, name) in l {
-                let idx = k.parse::<usize>().map_err(|_| ferr(path, format!("labels: key {k:?} is not a class index")))?;
-                d.labels.push((idx, name.as_str().unwrap_or("").to_string()));
+                let idx = k.trim().parse::<usize>().map_err(|_| ferr(path, format!("labels: key {k:?} is not a class index (0, 1, 2, ...)")))?;
+                let name = name.as_str().ok_or_else(|| ferr(path, format!("labels[{k:?}]: the class name must be a string, got {name}")))?;
+                d.labels.push((idx, name.to_string()));
             }
             d.labels.sort();
+            if let Some((i, (idx, _))) = d.labels.iter().enumerate().find(|(i, (idx, _))| idx != i) {
+                let keys: Vec<usize> = d.labels.iter().map(|l| l.0).collect();
+                return Err(ferr(
+                    path,
+                    format!("labels: keys must be the class indices 0..{} without gaps; found {keys:?} (index {i} is {idx})", d.labels.len().saturating_sub(1)),
+                ));
+            }
         }
         if d.training.is_empty() && d.validation.is_empty() && d.test.is_empty() {
             return Err(ferr(path, "no \"training\", \"validation\" or \"test\" entries"));

@@ -88,7 +88,7 @@ pub struct ReadOptions {
 
 impl Default for ReadOptions {
     fn default() -> Self {
-        Self { max_bytes: 8 << 30, nonfinite: NonFinite::Fail }
+        Self { max_bytes: crate::limits::MemoryLimit::DEFAULT.bytes_usize(), nonfinite: NonFinite::Fail }
     }
 }
 
@@ -278,7 +278,16 @@ fn read_stream(path: &Path, mut reader: Box<dyn Read + '_>, raw_len: Option<u64>
     let bpv = type_size(h.datatype).unwrap();
     let data_bytes = nvox.checked_mul(bpv).ok_or_else(|| ferr(path, "data size overflows"))?;
     if nvox.saturating_mul(4).saturating_add(data_bytes) > opts.max_bytes {
-        return Err(ferr(path, format!("header claims {:?} x {} voxels ({} MB as f32), over the {} MB limit", h.dims, h.channels, nvox * 4 >> 20, opts.max_bytes >> 20)));
+        return Err(ferr(
+            path,
+            format!(
+                "header dims {:?} x {} channel(s) need {} MiB as f32, over the memory limit of {} MiB (memory_limit in the config, --memory-limit on the command line)",
+                h.dims,
+                h.channels,
+                nvox.saturating_mul(4) >> 20,
+                opts.max_bytes >> 20
+            ),
+        ));
     }
     if let Some(file_len) = raw_len {
         if (vox_offset as u64 + data_bytes as u64) > file_len {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 pub const CLASSES: [&str; 5] = ["background", "liver", "spleen", "kidney", "spine"];
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PhantomConfig {
     pub cases: usize,
     pub validation: usize,
@@ -124,6 +124,14 @@ pub fn generate_case(cfg: &PhantomConfig, index: usize) -> (Volume, Volume) {
 
 /// Writes `cfg.cases` cases as imagesTr/labelsTr NIfTI files plus `dataset.json` into `dir`.
 /// The last `validation` + `test` cases form the validation and test splits. Returns the json's path.
+/// The record of how a phantom folder was generated (compared before a folder is reused).
+pub const RECORD: &str = "phantom_config.json";
+
+/// The configuration recorded in a phantom folder, if any.
+pub fn recorded_config(dir: &Path) -> Option<PhantomConfig> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join(RECORD)).ok()?).ok()
+}
+
 pub fn write_dataset(cfg: &PhantomConfig, dir: &Path) -> Result<PathBuf> {
     if cfg.cases < cfg.validation + cfg.test + 1 {
         return Err(ferr(dir, format!("{} cases cannot hold {} validation + {} test + training cases", cfg.cases, cfg.validation, cfg.test)));
@@ -161,5 +169,7 @@ pub fn write_dataset(cfg: &PhantomConfig, dir: &Path) -> Result<PathBuf> {
     let tmp = dir.join("dataset.json.tmp");
     std::fs::write(&tmp, serde_json::to_string_pretty(&json).unwrap()).map_err(|e| ferr(&tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| ferr(&path, e))?;
+    let rec = dir.join(RECORD);
+    std::fs::write(&rec, serde_json::to_string_pretty(cfg).unwrap()).map_err(|e| ferr(&rec, e))?;
     Ok(path)
 }

@@ -80,6 +80,14 @@ impl TransformSpec {
             }
             Self::RandSpatialCrop { roi_size } | Self::SpatialPad { spatial_size: roi_size } if roi_size.contains(&0) => bad("size must be non-zero".into()),
             Self::RandFlip { spatial_axis, .. } if *spatial_axis > 2 => bad("spatial_axis must be 0, 1 or 2".into()),
+            Self::RandFlip { prob, .. } | Self::RandRotate90 { prob, .. } | Self::RandScaleIntensity { prob, .. } | Self::RandShiftIntensity { prob, .. }
+                if !(0.0..=1.0).contains(prob) =>
+            {
+                bad(format!("prob = {prob}: must be in [0, 1]"))
+            }
+            Self::RandScaleIntensity { factors, .. } if !(0.0..1.0).contains(factors) => bad(format!("factors = {factors}: must be in [0, 1) (a scale of 1 + f, f in [-factors, factors])")),
+            Self::RandShiftIntensity { offsets, .. } if !(offsets.is_finite() && *offsets >= 0.0) => bad(format!("offsets = {offsets}: must be >= 0")),
+            Self::RandRotate90 { max_k, .. } if !(1..=3).contains(max_k) => bad(format!("max_k = {max_k}: must be 1, 2 or 3")),
             Self::RandRotate90 { spatial_axes, .. } if spatial_axes[0] > 2 || spatial_axes[1] > 2 || spatial_axes[0] == spatial_axes[1] => bad("spatial_axes must be two different axes of 0..3".into()),
             Self::Orientation { axcodes } => crate::transforms::check_axcodes(axcodes),
             _ => Ok(()),
@@ -91,13 +99,22 @@ impl Transform for TransformSpec {
     fn apply(&self, s: Sample, rng: &mut ChaCha8Rng) -> Result<Vec<Sample>> {
         Ok(vec![match self {
             Self::Orientation { axcodes } => s.orient(axcodes)?,
-            Self::Spacing { pixdim } => s.resample_spacing(*pixdim),
+            Self::Spacing { pixdim } => s.resample_spacing(*pixdim)?,
             Self::ScaleIntensityRange { a_min, a_max, b_min, b_max, clip } => s.scale_intensity_range(*a_min, *a_max, *b_min, *b_max, *clip),
             Self::NormalizeIntensity { nonzero, channel_wise } => s.normalize_intensity(*nonzero, *channel_wise),
             Self::CropForeground { margin } => s.crop_foreground(*margin),
-            Self::SpatialPad { spatial_size } => s.pad_to(*spatial_size),
-            Self::RandCropByPosNegLabel { spatial_size, pos, neg, num_samples } => return s.rand_crop_pos_neg(*spatial_size, *pos, *neg, *num_samples, rng),
-            Self::RandSpatialCrop { roi_size } => s.rand_spatial_crop(*roi_size, rng),
+            Self::SpatialPad { spatial_size } => {
+                s.check_size(padded(s.dims, *spatial_size), &format!("SpatialPad to spatial_size {spatial_size:?}"))?;
+                s.pad_to(*spatial_size)
+            }
+            Self::RandCropByPosNegLabel { spatial_size, pos, neg, num_samples } => {
+                s.check_size(padded(s.dims, *spatial_size), &format!("RandCropByPosNegLabel with spatial_size {spatial_size:?}"))?;
+                return s.rand_crop_pos_neg(*spatial_size, *pos, *neg, *num_samples, rng);
+            }
+            Self::RandSpatialCrop { roi_size } => {
+                s.check_size(padded(s.dims, *roi_size), &format!("RandSpatialCrop with roi_size {roi_size:?}"))?;
+                s.rand_spatial_crop(*roi_size, rng)
+            }
             Self::RandFlip { spatial_axis, prob } => s.rand_flip(*spatial_axis, *prob, rng),
             Self::RandRotate90 { prob, max_k, spatial_axes: [a0, a1] } => {
                 if s.dims[*a0] == s.dims[*a1] {
@@ -117,6 +134,11 @@ impl Transform for TransformSpec {
             Self::RandCropByPosNegLabel { .. } | Self::RandSpatialCrop { .. } | Self::RandFlip { .. } | Self::RandRotate90 { .. } | Self::RandScaleIntensity { .. } | Self::RandShiftIntensity { .. }
         )
     }
+}
+
+/// The size of a volume of `dims` padded to at least `size` on every axis.
+fn padded(dims: [usize; 3], size: [usize; 3]) -> [usize; 3] {
+    [0, 1, 2].map(|a| dims[a].max(size[a]))
 }
 
 /// A sequence of transforms; the deterministic prefix is what a cache stores.

@@ -7,6 +7,7 @@ use crate::datalist::Item;
 use crate::error::{ferr, DataError, Result};
 use crate::nifti::{read_nifti, Affine, Header, ReadOptions, Volume};
 use rand::Rng;
+use std::path::PathBuf;
 use rand_chacha::ChaCha8Rng;
 
 /// One spatial step, enough to undo it.
@@ -84,6 +85,11 @@ pub struct Sample {
     pub applied: Vec<Applied>,
     /// The original header (for writing predictions with the input's geometry).
     pub header: Header,
+    /// The (first) file the sample was read from, for errors.
+    pub source: PathBuf,
+    /// Transforms refuse to make a sample larger than this (f32 bytes of image and label together): the
+    /// memory limit it was read under.
+    pub max_bytes: usize,
 }
 
 fn vol(d: [usize; 3]) -> usize {
@@ -124,7 +130,7 @@ pub fn load_item(item: &Item, opts: &ReadOptions) -> Result<Sample> {
             Some(l.data)
         }
     };
-    Ok(Sample { image, channels, label, dims: header.dims, affine: header.affine, applied: Vec::new(), header })
+    Ok(Sample { image, channels, label, dims: header.dims, affine: header.affine, applied: Vec::new(), header, source: item.image[0].clone(), max_bytes: opts.max_bytes })
 }
 
 fn affine_close(a: &Affine, b: &Affine) -> bool {
@@ -188,6 +194,39 @@ fn permute_flip(src: &[f32], c: usize, dims: [usize; 3], perm: [usize; 3], flip:
 }
 
 impl Sample {
+    /// A sample on `header`'s grid (channels from the header) read from `source`, under the default memory
+    /// limit of [`ReadOptions`].
+    pub fn new(image: Vec<f32>, label: Option<Vec<f32>>, header: Header, source: impl Into<PathBuf>) -> Self {
+        Self {
+            image,
+            channels: header.channels,
+            label,
+            dims: header.dims,
+            affine: header.affine,
+            applied: Vec::new(),
+            header,
+            source: source.into(),
+            max_bytes: ReadOptions::default().max_bytes,
+        }
+    }
+
+    /// Errors unless a sample of `dims` (this sample's channels and label) fits under `max_bytes`; `what`
+    /// names the transform and its argument.
+    pub fn check_size(&self, dims: [usize; 3], what: &str) -> Result<()> {
+        let planes = self.channels + self.label.is_some() as usize;
+        let bytes = dims.iter().try_fold(4 * planes, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX);
+        if bytes > self.max_bytes {
+            return Err(ferr(
+                &self.source,
+                format!(
+                    "{what} makes {dims:?} voxels x {planes} plane(s) = {:.1} GiB as f32, over the memory limit of {:.1} GiB (memory_limit in the config, --memory-limit on the command line)",
+                    bytes as f64 / (1u64 << 30) as f64,
+                    self.max_bytes as f64 / (1u64 << 30) as f64
+                ),
+            ));
+        }
+        Ok(())
+    }
     pub fn label_ref(&self) -> Option<&[f32]> {
         self.label.as_deref()
     }
@@ -244,13 +283,15 @@ impl Sample {
     /// the first voxel keeps its world position, the output has round((n - 1) * old / new + 1) voxels per axis,
     /// images are interpolated trilinearly and labels by nearest neighbour, borders clamped. Recorded for
     /// inversion. Oblique affines are treated as if axis-aligned (their column norms give the spacing).
-    pub fn resample_spacing(mut self, pixdim: [f64; 3]) -> Self {
+    /// The output size is checked against the sample's memory limit before anything is allocated.
+    pub fn resample_spacing(mut self, pixdim: [f64; 3]) -> Result<Self> {
         let from = crate::nifti::spacing(&self.affine);
         if (0..3).all(|a| (from[a] - pixdim[a]).abs() < 1e-6 * pixdim[a]) {
-            return self;
+            return Ok(self);
         }
         let d = self.dims;
-        let nd = [0, 1, 2].map(|a| (((d[a] - 1) as f64 * from[a] / pixdim[a] + 1.0).round() as usize).max(1));
+        let nd = [0, 1, 2].map(|a| ((d[a] - 1) as f64 * from[a] / pixdim[a] + 1.0).round().clamp(1.0, 1e15) as usize);
+        self.check_size(nd, &format!("Spacing from {from:?} mm to pixdim {pixdim:?} mm"))?;
         let lin: [Vec<_>; 3] = [0, 1, 2].map(|a| linear_taps(nd[a], d[a], pixdim[a] / from[a]));
         let near: [Vec<_>; 3] = [0, 1, 2].map(|a| nearest_taps(nd[a], d[a], pixdim[a] / from[a]));
         self.image = resample(&self.image, self.channels, d, &lin);
@@ -262,7 +303,7 @@ impl Sample {
         }
         self.dims = nd;
         self.applied.push(Applied::Spacing { from, to: pixdim, dims: d });
-        self
+        Ok(self)
     }
 
     /// MONAI's `ScaleIntensityRange(a_min, a_max, b_min, b_max, clip)` on the image.

@@ -41,7 +41,7 @@ fn phantom_dataset_is_deterministic_varied_and_readable() {
     // Written dataset: json with splits and labels, files readable, all present.
     let dir = tmpdir("ph");
     let json = write_dataset(&cfg, &dir).unwrap();
-    let dl = Datalist::from_json(&json).unwrap();
+    let dl = Datalist::from_json(&json, Default::default()).unwrap();
     assert_eq!((dl.training.len(), dl.validation.len(), dl.test.len()), (3, 2, 1));
     assert_eq!(dl.labels.len(), 5);
     dl.check_files().unwrap();
@@ -57,7 +57,7 @@ fn datalists_parse_and_report_all_missing_files() {
         r#"{"labels": {"0": "bg", "1": "tumour"}, "training": [{"image": ["a_t1.nii.gz", "a_t2.nii.gz"], "label": "a_seg.nii.gz"}, {"image": "b.nii.gz", "label": "b_seg.nii.gz"}], "test": ["c.nii.gz"]}"#,
     )
     .unwrap();
-    let dl = Datalist::from_json(&dir.join("dataset.json")).unwrap();
+    let dl = Datalist::from_json(&dir.join("dataset.json"), Default::default()).unwrap();
     assert_eq!(dl.training[0].image, vec![dir.join("a_t1.nii.gz"), dir.join("a_t2.nii.gz")]);
     assert_eq!(dl.test[0].label, None);
     let e = dl.check_files().unwrap_err().to_string();
@@ -66,12 +66,30 @@ fn datalists_parse_and_report_all_missing_files() {
     }
     assert!(e.contains("6 problem"), "{e}");
     std::fs::write(dir.join("bad.json"), "{ \"training\": [ ").unwrap();
-    let e = Datalist::from_json(&dir.join("bad.json")).unwrap_err().to_string();
+    let e = Datalist::from_json(&dir.join("bad.json"), Default::default()).unwrap_err().to_string();
     assert!(e.contains("bad.json") && e.contains("malformed JSON"), "{e}");
     std::fs::write(dir.join("empty.json"), "{}").unwrap();
-    assert!(Datalist::from_json(&dir.join("empty.json")).is_err());
+    assert!(Datalist::from_json(&dir.join("empty.json"), Default::default()).is_err());
     std::fs::write(dir.join("wrong.json"), r#"{"training": [{"label": "x"}]}"#).unwrap();
-    assert!(Datalist::from_json(&dir.join("wrong.json")).unwrap_err().to_string().contains("no \"image\""));
+    assert!(Datalist::from_json(&dir.join("wrong.json"), Default::default()).unwrap_err().to_string().contains("no \"image\""));
+    // Class indices must be 0..K-1: gaps, huge keys and non-numbers are refused, naming the keys.
+    for (labels, want) in [
+        (r#"{"0": "bg", "2": "b"}"#, "[0, 2]"),
+        (r#"{"0": "bg", "255": "x"}"#, "[0, 255]"),
+        (r#"{"0": "bg", "1099511627776": "x"}"#, "1099511627776"),
+        (r#"{"1": "a", "2": "b"}"#, "[1, 2]"),
+        (r#"{"0": "bg", "one": "a"}"#, "\"one\""),
+    ] {
+        std::fs::write(dir.join("labels.json"), format!(r#"{{"labels": {labels}, "training": ["a.nii.gz"]}}"#)).unwrap();
+        let e = Datalist::from_json(&dir.join("labels.json"), Default::default()).unwrap_err().to_string();
+        assert!(e.contains("labels.json") && e.contains("labels") && e.contains(want), "{labels}: {e}");
+    }
+    // A datalist larger than the memory limit is refused before it is read.
+    let e = Datalist::from_json(&dir.join("dataset.json"), unetr_data::MemoryLimit::from_bytes(1 << 20).unwrap());
+    assert!(e.is_ok());
+    std::fs::write(dir.join("big.json"), vec![b' '; (1 << 20) + 1]).unwrap();
+    let e = Datalist::from_json(&dir.join("big.json"), unetr_data::MemoryLimit::from_bytes(1 << 20).unwrap()).unwrap_err().to_string();
+    assert!(e.contains("big.json") && e.contains("memory limit"), "{e}");
     // Folder layout.
     let cfg = PhantomConfig { cases: 3, validation: 1, test: 1, size: [8, 8, 8], ..Default::default() };
     let d2 = tmpdir("folder");

@@ -21,7 +21,7 @@ fn tmp(name: &str) -> PathBuf {
 fn sample(index: usize) -> Sample {
     let cfg = PhantomConfig { size: [12, 10, 8], ..Default::default() };
     let (img, lab) = generate_case(&cfg, index);
-    Sample { image: img.data, channels: 1, label: Some(lab.data), dims: img.header.dims, affine: img.header.affine, applied: vec![], header: img.header }
+    Sample::new(img.data, Some(lab.data), img.header, format!("phantom case {index}"))
 }
 
 #[derive(serde::Deserialize)]
@@ -152,7 +152,7 @@ fn dataset(name: &str) -> Datalist {
     let dir = tmp(name);
     let cfg = PhantomConfig { cases: 6, validation: 1, test: 0, size: [24, 24, 16], ..Default::default() };
     let json = write_dataset(&cfg, &dir).unwrap();
-    Datalist::from_json(&json).unwrap()
+    Datalist::from_json(&json, Default::default()).unwrap()
 }
 
 fn compose() -> Arc<Compose> {

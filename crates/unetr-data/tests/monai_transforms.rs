@@ -18,7 +18,7 @@ fn load() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
 fn sample(x: &(Vec<usize>, Vec<f32>)) -> Sample {
     let d = [x.0[1], x.0[2], x.0[3]];
     let h = Header::new(d, x.0[0], [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]);
-    Sample { image: x.1.clone(), channels: x.0[0], label: None, dims: d, affine: h.affine, applied: vec![], header: h }
+    Sample::new(x.1.clone(), None, h, "fixture")
 }
 
 fn check(name: &str, got: &Sample, want: &(Vec<usize>, Vec<f32>)) {
@@ -77,8 +77,8 @@ fn spacing_matches_monai_and_inverts() {
     let (img, lab) = (&t["sp_img"], &t["sp_lab"]);
     let d = [img.0[1], img.0[2], img.0[3]];
     let h = Header::new(d, 1, aff);
-    let s = Sample { image: img.1.clone(), channels: 1, label: Some(lab.1.clone()), dims: d, affine: aff, applied: vec![], header: h };
-    let r = s.clone().resample_spacing([1.5, 1.5, 2.0]);
+    let s = Sample::new(img.1.clone(), Some(lab.1.clone()), h, "fixture");
+    let r = s.clone().resample_spacing([1.5, 1.5, 2.0]).unwrap();
     check("spacing image", &r, &t["sp_img_out"]);
     // Nearest labels: equal wherever no axis sits exactly halfway between two input voxels (MONAI breaks those
     // ties by float32 rounding noise).

@@ -8,7 +8,7 @@ use unetr_data::transforms::Sample;
 fn sample(index: usize) -> Sample {
     let cfg = PhantomConfig { size: [12, 10, 8], ..Default::default() };
     let (img, lab) = generate_case(&cfg, index);
-    Sample { image: img.data, channels: 1, label: Some(lab.data), dims: img.header.dims, affine: img.header.affine, applied: vec![], header: img.header }
+    Sample::new(img.data, Some(lab.data), img.header, format!("phantom case {index}"))
 }
 
 fn world(a: &[[f64; 4]; 3], v: [usize; 3]) -> [f64; 3] {
@@ -84,4 +84,16 @@ fn scale_intensity_range_as_monai() {
     for (a, b) in r.image.iter().zip(want) {
         assert!((a - b).abs() < 1e-6);
     }
+}
+
+/// A 193-byte NIfTI whose header says 3000 mm voxels: resampling it to 1.5 x 1.5 x 2 mm would need
+/// terabytes; the transform refuses it before allocating, naming the file, the transform and the size.
+#[test]
+fn spacing_output_is_checked_against_the_memory_limit() {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../unetr-cli/tests/fixtures/crafted/huge_voxels.nii.gz");
+    let item = unetr_data::Item { image: vec![p.clone()], label: None };
+    let s = unetr_data::transforms::load_item(&item, &Default::default()).unwrap();
+    let c = unetr_data::Compose::from_specs(&[unetr_data::TransformSpec::Spacing { pixdim: [1.5, 1.5, 2.0] }]).unwrap();
+    let e = c.apply_deterministic(s).unwrap_err().to_string();
+    assert!(e.contains("huge_voxels.nii.gz") && e.contains("Spacing") && e.contains("memory limit") && e.contains("GiB"), "{e}");
 }

@@ -6,12 +6,17 @@ use serde::{Deserialize, Deserializer, Serialize};
 use unetr_decoder::NormKind;
 use unetr_vit::{ProjType, VitConfig};
 
+/// MONAI's `UNETR(...)` arguments. In a training config's `[model]` section, `in_channels`,
+/// `out_channels` and `img_size` may be left out (0): the trainer takes them from the data (channels,
+/// classes) and the crop size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnetrConfig {
+    #[serde(default)]
     pub in_channels: usize,
+    #[serde(default)]
     pub out_channels: usize,
-    #[serde(deserialize_with = "one_or_three")]
+    #[serde(default, deserialize_with = "one_or_three")]
     pub img_size: [usize; 3],
     #[serde(default = "d16")]
     pub feature_size: usize,
@@ -83,6 +88,13 @@ fn one_or_three<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<[usize; 
     })
 }
 
+impl Default for UnetrConfig {
+    /// MONAI's defaults with channels and image size still to be filled in (0).
+    fn default() -> Self {
+        Self::monai(0, 0, [0; 3])
+    }
+}
+
 impl UnetrConfig {
     /// MONAI's defaults with the given channels and image size.
     pub fn monai(in_channels: usize, out_channels: usize, img_size: [usize; 3]) -> Self {
@@ -141,8 +153,8 @@ impl UnetrConfig {
         if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
             return err(format!("hidden_size {} must be divisible by num_heads {}", self.hidden_size, self.num_heads));
         }
-        if !(0.0..=1.0).contains(&self.dropout_rate) {
-            return err(format!("dropout_rate {} must be in [0, 1]", self.dropout_rate));
+        if !(self.dropout_rate.is_finite() && (0.0..1.0).contains(&self.dropout_rate)) {
+            return err(format!("dropout_rate = {}: must be in [0, 1) (1 would drop everything)", self.dropout_rate));
         }
         if self.num_layers < 4 {
             return err(format!("num_layers {} must be >= 4 (skips come from blocks L/4, L/2, 3L/4)", self.num_layers));

@@ -5,6 +5,7 @@
 mod config;
 mod error;
 mod flops;
+mod pth;
 mod unetr;
 mod weights;
 
@@ -12,6 +13,6 @@ pub use config::UnetrConfig;
 pub use error::ModelError;
 pub use flops::{count_macs, count_params, layer_costs, LayerCost, OpKind};
 pub use unetr::{Features, Unetr};
-pub use weights::{load_state_dict, read_tensor, save_safetensors, write_safetensors, LoadReport, UnetrWeights};
+pub use weights::{load_state_dict, read_tensor, save_safetensors, write_safetensors, LoadReport, Trainable, UnetrWeights};
 pub use unetr_decoder::NormKind;
 pub use unetr_vit::ProjType;

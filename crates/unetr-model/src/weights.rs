@@ -25,37 +25,29 @@ fn file_err(path: &Path, msg: impl std::fmt::Display) -> ModelError {
     ModelError::File { path: path.to_path_buf(), msg: msg.to_string() }
 }
 
-/// All tensors of a checkpoint, by name. Format by extension: `.safetensors`, else a PyTorch zip pickle.
-pub fn load_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    if !path.exists() {
-        return Err(file_err(path, "no such file"));
+/// All tensors of a checkpoint, by name. Format by extension (any case): `.safetensors`, else a PyTorch
+/// zip pickle. Every tensor's size is checked against `max_bytes` before it is allocated.
+pub fn load_state_dict(path: &Path, max_bytes: u64) -> Result<Vec<(String, Tensor)>> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => file_err(path, "no such file"),
+        _ => file_err(path, format!("cannot read: {e}")),
+    })?;
+    if !meta.is_file() {
+        return Err(file_err(path, "not a file"));
     }
-    let is_st = path.extension().is_some_and(|e| e == "safetensors");
+    let is_st = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
     let tensors = if is_st {
+        // The safetensors reader checks every header offset against the file; the tensors are copies of
+        // the file's bytes, so the file's size bounds them.
+        if meta.len() > max_bytes {
+            return Err(file_err(path, format!("{} bytes, over the memory limit of {max_bytes} bytes", meta.len())));
+        }
         candle_core::safetensors::load(path, &Device::Cpu)
             .map_err(|e| file_err(path, format!("not a readable safetensors file: {e}")))?
             .into_iter()
             .collect::<Vec<_>>()
     } else {
-        let mut found = Vec::new();
-        let mut last_err = String::new();
-        for key in [None, Some("state_dict"), Some("model")] {
-            // candle's unpickler can panic on malformed input; a bad file must be an error, not a crash.
-            let r = std::panic::catch_unwind(|| candle_core::pickle::read_all_with_key(path, key));
-            match r {
-                Ok(Ok(t)) if !t.is_empty() => {
-                    found = t;
-                    break;
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => last_err = e.to_string(),
-                Err(_) => last_err = "malformed pickle".into(),
-            }
-        }
-        if found.is_empty() {
-            return Err(file_err(path, format!("no tensors found as a PyTorch state dict (bare, 'state_dict' or 'model'): {last_err}")));
-        }
-        found
+        crate::pth::read_pth(path, max_bytes)?
     };
     Ok(tensors.into_iter().map(|(k, t)| (k.strip_prefix("module.").map(str::to_string).unwrap_or(k), t)).collect())
 }
@@ -67,6 +59,14 @@ pub struct LoadReport {
     pub ignored: Vec<String>,
     /// Keys left at their initial values because the caller allowed it (e.g. a new head).
     pub skipped: Vec<String>,
+}
+
+/// Which parameters train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trainable {
+    All,
+    /// The encoder frozen (fine-tuning the decoder only).
+    DecoderOnly,
 }
 
 /// A model whose weights live in a `VarMap` (trainable, saveable).
@@ -93,16 +93,17 @@ impl UnetrWeights {
 
     /// A model with the weights of a MONAI checkpoint. Every expected key must be present with the right
     /// shape, and every key of the file must be expected or known-unused; otherwise the error lists them all.
-    pub fn load(cfg: &UnetrConfig, path: &Path, device: &Device) -> Result<Self> {
+    /// No tensor larger than `max_bytes` is allocated (see [`load_state_dict`]).
+    pub fn load(cfg: &UnetrConfig, path: &Path, device: &Device, max_bytes: u64) -> Result<Self> {
         let w = Self::init(cfg, device)?;
-        w.load_from(path, |_| false)?;
+        w.load_from(path, max_bytes, |_| false)?;
         Ok(w)
     }
 
     /// Copies a checkpoint's tensors in; keys for which `may_skip` is true may be missing or mis-shaped
     /// (fine-tuning with a new head) and keep their initial values.
-    pub fn load_from(&self, path: &Path, may_skip: impl Fn(&str) -> bool) -> Result<LoadReport> {
-        let file: HashMap<String, Tensor> = load_state_dict(path)?.into_iter().collect();
+    pub fn load_from(&self, path: &Path, max_bytes: u64, may_skip: impl Fn(&str) -> bool) -> Result<LoadReport> {
+        let file: HashMap<String, Tensor> = load_state_dict(path, max_bytes)?.into_iter().collect();
         let vars = self.varmap.data().lock().unwrap();
         let mut missing = Vec::new();
         let mut mismatched = Vec::new();
@@ -156,6 +157,20 @@ impl UnetrWeights {
         }
         report.ignored.sort();
         Ok(report)
+    }
+
+    /// The parameters an optimiser updates, sorted by name: every weight except batch-norm running
+    /// statistics, and with [`Trainable::DecoderOnly`] none of the encoder's (`vit.*`).
+    pub fn trainable_vars(&self, which: Trainable) -> Vec<(String, candle_core::Var)> {
+        let vars = self.varmap.data().lock().unwrap();
+        let mut v: Vec<(String, candle_core::Var)> = vars
+            .iter()
+            .filter(|(k, _)| !k.contains("running_"))
+            .filter(|(k, _)| !(which == Trainable::DecoderOnly && k.starts_with("vit.")))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {

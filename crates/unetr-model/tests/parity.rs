@@ -12,6 +12,9 @@ const CASES: [&str; 3] = [
     "tiny_basic_block",
 ];
 
+/// The memory limit the tests load under (the command line's default).
+const LIMIT: u64 = 8 << 30;
+
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -25,6 +28,7 @@ fn case(name: &str) -> (UnetrConfig, UnetrWeights, HashMap<String, Tensor>) {
         &cfg,
         &dir().join(format!("{name}.weights.safetensors")),
         &Device::Cpu,
+        LIMIT,
     )
     .unwrap();
     let io =
@@ -132,7 +136,7 @@ fn monai_07_pth_checkpoint_loads() {
     let (cfg, reference, io) = case("tiny_conv_instance");
     let w = UnetrWeights::init(&cfg, &Device::Cpu).unwrap();
     let rep = w
-        .load_from(&dir().join("tiny_conv_instance.monai07.pth"), |_| false)
+        .load_from(&dir().join("tiny_conv_instance.monai07.pth"), LIMIT, |_| false)
         .unwrap();
     assert!(
         rep.ignored
@@ -156,9 +160,7 @@ fn monai_16_unused_keys_are_ignored() {
     let (cfg, _, _) = case("tiny_conv_instance");
     let w = UnetrWeights::init(&cfg, &Device::Cpu).unwrap();
     let rep = w
-        .load_from(
-            &dir().join("tiny_conv_instance.weights.safetensors"),
-            |_| false,
+        .load_from(&dir().join("tiny_conv_instance.weights.safetensors"), LIMIT, |_| false,
         )
         .unwrap();
     assert!(
@@ -189,7 +191,7 @@ fn save_round_trip_keeps_outputs_and_names() {
                 "{name}: saved file lacks MONAI key {k}"
             );
         }
-        let w2 = UnetrWeights::load(&cfg, &tmp, &Device::Cpu).unwrap();
+        let w2 = UnetrWeights::load(&cfg, &tmp, &Device::Cpu, LIMIT).unwrap();
         let (a, b) = (
             w.model.forward_t(&io["input"], false).unwrap(),
             w2.model.forward_t(&io["input"], false).unwrap(),
@@ -220,7 +222,7 @@ fn bad_checkpoints_name_every_problem() {
     let tmp = std::env::temp_dir().join(format!("unetr-bad-{}.safetensors", std::process::id()));
     candle_core::safetensors::save(&sd, &tmp).unwrap();
     let w = UnetrWeights::init(&cfg, &Device::Cpu).unwrap();
-    let msg = w.load_from(&tmp, |_| false).unwrap_err().to_string();
+    let msg = w.load_from(&tmp, LIMIT, |_| false).unwrap_err().to_string();
     for part in [
         "decoder2.conv_block.conv1.conv.weight",
         "vit.blocks.3.attn.qkv.weight",
@@ -234,23 +236,23 @@ fn bad_checkpoints_name_every_problem() {
     sd.remove("decoder9.foo");
     candle_core::safetensors::save(&sd, &tmp).unwrap();
     let rep = w
-        .load_from(&tmp, |k| {
+        .load_from(&tmp, LIMIT, |k| {
             k.starts_with("out.") || k.starts_with("decoder2.conv_block.conv1") || k.contains("qkv")
         })
         .unwrap();
     assert_eq!(rep.skipped.len(), 3);
     for bad in [b"not a checkpoint".as_slice(), b""] {
         std::fs::write(&tmp, bad).unwrap();
-        assert!(w.load_from(&tmp, |_| false).is_err());
+        assert!(w.load_from(&tmp, LIMIT, |_| false).is_err());
         let pth = tmp.with_extension("pth");
         std::fs::write(&pth, bad).unwrap();
-        let e = w.load_from(&pth, |_| false).unwrap_err().to_string();
+        let e = w.load_from(&pth, LIMIT, |_| false).unwrap_err().to_string();
         assert!(e.contains(&*pth.to_string_lossy()), "{e}");
         std::fs::remove_file(pth).unwrap();
     }
     std::fs::remove_file(tmp).unwrap();
     assert!(w
-        .load_from(Path::new("/nonexistent/w.pth"), |_| false)
+        .load_from(Path::new("/nonexistent/w.pth"), LIMIT, |_| false)
         .unwrap_err()
         .to_string()
         .contains("no such file"));
@@ -497,4 +499,26 @@ fn half_precision_forward_and_f32_master_gradients() {
             "{dt:?} gradients: relative L2 error {rel} against f32"
         );
     }
+}
+
+/// Crafted `.pth` files (scripts/gen_crafted_files.py): a tensor shape far larger than its storage, and a
+/// storage larger than its archive entry, are errors naming the file and tensor, before any allocation
+/// (candle's reader alone aborts the process on the first); an honest file of the same layout loads; a
+/// checkpoint over the memory limit is refused.
+#[test]
+fn crafted_pth_files_are_refused_before_allocating() {
+    let crafted = Path::new(env!("CARGO_MANIFEST_DIR")).join("../unetr-cli/tests/fixtures/crafted");
+    for (file, want) in [("huge_shape.pth", "storage holds 4"), ("lying_storage.pth", "archive entry")] {
+        let p = crafted.join(file);
+        let e = load_state_dict(&p, LIMIT).unwrap_err().to_string();
+        assert!(e.contains(file) && e.contains("tensor \"w\"") && e.contains(want), "{file}: {e}");
+    }
+    let ok = load_state_dict(&crafted.join("ok_small.pth"), LIMIT).unwrap();
+    assert_eq!(ok.len(), 1);
+    assert_eq!(ok[0].1.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [1.0, 2.0, 3.0, 4.0]);
+    let e = load_state_dict(&crafted.join("ok_small.pth"), 8).unwrap_err().to_string();
+    assert!(e.contains("memory limit"), "{e}");
+    let st = dir().join("tiny_conv_instance.weights.safetensors");
+    let e = load_state_dict(&st, 1000).unwrap_err().to_string();
+    assert!(e.contains("memory limit"), "{e}");
 }

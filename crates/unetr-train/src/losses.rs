@@ -2,9 +2,52 @@
 
 use candle_core::{Result, Tensor, D};
 
+/// The training loss (`[optim.loss]`, `name = "dice_ce"` with MONAI's `DiceCELoss` arguments by default).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case")]
+pub enum Loss {
+    /// `DiceCELoss(to_onehot_y=True, softmax=True, ...)`.
+    DiceCe(DiceCeOptions),
+    /// `DiceLoss(to_onehot_y=True, softmax=True, ...)` (the `lambda_*` arguments are not used).
+    Dice(DiceCeOptions),
+    /// `nn.CrossEntropyLoss()`.
+    Ce,
+}
+
+impl Default for Loss {
+    /// The research recipe's loss.
+    fn default() -> Self {
+        Self::DiceCe(DiceCeOptions::research())
+    }
+}
+
+impl Loss {
+    /// The loss of logits [B, K, ...] against integer labels [B, 1, ...].
+    pub fn compute(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::DiceCe(o) => dice_ce_loss(logits, labels, o),
+            Self::Dice(o) => dice_loss(logits, labels, o),
+            Self::Ce => cross_entropy(logits, labels),
+        }
+    }
+
+    /// The arguments' ranges, named `optim.loss.*`.
+    pub fn check(&self, c: &mut unetr_data::Checks) {
+        if let Self::DiceCe(o) | Self::Dice(o) = self {
+            c.within("optim.loss.smooth_nr", o.smooth_nr, 0.0, f64::MAX)
+                .within("optim.loss.smooth_dr", o.smooth_dr, 0.0, f64::MAX)
+                .within("optim.loss.lambda_dice", o.lambda_dice, 0.0, f64::MAX)
+                .within("optim.loss.lambda_ce", o.lambda_ce, 0.0, f64::MAX);
+            if matches!(self, Self::DiceCe(_)) && o.lambda_dice + o.lambda_ce <= 0.0 {
+                c.fail("optim.loss: lambda_dice + lambda_ce must be positive".into());
+            }
+        }
+    }
+}
+
 /// MONAI `DiceCELoss` arguments (defaults as MONAI's).
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DiceCeOptions {
     pub include_background: bool,
     pub squared_pred: bool,

@@ -8,7 +8,9 @@ use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use unetr_train::trainer::{recover_dir, train, TrainConfig, TrainState};
+use unetr_infer::checkpoint::recover_dir;
+use unetr_train::checkpoint::TrainState;
+use unetr_train::{train, RunMode, TrainConfig};
 
 mod common;
 
@@ -42,7 +44,8 @@ fn losses(dir: &Path) -> Vec<(u64, f64)> {
 fn child_training_run() {
     let dir = PathBuf::from(std::env::var("UNETR_KILL9_DIR").expect("run by kill_9_leaves_a_loadable_checkpoint"));
     let resume = dir.join("checkpoint").exists() || dir.join("checkpoint.new").exists() || dir.join("checkpoint.old").exists();
-    train(&config(&dir), resume).unwrap();
+    // Killed before the first checkpoint: start over (the folder holds that attempt's logs).
+    train(&config(&dir), if resume { RunMode::Resume } else { RunMode::Overwrite }).unwrap();
 }
 
 /// What a user would load after a crash: state, weights and optimiser, all present and parseable.
@@ -64,7 +67,7 @@ fn kill_9_leaves_a_loadable_checkpoint() {
     let base = std::env::temp_dir().join(format!("unetr-kill9-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     // The uninterrupted reference (phantoms generated once and shared through a copy of the folder).
-    let reference = train(&config(&base.join("ref")), false).unwrap();
+    let reference = train(&config(&base.join("ref")), RunMode::Fresh).unwrap();
     let dir = base.join("killed");
     std::fs::create_dir_all(&dir).unwrap();
     let ph = base.join("ref/phantom");
@@ -119,7 +122,7 @@ fn kill_9_leaves_a_loadable_checkpoint() {
     eprintln!("{kills} kill(s); last checkpoint before the final resume: step {last}");
     assert!(kills >= 1, "the child always finished before being killed");
     // Resume to the end: the same losses as the uninterrupted run, step by step.
-    train(&config(&dir), dir.join("checkpoint").exists()).unwrap();
+    train(&config(&dir), if dir.join("checkpoint").exists() { RunMode::Resume } else { RunMode::Overwrite }).unwrap();
     let (a, b) = (losses(&base.join("ref")), losses(&dir));
     assert_eq!(a, b, "after {kills} kill(s) and resume, the log must equal the uninterrupted run's");
     let _ = std::fs::remove_dir_all(&base);

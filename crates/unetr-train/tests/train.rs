@@ -3,10 +3,10 @@
 
 use candle_core::{Device, Tensor, Var};
 use std::path::Path;
-use unetr_train::inferers::{sliding_window_inference, starts, Blend, SlidingWindow};
+use unetr_infer::inferers::{sliding_window_inference, starts, Blend, SlidingWindow};
 use unetr_train::losses::{dice_ce_loss, dice_loss, DiceCeOptions};
 use unetr_train::optim::warmup_cosine;
-use unetr_train::trainer::train;
+use unetr_train::{train, RunMode};
 
 mod common;
 use common::tiny;
@@ -78,10 +78,10 @@ fn resume_continues_exactly_and_outputs_are_written() {
     let base = std::env::temp_dir().join(format!("unetr-train-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     // Uninterrupted 6 steps.
-    let a = train(&tiny(&base.join("a"), 6), false).unwrap();
+    let a = train(&tiny(&base.join("a"), 6), RunMode::Fresh).unwrap();
     // 3 steps, then resume to 6 (the checkpoint is written at step 3, a validation step).
-    train(&tiny(&base.join("b"), 3), false).unwrap();
-    let b = train(&tiny(&base.join("b"), 6), true).unwrap();
+    train(&tiny(&base.join("b"), 3), RunMode::Fresh).unwrap();
+    let b = train(&tiny(&base.join("b"), 6), RunMode::Resume).unwrap();
     assert_eq!(a.losses[3..], b.losses[..], "resumed losses must equal the uninterrupted run's");
     // Outputs: checkpoint, best model, log, predictions on the original grids.
     for f in ["checkpoint/model.safetensors", "checkpoint/optimizer.safetensors", "checkpoint/state.json", "best/model.safetensors", "log.jsonl", "config.toml", "plots/loss.png", "plots/val_dice.png", "plots/overlay_0.png"] {
@@ -102,12 +102,12 @@ fn dice_and_hd95_match_monai() {
     let (t, _) = fixture("metrics.safetensors");
     let v = |k: &str| t[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let (pred, lab) = (v("pred"), v("label"));
-    let d = unetr_train::metrics::dice_per_class(&pred, &lab, 3);
+    let d = unetr_infer::metrics::dice_per_class(&pred, &lab, 3);
     for (c, want) in v("dice").iter().enumerate() {
         assert!((d[c].unwrap() - *want as f64).abs() < 1e-6, "dice class {c}: {:?} vs {want}", d[c]);
     }
     for (c, want) in v("hd95").iter().enumerate() {
-        let h = unetr_train::metrics::hd95(&pred, &lab, c, [12, 10, 8], [1.0; 3]).unwrap();
+        let h = unetr_infer::metrics::hd95(&pred, &lab, c, [12, 10, 8], [1.0; 3]).unwrap();
         assert!((h - *want as f64).abs() < 1e-4, "hd95 class {c}: {h} vs {want}");
     }
 }
@@ -122,7 +122,7 @@ fn mixed_precision_training_tracks_f32() {
     let run = |name: &str, p: Precision, steps: u64, resume: bool| {
         let mut c = tiny(&base.join(name), steps);
         c.optim.precision = p;
-        train(&c, resume).unwrap()
+        train(&c, if resume { RunMode::Resume } else { RunMode::Fresh }).unwrap()
     };
     let f32_run = run("f32", Precision::F32, 6, false);
     let mut f16_losses = vec![];
@@ -205,7 +205,8 @@ fn fused_dice_ce_matches_composition() {
 /// names fail before anything is written, saying why.
 #[test]
 fn device_names_are_checked() {
-    use unetr_train::trainer::{parse_device, TrainError};
+    use unetr_infer::{parse_device, InferError};
+    use unetr_train::TrainError;
     assert!(parse_device("cpu").unwrap().is_cpu());
     for bad in ["tpu", "cuda:x", "cuda:", "gpu0"] {
         let e = parse_device(bad).unwrap_err().to_string();
@@ -215,8 +216,8 @@ fn device_names_are_checked() {
         let dir = std::env::temp_dir().join(format!("unetr-device-test-{}", std::process::id()));
         let mut cfg = tiny(&dir, 1);
         cfg.device = "cuda:1".into();
-        let e = train(&cfg, false).unwrap_err();
-        assert!(matches!(e, TrainError::Config(_)) && e.to_string().contains("--features cuda"), "{e}");
+        let e = train(&cfg, RunMode::Fresh).unwrap_err();
+        assert!(matches!(e, TrainError::Infer(InferError::Config(_))) && e.to_string().contains("--features cuda"), "{e}");
         assert!(!dir.exists(), "nothing is written for a bad device");
     }
 }

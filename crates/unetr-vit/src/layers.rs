@@ -1,5 +1,7 @@
 //! Small layers shared by the encoder: LayerNorm with a real backward, and dropout.
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use unetr_ops::cast_to;
@@ -29,12 +31,38 @@ impl candle_core::Module for LayerNorm {
     }
 }
 
-/// Inverted dropout as `nn.Dropout`: identity unless training with p > 0.
-pub fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
+/// The generator dropout masks come from, shared by every dropout of a model. Candle's own dropout draws
+/// from an unseeded generator, so a run with dropout could not be repeated or resumed exactly; the trainer
+/// reseeds this one from (run seed, step) before each forward pass instead.
+#[derive(Debug, Clone)]
+pub struct DropoutRng(std::sync::Arc<std::sync::Mutex<ChaCha8Rng>>);
+
+impl DropoutRng {
+    pub fn new(seed: u64) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(ChaCha8Rng::seed_from_u64(seed))))
+    }
+    /// Restarts the stream: the masks of the next passes depend on `seed` and the order of the layers only.
+    pub fn reseed(&self, seed: u64) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = ChaCha8Rng::seed_from_u64(seed);
+    }
+    /// n values: 0 with probability p, else 1 / (1 - p).
+    fn mask(&self, n: usize, p: f64) -> Vec<f32> {
+        let keep = (1.0 / (1.0 - p)) as f32;
+        let mut rng = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        (0..n).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect()
+    }
+}
+
+/// Inverted dropout as `nn.Dropout`: identity unless training with p > 0; the mask comes from `rng`.
+pub fn dropout(x: &Tensor, p: f64, train: bool, rng: &DropoutRng) -> Result<Tensor> {
     if !train || p <= 0.0 {
         return Ok(x.clone());
     }
-    candle_nn::ops::dropout(x, p as f32)
+    if p >= 1.0 {
+        return x.zeros_like();
+    }
+    let mask = Tensor::from_vec(rng.mask(x.elem_count(), p), x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x * mask
 }
 
 /// `nn.Linear` on our parallel `linear` op; keys `weight` [out, in] and `bias` [out].

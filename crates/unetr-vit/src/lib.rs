@@ -6,5 +6,5 @@
 mod layers;
 mod vit;
 
-pub use layers::{dropout, LayerNorm, Linear};
+pub use layers::{dropout, DropoutRng, LayerNorm, Linear};
 pub use vit::{MlpBlock, PatchEmbeddingBlock, ProjType, SABlock, TransformerBlock, Vit, VitConfig, VitOutput};

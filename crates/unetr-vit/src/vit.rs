@@ -1,4 +1,4 @@
-use crate::layers::{dropout, LayerNorm, Linear};
+use crate::layers::{dropout, DropoutRng, LayerNorm, Linear};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use unetr_ops::profile::timed;
@@ -73,10 +73,11 @@ pub struct PatchEmbeddingBlock {
     proj: Proj,
     pub position_embeddings: Tensor,
     cfg: VitConfig,
+    rng: DropoutRng,
 }
 
 impl PatchEmbeddingBlock {
-    pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &VitConfig, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
         let [p0, p1, p2] = cfg.patch_size;
         let patch_dim = cfg.in_channels * p0 * p1 * p2;
         let proj = match cfg.proj_type {
@@ -94,7 +95,7 @@ impl PatchEmbeddingBlock {
         };
         let position_embeddings =
             vb.get_with_hints((1, cfg.n_patches(), cfg.hidden_size), "position_embeddings", Init::Randn { mean: 0.0, stdev: 0.02 })?;
-        Ok(Self { proj, position_embeddings, cfg: cfg.clone() })
+        Ok(Self { proj, position_embeddings, cfg: cfg.clone(), rng: rng.clone() })
     }
 
     /// [B, C, D, H, W] -> tokens [B, N, hidden] (position embedding added, dropout applied).
@@ -121,7 +122,7 @@ impl PatchEmbeddingBlock {
         };
         let pos = unetr_ops::cast_to(&self.position_embeddings, tokens.dtype())?;
         let emb = timed("position_embedding_add", || unetr_ops::add(&tokens, &pos.broadcast_as(tokens.shape())?))?;
-        dropout(&emb, self.cfg.dropout_rate, train)
+        dropout(&emb, self.cfg.dropout_rate, train, &self.rng)
     }
 }
 
@@ -133,10 +134,11 @@ pub struct SABlock {
     num_heads: usize,
     scale: f64,
     dropout_rate: f64,
+    rng: DropoutRng,
 }
 
 impl SABlock {
-    pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &VitConfig, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
             qkv: vit_linear(h, 3 * h, cfg.qkv_bias, vb.pp("qkv"))?,
@@ -144,6 +146,7 @@ impl SABlock {
             num_heads: cfg.num_heads,
             scale: (cfg.head_dim() as f64).powf(-0.5),
             dropout_rate: cfg.dropout_rate,
+            rng: rng.clone(),
         })
     }
 
@@ -157,13 +160,13 @@ impl SABlock {
         let ctx = if train && self.dropout_rate > 0.0 {
             // Dropout on the attention weights needs the unfused path.
             let att = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * self.scale)?;
-            let att = dropout(&unetr_ops::softmax_last_dim(&att)?, self.dropout_rate, train)?;
+            let att = dropout(&unetr_ops::softmax_last_dim(&att)?, self.dropout_rate, train, &self.rng)?;
             att.matmul(&v.contiguous()?)?
         } else {
             unetr_ops::attention(&q, &k, &v, self.scale)?
         };
         let ctx = timed("heads_merge", || ctx.transpose(1, 2)?.reshape((b, n, h)))?;
-        dropout(&self.out_proj.forward(&ctx)?, self.dropout_rate, train)
+        dropout(&self.out_proj.forward(&ctx)?, self.dropout_rate, train, &self.rng)
     }
 }
 
@@ -172,21 +175,23 @@ pub struct MlpBlock {
     pub linear1: Linear,
     pub linear2: Linear,
     dropout_rate: f64,
+    rng: DropoutRng,
 }
 
 impl MlpBlock {
-    pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &VitConfig, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             linear1: vit_linear(cfg.hidden_size, cfg.mlp_dim, true, vb.pp("linear1"))?,
             linear2: vit_linear(cfg.mlp_dim, cfg.hidden_size, true, vb.pp("linear2"))?,
             dropout_rate: cfg.dropout_rate,
+            rng: rng.clone(),
         })
     }
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         // nn.GELU() is the exact erf form.
         let x = self.linear1.forward(x)?;
-        let x = dropout(&unetr_ops::gelu(&x)?, self.dropout_rate, train)?;
-        dropout(&self.linear2.forward(&x)?, self.dropout_rate, train)
+        let x = dropout(&unetr_ops::gelu(&x)?, self.dropout_rate, train, &self.rng)?;
+        dropout(&self.linear2.forward(&x)?, self.dropout_rate, train, &self.rng)
     }
 }
 
@@ -199,12 +204,12 @@ pub struct TransformerBlock {
 }
 
 impl TransformerBlock {
-    pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &VitConfig, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             norm1: LayerNorm::new(cfg.hidden_size, 1e-5, vb.pp("norm1"))?,
-            attn: SABlock::new(cfg, vb.pp("attn"))?,
+            attn: SABlock::new(cfg, rng, vb.pp("attn"))?,
             norm2: LayerNorm::new(cfg.hidden_size, 1e-5, vb.pp("norm2"))?,
-            mlp: MlpBlock::new(cfg, vb.pp("mlp"))?,
+            mlp: MlpBlock::new(cfg, rng, vb.pp("mlp"))?,
         })
     }
     /// Pre-norm: x + attn(norm1(x)); x + mlp(norm2(x)).
@@ -229,17 +234,27 @@ pub struct Vit {
     pub blocks: Vec<TransformerBlock>,
     pub norm: LayerNorm,
     pub cfg: VitConfig,
+    /// Shared by every dropout of the encoder; see [`Vit::reseed_dropout`].
+    pub dropout_rng: DropoutRng,
 }
 
 impl Vit {
     pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
-        let blocks = (0..cfg.num_layers).map(|i| TransformerBlock::new(cfg, vb.pp(format!("blocks.{i}")))).collect::<Result<_>>()?;
+        let rng = DropoutRng::new(0);
+        let blocks = (0..cfg.num_layers).map(|i| TransformerBlock::new(cfg, &rng, vb.pp(format!("blocks.{i}")))).collect::<Result<_>>()?;
         Ok(Self {
-            patch_embedding: PatchEmbeddingBlock::new(cfg, vb.pp("patch_embedding"))?,
+            patch_embedding: PatchEmbeddingBlock::new(cfg, &rng, vb.pp("patch_embedding"))?,
             blocks,
             norm: LayerNorm::new(cfg.hidden_size, 1e-5, vb.pp("norm"))?,
             cfg: cfg.clone(),
+            dropout_rng: rng,
         })
+    }
+
+    /// The dropout masks of the following training passes come from `seed` (the trainer passes one derived
+    /// from the run's seed and the step, so that a resumed run draws the same masks).
+    pub fn reseed_dropout(&self, seed: u64) {
+        self.dropout_rng.reseed(seed);
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<VitOutput> {

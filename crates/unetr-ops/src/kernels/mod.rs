@@ -245,16 +245,29 @@ pub(crate) fn zeros_written<T: Elem>(n: usize) -> Vec<T> {
     v
 }
 
-/// Whether the running CPU has AVX-512F (checked once). `UNETR_NO_AVX512=1` forces the portable paths,
-/// which is how the tests cover them on an AVX-512 machine.
+/// Every target feature the AVX-512 kernels are compiled with (`#[target_feature(enable = ...)]` in this
+/// module); the run-time check requires all of them, and a test keeps this list complete.
+pub const AVX512_FEATURES: [&str; 5] = ["avx512f", "avx512vl", "avx512dq", "avx2", "fma"];
+
+#[cfg(target_arch = "x86_64")]
+fn detected(feature: &str) -> bool {
+    match feature {
+        "avx512f" => std::is_x86_feature_detected!("avx512f"),
+        "avx512vl" => std::is_x86_feature_detected!("avx512vl"),
+        "avx512dq" => std::is_x86_feature_detected!("avx512dq"),
+        "avx2" => std::is_x86_feature_detected!("avx2"),
+        "fma" => std::is_x86_feature_detected!("fma"),
+        _ => false,
+    }
+}
+
+/// Whether the running CPU has every feature in [`AVX512_FEATURES`] (checked once). `UNETR_NO_AVX512=1`
+/// forces the portable paths, which is how the tests cover them on an AVX-512 machine.
 pub fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *OK.get_or_init(|| {
-            std::is_x86_feature_detected!("avx512f")
-                && std::env::var_os("UNETR_NO_AVX512").is_none()
-        })
+        *OK.get_or_init(|| AVX512_FEATURES.iter().all(|f| detected(f)) && std::env::var_os("UNETR_NO_AVX512").is_none())
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -300,6 +313,32 @@ pub(crate) fn threads() -> usize {
 #[cfg(test)]
 mod tests {
     use super::Elem;
+
+    /// Every feature any kernel source enables is one the run-time check requires: a kernel compiled for a
+    /// feature the check skips would fault on a CPU that has AVX-512F but lacks that feature.
+    #[test]
+    fn run_time_check_covers_every_compiled_feature() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![dir.clone()];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(p) = files.pop() {
+            if p.is_dir() {
+                files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                let marker = ["target_feature(enable", " = \""].concat();
+                for (i, _) in text.match_indices(&marker) {
+                    let rest = &text[i + marker.len()..];
+                    let list = &rest[..rest.find('"').unwrap()];
+                    seen.extend(list.split(',').map(|f| f.trim().to_string()));
+                }
+            }
+        }
+        assert!(seen.contains("avx512f"), "the scan found the kernels: {seen:?}");
+        for f in &seen {
+            assert!(super::AVX512_FEATURES.contains(&f.as_str()), "{f} is compiled in but not checked at run time");
+        }
+    }
 
     /// The vectorisable f32 exp and erf against f64 libm over their working ranges.
     #[test]

@@ -2,7 +2,7 @@
 //! hidden size 16): seconds per run on 2 cores.
 
 use std::path::Path;
-use unetr_train::trainer::TrainConfig;
+use unetr_train::TrainConfig;
 
 pub fn tiny(dir: &Path, steps: u64) -> TrainConfig {
     let mut c: TrainConfig = toml::from_str(

@@ -1,22 +1,25 @@
-//! `cargo xtask inspect` and `cargo xtask phantom`.
+//! `unetr inspect`: shape, data type, spacing, orientation, affine and intensity range of NIfTI volumes.
 
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 use unetr_data::nifti::{read_nifti, NonFinite, ReadOptions};
-use unetr_data::phantom::{write_dataset, PhantomConfig};
+use unetr_data::MemoryLimit;
 
-#[derive(clap::Args)]
-pub struct InspectArgs {
+#[derive(clap::Args, Debug)]
+pub struct Args {
     /// NIfTI files (.nii, .nii.gz).
     #[arg(required = true)]
-    files: Vec<PathBuf>,
+    pub files: Vec<PathBuf>,
+    /// Largest allocation a file may cause, e.g. "8GiB".
+    #[arg(long, default_value_t = MemoryLimit::default())]
+    pub memory_limit: MemoryLimit,
 }
 
 /// Like nibabel's nib-ls: shape, type, spacing, orientation, affine and intensity range per file.
-pub fn inspect(a: InspectArgs) -> Result<()> {
+pub fn run(a: Args) -> Result<()> {
     let mut failed = 0;
     for f in &a.files {
-        match read_nifti(f, &ReadOptions { nonfinite: NonFinite::Keep, ..Default::default() }) {
+        match read_nifti(f, &ReadOptions { nonfinite: NonFinite::Keep, max_bytes: a.memory_limit.bytes_usize() }) {
             Err(e) => {
                 failed += 1;
                 println!("{}: ERROR {e}", f.display());
@@ -51,20 +54,3 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     Ok(())
 }
 
-#[derive(clap::Args)]
-pub struct PhantomArgs {
-    /// Output folder (imagesTr/, labelsTr/, dataset.json).
-    #[arg(long, default_value = "runs/phantom")]
-    out: PathBuf,
-    #[arg(long, default_value_t = 16)]
-    cases: usize,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-}
-
-pub fn phantom(a: PhantomArgs) -> Result<()> {
-    let cfg = PhantomConfig { cases: a.cases, seed: a.seed, ..Default::default() };
-    let p = write_dataset(&cfg, &a.out)?;
-    println!("{}", p.display());
-    Ok(())
-}

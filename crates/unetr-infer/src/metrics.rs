@@ -21,14 +21,42 @@ pub fn dice_per_class(pred: &[f32], label: &[f32], k: usize) -> Vec<Option<f64>>
     (0..k).map(|c| if ls[c] == 0 { None } else { Some(2.0 * inter[c] as f64 / (ps[c] + ls[c]) as f64) }).collect()
 }
 
-/// Mean over the classes that are defined, optionally skipping the background (class 0).
-pub fn mean_dice(d: &[Option<f64>], include_background: bool) -> f64 {
-    let v: Vec<f64> = d.iter().enumerate().filter(|(c, _)| include_background || *c > 0).filter_map(|(_, x)| *x).collect();
+/// Whether class 0 counts in a mean over classes (MONAI's `include_background`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Background {
+    Include,
+    Exclude,
+}
+
+impl Background {
+    pub fn from_include(include_background: bool) -> Self {
+        if include_background {
+            Self::Include
+        } else {
+            Self::Exclude
+        }
+    }
+}
+
+/// Mean over the classes that are defined, skipping the background (class 0) unless included.
+pub fn mean_dice(d: &[Option<f64>], background: Background) -> f64 {
+    let v: Vec<f64> = d.iter().enumerate().filter(|(c, _)| background == Background::Include || *c > 0).filter_map(|(_, x)| *x).collect();
     if v.is_empty() {
         f64::NAN
     } else {
         v.iter().sum::<f64>() / v.len() as f64
     }
+}
+
+/// Per class, the mean over the cases where the class is defined (`None` where it never is): how MONAI's
+/// `DiceMetric.aggregate()` with `ignore_empty` averages a metric over cases.
+pub fn class_means(cases: &[Vec<Option<f64>>], k: usize) -> Vec<Option<f64>> {
+    (0..k)
+        .map(|c| {
+            let v: Vec<f64> = cases.iter().filter_map(|m| m.get(c).copied().flatten()).collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        })
+        .collect()
 }
 
 /// Surface voxels of a binary mask: in the mask with a 6-neighbour outside it (or at the volume border),

@@ -20,6 +20,23 @@ pub struct SlidingWindow {
     pub blend: Blend,
 }
 
+impl SlidingWindow {
+    /// The settings' ranges: a non-empty roi, overlap in [0, 1) (1 would never advance; a negative one
+    /// leaves gaps that no window covers), at least one window per batch.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.roi.contains(&0) {
+            return Err(format!("sliding window roi {:?}: every side must be positive", self.roi));
+        }
+        if !(self.overlap.is_finite() && (0.0..1.0).contains(&self.overlap)) {
+            return Err(format!("overlap = {}: must be in [0, 1)", self.overlap));
+        }
+        if self.sw_batch == 0 {
+            return Err("sw_batch = 0: must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// Window starts along one axis (MONAI's `_get_scan_interval` + `dense_patch_slices`; a last window that
 /// would overrun the end is shifted back to end there).
 pub fn starts(size: usize, roi: usize, overlap: f64) -> Vec<usize> {
@@ -58,6 +75,7 @@ pub fn importance_map(roi: [usize; 3], blend: Blend) -> Vec<f32> {
 
 /// Runs `predict` ([n, C, roi] -> [n, K, roi]) over a [1, C, D, H, W] volume; returns [1, K, D, H, W].
 pub fn sliding_window_inference(x: &Tensor, sw: &SlidingWindow, mut predict: impl FnMut(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    sw.validate().map_err(candle_core::Error::msg)?;
     let (b, _, d, h, w) = x.dims5()?;
     if b != 1 {
         candle_core::bail!("sliding_window_inference: batch must be 1, got {b}");

@@ -1,0 +1,85 @@
+//! `unetr train`: train UNETR from a TOML config (default: the built-in phantom preset).
+
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+use unetr_data::MemoryLimit;
+use unetr_train::{train, RunMode, TrainConfig};
+
+/// The preset `unetr train` uses without --config (data/presets/phantom.toml).
+pub const PHANTOM_PRESET: &str = include_str!("../../../../data/presets/phantom.toml");
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Training config (TOML); default: the built-in phantom preset (data/presets/phantom.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The run's folder (overrides output.dir; default: runs/<config name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Number of optimiser steps (overrides optim.steps).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// "cpu", "cuda" or "cuda:N" (overrides device; CUDA needs a build with --features cuda).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Largest allocation a file may cause, e.g. "8GiB" (overrides memory_limit).
+    #[arg(long)]
+    pub memory_limit: Option<MemoryLimit>,
+    /// Any config field: --set optim.steps=100 --set transforms.roi=[64,64,64] (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Continue the run in the output folder from its checkpoint/.
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
+    /// Replace the run in the output folder (its checkpoints, logs, plots and predictions).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl Args {
+    /// The effective configuration: the file (or the built-in preset), then --set, then the flags.
+    pub fn config(&self) -> Result<TrainConfig> {
+        let mut overrides = self.set.clone();
+        if let Some(s) = self.steps {
+            overrides.push(format!("optim.steps={s}"));
+        }
+        if let Some(d) = &self.device {
+            overrides.push(format!("device=\"{d}\""));
+        }
+        if let Some(m) = self.memory_limit {
+            overrides.push(format!("memory_limit=\"{m}\""));
+        }
+        let mut cfg = match &self.config {
+            Some(p) => TrainConfig::load(p, &overrides)?,
+            None => TrainConfig::from_text(PHANTOM_PRESET, Path::new("phantom.toml"), Path::new("."), &overrides)?,
+        };
+        if let Some(o) = &self.out {
+            cfg.output.dir = o.clone();
+        }
+        Ok(cfg)
+    }
+
+    pub fn mode(&self) -> RunMode {
+        match (self.resume, self.overwrite) {
+            (true, _) => RunMode::Resume,
+            (_, true) => RunMode::Overwrite,
+            _ => RunMode::Fresh,
+        }
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let cfg = a.config()?;
+    if a.print_config {
+        print!("{}", cfg.to_toml());
+        return Ok(());
+    }
+    let s = train(&cfg, a.mode())?;
+    let per: Vec<String> = s.per_class.iter().zip(&s.class_names).skip(1).map(|(d, n)| format!("{n} {}", d.map_or("-".into(), |v| format!("{v:.3}")))).collect();
+    println!("final validation mean Dice {:.4} (best {:.4}): {}", s.final_dice, s.best_dice, per.join(", "));
+    println!("trained in {:.0} s; outputs in {}", s.seconds, s.out_dir.display());
+    Ok(())
+}

@@ -1,0 +1,9 @@
+use clap::Parser;
+use unetr_cli::{alloc, exit_code, Cli};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    alloc::configure(cli.cmd.profile());
+    alloc::init_tracing();
+    exit_code(cli.cmd.run())
+}

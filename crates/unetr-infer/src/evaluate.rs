@@ -1,0 +1,66 @@
+//! Evaluation of a predictor on labelled cases: Dice and HD95 per case and class, averaged per class.
+
+use crate::error::Result;
+use crate::metrics::{class_means, dice_per_class, hd95, mean_dice, Background};
+use crate::predictor::{Predictor, Tta};
+use serde::Serialize;
+use std::path::PathBuf;
+use unetr_data::Item;
+
+/// One case's metrics (on the preprocessed grid, as MONAI's validation computes them).
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    pub case: String,
+    pub image: PathBuf,
+    pub label: PathBuf,
+    /// Per class; `None` where the class is absent from the ground truth.
+    pub dice: Vec<Option<f64>>,
+    /// Per class, in mm; `None` where the prediction or the ground truth is empty.
+    pub hd95_mm: Vec<Option<f64>>,
+}
+
+/// Every case, and the per-class and mean aggregates.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    pub classes: Vec<String>,
+    pub cases: Vec<CaseResult>,
+    pub mean_dice_per_class: Vec<Option<f64>>,
+    pub mean_hd95_per_class: Vec<Option<f64>>,
+    /// Means over the classes (background excluded unless asked).
+    pub mean_dice: f64,
+    pub mean_hd95_mm: f64,
+    pub include_background: bool,
+}
+
+/// Runs `p` over labelled `items` (named by `ids`), calling `progress` after each case.
+pub fn evaluate(p: &Predictor, items: &[Item], ids: &[String], classes: &[String], tta: Tta, background: Background, mut progress: impl FnMut(&CaseResult)) -> Result<Evaluation> {
+    let k = p.model.cfg.out_channels;
+    let mut cases = Vec::with_capacity(items.len());
+    for (it, id) in items.iter().zip(ids) {
+        let s = p.preprocess(it)?;
+        let pred = p.predict(&s, tta)?;
+        let lab = s.label.as_ref().ok_or_else(|| crate::error::ferr(&it.image[0], "no label to evaluate against"))?;
+        let sp = unetr_data::nifti::spacing(&s.affine);
+        let r = CaseResult {
+            case: id.clone(),
+            image: it.image[0].clone(),
+            label: it.label.clone().unwrap_or_default(),
+            dice: dice_per_class(&pred.labels, lab, k),
+            hd95_mm: (0..k).map(|c| hd95(&pred.labels, lab, c, s.dims, sp)).collect(),
+        };
+        progress(&r);
+        cases.push(r);
+    }
+    let dice: Vec<Vec<Option<f64>>> = cases.iter().map(|c| c.dice.clone()).collect();
+    let hd: Vec<Vec<Option<f64>>> = cases.iter().map(|c| c.hd95_mm.clone()).collect();
+    let (md, mh) = (class_means(&dice, k), class_means(&hd, k));
+    Ok(Evaluation {
+        classes: classes.to_vec(),
+        mean_dice: mean_dice(&md, background),
+        mean_hd95_mm: mean_dice(&mh, background),
+        mean_dice_per_class: md,
+        mean_hd95_per_class: mh,
+        cases,
+        include_background: background == Background::Include,
+    })
+}
