@@ -12,6 +12,7 @@ fi
 # shellcheck disable=SC1091
 if ! source ../shared/tools/cuda-toolchain.sh; then
   echo "note: the CUDA toolchain wheels could not be installed (network?); cuda build check skipped" >&2
+  [ -n "${UNETR_SKIP_LOG:-}" ] && echo "cuda build: the CUDA toolchain wheels could not be installed" >> "$UNETR_SKIP_LOG"
   exit 0
 fi
 # No debug info; for CI (the default) no optimisation either: that build only proves that everything compiles

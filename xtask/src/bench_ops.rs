@@ -5,8 +5,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
-use unetr_ops::kernels::conv3d::{conv3d_bwd_input, conv3d_bwd_weight, conv3d_fwd, ConvGeom};
-use unetr_ops::kernels::norm::{norm_bwd, norm_fwd, Groups};
+use candle_core::{Device, Tensor, Var};
+use unetr_model::{layer_costs, LayerShape, UnetrConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -43,55 +43,32 @@ pub struct Case {
     pub count: usize,
 }
 
-fn conv(ci: usize, co: usize, size: usize, k: usize, count: usize) -> Case {
-    let name = format!("conv{k} {ci}->{co} @{size}");
-    Case { name, kind: "conv".into(), ci, co, size, kernel: k, stride: 1, padding: (k - 1) / 2, count }
-}
-fn convt(ci: usize, co: usize, size: usize, count: usize) -> Case {
-    let name = format!("convT2 {ci}->{co} @{size}->{}", size * 2);
-    Case { name, kind: "convt".into(), ci, co, size, kernel: 2, stride: 2, padding: 0, count }
-}
-fn norm(c: usize, size: usize, act: bool, count: usize) -> Case {
-    let (kind, label) = if act { ("in_lrelu", "IN+LReLU") } else { ("in", "IN") };
-    Case { name: format!("{label} {c} @{size}"), kind: kind.into(), ci: c, co: c, size, kernel: 1, stride: 1, padding: 0, count }
-}
-
-/// The shapes of MONAI's UNETR(1 -> 14, 96^3, feature_size 16), with their multiplicity.
+/// The conv, transposed-conv and norm shapes of MONAI's UNETR(1 -> 14, 96^3, feature_size 16), with their
+/// multiplicity: derived from the model's layer list (`unetr_model::layer_costs`).
 pub fn unetr_cases() -> Vec<Case> {
-    vec![
-        Case { name: "patch k16s16 1->768 @96".into(), kind: "conv".into(), ci: 1, co: 768, size: 96, kernel: 16, stride: 16, padding: 0, count: 1 },
-        conv(1, 16, 96, 3, 1),    // encoder1.conv1
-        conv(16, 16, 96, 3, 2),   // encoder1.conv2, decoder2.conv2
-        conv(32, 16, 96, 3, 1),   // decoder2.conv1
-        conv(32, 32, 48, 3, 3),   // encoder2 res block, decoder3.conv2
-        conv(64, 32, 48, 3, 1),   // decoder3.conv1
-        conv(32, 32, 24, 3, 2),   // encoder2 res block at 24^3
-        conv(64, 64, 24, 3, 3),   // encoder3 res block, decoder4.conv2
-        conv(128, 64, 24, 3, 1),  // decoder4.conv1
-        conv(256, 128, 12, 3, 1), // decoder5.conv1
-        conv(128, 128, 12, 3, 1), // decoder5.conv2
-        conv(1, 16, 96, 1, 1),    // encoder1.conv3
-        conv(32, 16, 96, 1, 1),   // decoder2.conv3
-        conv(64, 32, 48, 1, 1),   // decoder3.conv3
-        conv(128, 64, 24, 1, 1),  // decoder4.conv3
-        conv(256, 128, 12, 1, 1), // decoder5.conv3
-        conv(16, 14, 96, 1, 1),   // out (1x1x1 head)
-        convt(768, 32, 6, 1),     // encoder2.transp_conv_init
-        convt(32, 32, 12, 1),
-        convt(32, 32, 24, 1),
-        convt(768, 64, 6, 1), // encoder3.transp_conv_init
-        convt(64, 64, 12, 1),
-        convt(768, 128, 6, 2), // encoder4, decoder5
-        convt(128, 64, 12, 1), // decoder4
-        convt(64, 32, 24, 1),  // decoder3
-        convt(32, 16, 48, 1),  // decoder2
-        norm(16, 96, true, 4),
-        norm(16, 96, false, 4),
-        norm(32, 48, true, 6),
-        norm(32, 24, true, 4),
-        norm(64, 24, true, 6),
-        norm(128, 12, true, 2),
-    ]
+    let mut cases: Vec<Case> = Vec::new();
+    for l in layer_costs(&UnetrConfig::btcv()) {
+        let case = match l.shape {
+            LayerShape::Conv { ci, co, kernel, stride, padding, input } => {
+                let name = if kernel[0] == stride[0] && kernel[0] > 1 { format!("patch k{}s{} {ci}->{co} @{}", kernel[0], stride[0], input[0]) } else { format!("conv{} {ci}->{co} @{}", kernel[0], input[0]) };
+                Case { name, kind: "conv".into(), ci, co, size: input[0], kernel: kernel[0], stride: stride[0], padding: padding[0], count: 1 }
+            }
+            LayerShape::TransposedConv { ci, co, kernel, input } => {
+                Case { name: format!("convT{} {ci}->{co} @{}->{}", kernel[0], input[0], input[0] * kernel[0]), kind: "convt".into(), ci, co, size: input[0], kernel: kernel[0], stride: kernel[0], padding: 0, count: 1 }
+            }
+            // The 3D norms (the ViT's layer norms are token rows, not volumes).
+            LayerShape::Norm { c, grid, leaky_relu } if grid[1] > 1 => {
+                let (kind, label) = if leaky_relu { ("in_lrelu", "IN+LReLU") } else { ("in", "IN") };
+                Case { name: format!("{label} {c} @{}", grid[0]), kind: kind.into(), ci: c, co: c, size: grid[0], kernel: 1, stride: 1, padding: 0, count: 1 }
+            }
+            _ => continue,
+        };
+        match cases.iter_mut().find(|c| c.name == case.name) {
+            Some(c) => c.count += 1,
+            None => cases.push(case),
+        }
+    }
+    cases
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default)]
@@ -113,62 +90,33 @@ fn median_ms(repeats: usize, mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
-fn rand(n: usize) -> Vec<f32> {
-    let mut s = 0x9E3779B97F4A7C15u64;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
-}
-
-fn time_ours(c: &Case, repeats: usize) -> Timing {
+/// Forward and backward of one case through the public ops (`unetr_ops`), as the model runs them: the
+/// forward on plain tensors, the backward from the output of a graph built once (`Tensor::backward`).
+fn time_ours(c: &Case, repeats: usize) -> Result<Timing> {
+    let dev = Device::Cpu;
     let s = c.size;
-    match c.kind.as_str() {
-        "conv" | "convt" => {
-            let transposed = c.kind == "convt";
-            // A transposed conv is the input-adjoint of the conv from the large grid to the small one.
-            let big = if transposed { s * c.stride } else { s };
-            let (gci, gco) = if transposed { (c.co, c.ci) } else { (c.ci, c.co) };
-            let out = ConvGeom::out_size([big; 3], [c.kernel; 3], [c.stride; 3], [c.padding; 3]).unwrap();
-            let g = ConvGeom { n: 1, ci: gci, co: gco, input: [big; 3], kernel: [c.kernel; 3], stride: [c.stride; 3], padding: [c.padding; 3], output: out };
-            let large = rand(gci * g.in_vol());
-            let small = rand(gco * g.out_vol());
-            let w = rand(gco * g.k());
-            if transposed {
-                // y = B_in(x, w); dx = F(gy, w), dw = B_w(gy, x)
-                Timing {
-                    fwd_ms: median_ms(repeats, || drop(conv3d_bwd_input(&small, &w, &g))),
-                    bwd_ms: median_ms(repeats, || {
-                        drop(conv3d_fwd(&large, &w, &g));
-                        drop(conv3d_bwd_weight(&large, &small, &g));
-                    }),
-                }
-            } else {
-                Timing {
-                    fwd_ms: median_ms(repeats, || drop(conv3d_fwd(&large, &w, &g))),
-                    bwd_ms: median_ms(repeats, || {
-                        drop(conv3d_bwd_input(&small, &w, &g));
-                        drop(conv3d_bwd_weight(&large, &small, &g));
-                    }),
-                }
-            }
+    let x = Tensor::randn(0f32, 1.0, (1, c.ci, s, s, s), &dev)?;
+    let xv = Var::from_tensor(&x)?;
+    let k = [c.kernel; 3];
+    let p = unetr_ops::Conv3dParams { stride: [c.stride; 3], padding: [c.padding; 3] };
+    let run = |x: &Tensor, w: Option<&Tensor>| -> candle_core::Result<Tensor> {
+        match c.kind.as_str() {
+            "conv" => unetr_ops::conv3d(x, w.expect("weight"), None, p),
+            "convt" => unetr_ops::conv_transpose3d(x, w.expect("weight"), None, p, [0; 3]),
+            "in_lrelu" => unetr_ops::instance_norm_leaky_relu(x, 1e-5, 0.01),
+            _ => unetr_ops::instance_norm(x, None, None, 1e-5),
         }
-        kind => {
-            let slope = (kind == "in_lrelu").then_some(0.01);
-            let len = s * s * s;
-            let gs = Groups { groups: c.ci, segs: 1, len };
-            let x = rand(c.ci * len);
-            let gy = rand(c.ci * len);
-            Timing {
-                fwd_ms: median_ms(repeats, || drop(norm_fwd(&x, &gs, 1e-5, slope, None))),
-                bwd_ms: median_ms(repeats, || drop(norm_bwd(&x, &gy, &gs, 1e-5, slope))),
-            }
-        }
-    }
+    };
+    let w = match c.kind.as_str() {
+        "conv" => Some(Tensor::randn(0f32, 0.05, (c.co, c.ci, k[0], k[1], k[2]), &dev)?),
+        "convt" => Some(Tensor::randn(0f32, 0.05, (c.ci, c.co, k[0], k[1], k[2]), &dev)?),
+        _ => None,
+    };
+    let wv = w.as_ref().map(Var::from_tensor).transpose()?;
+    let fwd_ms = median_ms(repeats, || drop(run(&x, w.as_ref()).expect("forward")));
+    let y = run(xv.as_tensor(), wv.as_ref().map(|v| v.as_tensor()))?;
+    let bwd_ms = median_ms(repeats, || drop(y.backward().expect("backward")));
+    Ok(Timing { fwd_ms, bwd_ms })
 }
 
 pub fn machine() -> String {
@@ -186,7 +134,7 @@ pub fn run(args: Args) -> Result<()> {
         .collect();
     let mut ours = BTreeMap::new();
     for c in &cases {
-        let t = time_ours(c, args.repeats);
+        let t = time_ours(c, args.repeats)?;
         eprintln!("ours   {:<28} fwd {:8.2} ms  bwd {:8.2} ms", c.name, t.fwd_ms, t.bwd_ms);
         ours.insert(c.name.clone(), t);
     }

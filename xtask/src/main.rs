@@ -7,6 +7,7 @@ mod colin27;
 mod compare;
 mod docs;
 mod gpu_check;
+mod layering;
 mod python;
 
 use anyhow::{bail, Context, Result};

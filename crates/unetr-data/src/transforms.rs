@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 /// One spatial step, enough to undo it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
-    /// new axis a = old axis perm[a], flipped when flip[a]; `dims` = the old spatial size.
+    /// new axis `a` = old axis `perm[a]`, flipped when `flip[a]`; `dims` = the old spatial size.
     Orient { perm: [usize; 3], flip: [bool; 3], dims: [usize; 3] },
     /// The sample is old[start .. start + new dims]; negative starts mean padding.
     Crop { start: [isize; 3], dims: [usize; 3] },

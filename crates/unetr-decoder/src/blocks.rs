@@ -1,6 +1,6 @@
 //! MONAI's UNETR blocks. Every struct's fields carry the name of its key in MONAI's state dict.
 
-use crate::layers::{inplace_ok, ConvLayer, NormKind, NormLayer, TransConvLayer, LEAKY_SLOPE};
+use crate::layers::{inplace_ok, Act, ConvLayer, NormKind, NormLayer, Pass, TransConvLayer, LEAKY_SLOPE};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use unetr_ops::cast_to;
@@ -35,34 +35,35 @@ impl UnetResBlock {
         })
     }
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_owned(x.clone(), train)
+        self.run(x.clone(), Pass::from_train(train))
     }
 
     /// As `forward_t`, releasing `x` as soon as it was read (it is freed if the caller holds no other
     /// reference): the residual branch runs first. In inference the norms and the residual join work in
     /// place on tensors made here; this is what bounds the peak memory of the 96^3 decoder stage.
-    pub fn forward_owned(&self, x: Tensor, train: bool) -> Result<Tensor> {
+    pub fn run(&self, x: Tensor, pass: Pass) -> Result<Tensor> {
         // Inference with instance norms: norm2, norm3, the join and its LReLU become one in-place pass
         // (`instance_norm_add_leaky_relu_`) over the raw conv outputs, so norm3 waits for it.
-        let fuse = !train
+        let fuse = if pass == Pass::Infer
             && matches!(self.norm2, NormLayer::Instance)
-            && self
-                .conv3
-                .as_ref()
-                .is_none_or(|(_, n)| matches!(n, NormLayer::Instance));
+            && self.conv3.as_ref().is_none_or(|(_, n)| matches!(n, NormLayer::Instance))
+        {
+            End::Fused
+        } else {
+            End::Separate
+        };
         // One input channel (encoder1 on single-channel images): the 1x1x1 projection is folded into the
         // fused end (`instance_norm_add_proj1_leaky_relu_`) and never made.
         if let Some((conv3, _)) = self.conv3.as_ref().filter(|(c, _)| {
-            fuse && c.bias.is_none()
+            fuse == End::Fused
+                && c.bias.is_none()
                 && c.weight.dims()[1..] == [1, 1, 1, 1]
                 && x.dim(1).ok() == Some(1)
                 && x.is_contiguous()
         }) {
-            let h = self
-                .norm1
-                .forward_owned(self.conv1.forward(&x)?, true, false)?;
-            let out = self.conv2_owned(h, true, false)?;
-            if inplace_ok(&out, false) && out.dtype() == x.dtype() {
+            let h = self.norm1.forward_owned(self.conv1.forward(&x)?, Act::LeakyRelu, Pass::Infer)?;
+            let out = self.conv2_owned(h, End::Fused, Pass::Infer)?;
+            if inplace_ok(&out, Pass::Infer) && out.dtype() == x.dtype() {
                 unetr_ops::instance_norm_add_proj1_leaky_relu_(
                     &out,
                     &x,
@@ -73,29 +74,27 @@ impl UnetResBlock {
                 return Ok(out);
             }
             let residual = conv3.forward(&x)?;
-            return self.end(out, residual, true, false);
+            return self.end(out, residual, End::Fused, Pass::Infer);
         }
         let residual = match &self.conv3 {
-            Some((conv, _)) if fuse => conv.forward(&x)?,
-            Some((conv, norm)) => norm.forward_owned(conv.forward(&x)?, false, train)?,
+            Some((conv, _)) if fuse == End::Fused => conv.forward(&x)?,
+            Some((conv, norm)) => norm.forward_owned(conv.forward(&x)?, Act::Identity, pass)?,
             None => x.clone(),
         };
-        let h = self
-            .norm1
-            .forward_owned(self.conv1.forward(&x)?, true, train)?;
+        let h = self.norm1.forward_owned(self.conv1.forward(&x)?, Act::LeakyRelu, pass)?;
         drop(x);
-        self.finish(h, residual, fuse, train)
+        self.finish(h, residual, fuse, pass)
     }
 
     /// conv2, norm2, the join with the residual and LeakyReLU; `h` is norm1's output, made by the caller.
-    fn finish(&self, h: Tensor, residual: Tensor, fuse: bool, train: bool) -> Result<Tensor> {
-        let out = self.conv2_owned(h, fuse, train)?;
-        self.end(out, residual, fuse, train)
+    fn finish(&self, h: Tensor, residual: Tensor, fuse: End, pass: Pass) -> Result<Tensor> {
+        let out = self.conv2_owned(h, fuse, pass)?;
+        self.end(out, residual, fuse, pass)
     }
 
     /// conv2 on norm1's output `h`, in place when fused.
-    fn conv2_owned(&self, h: Tensor, fuse: bool, train: bool) -> Result<Tensor> {
-        if fuse && self.conv2.inplace_ok(&h, train) {
+    fn conv2_owned(&self, h: Tensor, fuse: End, pass: Pass) -> Result<Tensor> {
+        if fuse == End::Fused && self.conv2.inplace_ok(&h, pass) {
             self.conv2.forward_(&h)?;
             Ok(h)
         } else {
@@ -104,9 +103,9 @@ impl UnetResBlock {
     }
 
     /// norm2, the join with the residual (normalised here when fused) and LeakyReLU; `out` is conv2's output.
-    fn end(&self, out: Tensor, residual: Tensor, fuse: bool, train: bool) -> Result<Tensor> {
-        let same = inplace_ok(&out, train) && out.dtype() == residual.dtype();
-        if fuse && same {
+    fn end(&self, out: Tensor, residual: Tensor, fuse: End, pass: Pass) -> Result<Tensor> {
+        let same = inplace_ok(&out, pass) && out.dtype() == residual.dtype();
+        if fuse == End::Fused && same {
             unetr_ops::instance_norm_add_leaky_relu_(
                 &out,
                 &residual,
@@ -116,9 +115,9 @@ impl UnetResBlock {
             )?;
             return Ok(out);
         }
-        let out = self.norm2.forward_owned(out, false, train)?;
+        let out = self.norm2.forward_owned(out, Act::Identity, pass)?;
         let residual = match &self.conv3 {
-            Some((_, norm)) if fuse => norm.forward_owned(residual, false, train)?,
+            Some((_, norm)) if fuse == End::Fused => norm.forward_owned(residual, Act::Identity, pass)?,
             _ => residual,
         };
         if same {
@@ -135,7 +134,7 @@ impl UnetResBlock {
     /// over `a` and `b` (`unetr_ops::conv3d_cat_`), conv2 over conv1's output, and the end is fused. Both
     /// inputs are overwritten: pass tensors nothing else reads. Otherwise the same as `forward_owned` on
     /// the concatenation.
-    pub fn forward_cat_reusing(&self, a: Tensor, b: Tensor) -> Result<Tensor> {
+    pub fn infer_cat(&self, a: Tensor, b: Tensor) -> Result<Tensor> {
         let instance = matches!(
             (&self.norm1, &self.norm2),
             (NormLayer::Instance, NormLayer::Instance)
@@ -145,8 +144,8 @@ impl UnetResBlock {
             let ok = instance
                 && self.conv1.bias.is_none()
                 && conv3.bias.is_none()
-                && inplace_ok(&a, false)
-                && inplace_ok(&b, false)
+                && inplace_ok(&a, Pass::Infer)
+                && inplace_ok(&b, Pass::Infer)
                 && a.dtype() == b.dtype()
                 && self.conv1.weight.dim(0).ok() == a.dim(1).ok()
                 && p.stride == [1; 3]
@@ -160,14 +159,22 @@ impl UnetResBlock {
                     &cast_to(&conv3.weight, dt)?,
                     p,
                 )?;
-                let h = self.norm1.forward_owned(a, true, false)?;
-                return self.finish(h, b, true, false);
+                let h = self.norm1.forward_owned(a, Act::LeakyRelu, Pass::Infer)?;
+                return self.finish(h, b, End::Fused, Pass::Infer);
             }
         }
         let x = unetr_ops::profile::timed("skip_concat", || Tensor::cat(&[&a, &b], 1))?;
         drop((a, b));
-        self.forward_owned(x, false)
+        self.run(x, Pass::Infer)
     }
+}
+
+/// Whether a residual block's end (norm2, the residual's norm, the join, LeakyReLU) runs as one fused
+/// in-place pass (inference with instance norms) or op by op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Fused,
+    Separate,
 }
 
 /// `UnetBasicBlock`: (conv3 -> norm -> LReLU) x 2.
@@ -189,11 +196,9 @@ impl UnetBasicBlock {
         })
     }
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self
-            .norm1
-            .forward_owned(self.conv1.forward(x)?, true, train)?;
-        self.norm2
-            .forward_owned(self.conv2.forward(&h)?, true, train)
+        let pass = Pass::from_train(train);
+        let h = self.norm1.forward_owned(self.conv1.forward(x)?, Act::LeakyRelu, pass)?;
+        self.norm2.forward_owned(self.conv2.forward(&h)?, Act::LeakyRelu, pass)
     }
 }
 
@@ -213,13 +218,13 @@ impl ConvBlock {
         })
     }
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_owned(x.clone(), train)
+        self.run(x.clone(), Pass::from_train(train))
     }
-    /// As `forward_t`, releasing `x` once read (see [`UnetResBlock::forward_owned`]).
-    pub fn forward_owned(&self, x: Tensor, train: bool) -> Result<Tensor> {
+    /// As `forward_t`, releasing `x` once read (see [`UnetResBlock::run`]).
+    pub fn run(&self, x: Tensor, pass: Pass) -> Result<Tensor> {
         match self {
-            ConvBlock::Res(b) => b.forward_owned(x, train),
-            ConvBlock::Basic(b) => b.forward_t(&x, train),
+            ConvBlock::Res(b) => b.run(x, pass),
+            ConvBlock::Basic(b) => b.forward_t(&x, pass == Pass::Train),
         }
     }
 }
@@ -278,7 +283,7 @@ impl UnetrPrUpBlock {
         let mut x = self.transp_conv_init.forward(x)?;
         for (up, block) in &self.blocks {
             let u = up.forward(&x)?;
-            x = block.forward_owned(u, train)?;
+            x = block.run(u, Pass::from_train(train))?;
         }
         Ok(x)
     }
@@ -312,30 +317,20 @@ impl UnetrUpBlock {
             unetr_ops::profile::timed("skip_concat", || Tensor::cat(&[&up, &skip], 1))?
         };
         drop(skip);
-        self.conv_block.forward_owned(cat, train)
+        self.conv_block.run(cat, Pass::from_train(train))
     }
 
-    /// Inference, as `forward_t(x, skip, false)`, computed in the storage of the up-sampled `x` and of
-    /// `skip` (residual conv blocks with instance norms; see `UnetResBlock::forward_cat_reusing`): no
-    /// concatenation and no new activation buffers, which is what bounds the peak memory of UNETR's 96^3
-    /// stage. `skip`'s values are overwritten: pass a tensor nothing else reads (keep no clone or view).
-    /// `x` is taken by value so that it is freed once up-sampled (when the caller keeps no clone).
-    pub fn forward_reusing_skip(&self, x: Tensor, skip: Tensor) -> Result<Tensor> {
-        let up = self.upsample(x)?;
-        self.merge_reusing(up, skip)
-    }
-
-    /// The first half of [`forward_reusing_skip`](Self::forward_reusing_skip): the transposed conv,
-    /// freeing `x` (when the caller keeps no clone). A caller can make the skip in between, after `x` is gone.
-    pub fn upsample(&self, x: Tensor) -> Result<Tensor> {
-        self.transp_conv.forward(&x)
-    }
-
-    /// The second half: the conv block on cat([up, skip]), in the storage of both (inference, see
-    /// [`forward_reusing_skip`](Self::forward_reusing_skip)); both are overwritten.
-    pub fn merge_reusing(&self, up: Tensor, skip: Tensor) -> Result<Tensor> {
+    /// Inference, as `forward_t(x, skip, false)`, computed in the storage of the up-sampled `x` and of the
+    /// skip (residual conv blocks with instance norms; see `UnetResBlock::infer_cat`): no concatenation and
+    /// no new activation buffers, which is what bounds the peak memory of UNETR's 96^3 stage. The skip is
+    /// made by `make_skip` after `x` was up-sampled and freed (when the caller keeps no clone), so the two
+    /// never coexist; its values are overwritten, so it must be a tensor nothing else reads.
+    pub fn infer(&self, x: Tensor, make_skip: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+        let up = self.transp_conv.forward(&x)?;
+        drop(x);
+        let skip = make_skip()?;
         match &self.conv_block {
-            ConvBlock::Res(b) => b.forward_cat_reusing(up, skip),
+            ConvBlock::Res(b) => b.infer_cat(up, skip),
             ConvBlock::Basic(b) => {
                 let x = Tensor::cat(&[&up, &skip], 1)?;
                 drop((up, skip));

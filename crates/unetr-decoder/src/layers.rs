@@ -55,11 +55,11 @@ impl ConvLayer {
     }
     /// Whether [`forward_`](Self::forward_) can run on `x`: inference, no bias, as many output as input
     /// channels, and a tensor the in-place ops accept.
-    pub fn inplace_ok(&self, x: &Tensor, train: bool) -> bool {
+    pub fn inplace_ok(&self, x: &Tensor, pass: Pass) -> bool {
         self.bias.is_none()
             && x.rank() == 5
             && self.weight.dim(0).ok() == x.dim(1).ok()
-            && inplace_ok(x, train)
+            && inplace_ok(x, pass)
     }
     /// The forward written over `x` (inference; see `unetr_ops::conv3d_`): pass a tensor nothing else reads.
     pub fn forward_(&self, x: &Tensor) -> Result<()> {
@@ -178,21 +178,20 @@ impl NormLayer {
             NormLayer::Batch(bn) => bn.forward_t(x, train),
         }
     }
-    /// norm(x), then LeakyReLU when `act`; in inference (instance norm, nothing tracking gradients) in place on
-    /// `x`, which saves an activation-sized buffer. Pass a tensor nothing else reads (a fresh conv output).
-    pub fn forward_owned(&self, x: Tensor, act: bool, train: bool) -> Result<Tensor> {
-        if matches!(self, NormLayer::Instance) && inplace_ok(&x, train) {
-            if act {
-                unetr_ops::instance_norm_leaky_relu_(&x, 1e-5, LEAKY_SLOPE)?;
-            } else {
-                unetr_ops::instance_norm_(&x, 1e-5)?;
+    /// norm(x), then `act`; in inference (instance norm, nothing tracking gradients) in place on `x`, which
+    /// saves an activation-sized buffer. Pass a tensor nothing else reads (a fresh conv output).
+    pub fn forward_owned(&self, x: Tensor, act: Act, pass: Pass) -> Result<Tensor> {
+        let train = pass == Pass::Train;
+        if matches!(self, NormLayer::Instance) && inplace_ok(&x, pass) {
+            match act {
+                Act::LeakyRelu => unetr_ops::instance_norm_leaky_relu_(&x, 1e-5, LEAKY_SLOPE)?,
+                Act::Identity => unetr_ops::instance_norm_(&x, 1e-5)?,
             }
             return Ok(x);
         }
-        if act {
-            self.forward_lrelu(&x, train)
-        } else {
-            self.forward_t(&x, train)
+        match act {
+            Act::LeakyRelu => self.forward_lrelu(&x, train),
+            Act::Identity => self.forward_t(&x, train),
         }
     }
     /// leaky_relu(norm(x)): one fused pass for instance norm.
@@ -205,6 +204,32 @@ impl NormLayer {
 }
 
 /// Whether an in-place op may overwrite `t`: inference, and a tensor the in-place ops accept.
-pub(crate) fn inplace_ok(t: &Tensor, train: bool) -> bool {
-    !train && unetr_ops::inplace_ok(t)
+pub(crate) fn inplace_ok(t: &Tensor, pass: Pass) -> bool {
+    pass == Pass::Infer && unetr_ops::inplace_ok(t)
+}
+
+/// How a block runs: training (the autograd graph is kept, batch norms use batch statistics) or
+/// inference (in-place ops on the activations the block itself made).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    Train,
+    Infer,
+}
+
+impl Pass {
+    /// candle's `forward_t(x, train)` convention.
+    pub fn from_train(train: bool) -> Self {
+        if train {
+            Self::Train
+        } else {
+            Self::Infer
+        }
+    }
+}
+
+/// The activation after a norm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    LeakyRelu,
+    Identity,
 }

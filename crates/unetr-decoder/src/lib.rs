@@ -6,4 +6,8 @@ mod blocks;
 mod layers;
 
 pub use blocks::{ConvBlock, UnetBasicBlock, UnetOutBlock, UnetResBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock};
-pub use layers::{BatchNorm3d, ConvLayer, NormKind, NormLayer, TransConvLayer};
+pub use layers::{Act, BatchNorm3d, ConvLayer, NormKind, NormLayer, Pass, TransConvLayer};
+
+/// The tensor library this crate's API is written in (so users need no separate, matching dependency).
+pub use candle_core;
+pub use candle_nn;

@@ -48,7 +48,7 @@ pub fn starts(size: usize, roi: usize, overlap: f64) -> Vec<usize> {
     (0..n).map(|i| (i * interval).min(size - roi)).collect()
 }
 
-/// The importance map over one window, [roi] flattened.
+/// The importance map over one window, `[roi]` flattened.
 pub fn importance_map(roi: [usize; 3], blend: Blend) -> Vec<f32> {
     let n = roi.iter().product();
     if blend == Blend::Constant {

@@ -23,6 +23,7 @@ pub mod outputs;
 pub mod predictor;
 
 pub use candle_core;
+pub use candle_nn;
 pub use checkpoint::Checkpoint;
 pub use device::parse_device;
 pub use error::{InferError, Result};

@@ -11,8 +11,12 @@ mod weights;
 
 pub use config::UnetrConfig;
 pub use error::ModelError;
-pub use flops::{count_macs, count_params, layer_costs, LayerCost, OpKind};
+pub use flops::{count_macs, count_params, layer_costs, LayerCost, LayerShape, OpKind};
 pub use unetr::{Features, Unetr};
 pub use weights::{load_state_dict, read_tensor, save_safetensors, write_safetensors, LoadReport, Trainable, UnetrWeights};
 pub use unetr_decoder::NormKind;
 pub use unetr_vit::ProjType;
+
+/// The tensor library this crate's API is written in (so users need no separate, matching dependency).
+pub use candle_core;
+pub use candle_nn;

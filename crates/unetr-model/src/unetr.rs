@@ -144,7 +144,7 @@ impl Unetr {
                 }
             }
             if let Some(s) = sink.as_mut() {
-                // A copy: inference overwrites the skips in place (`forward_reusing_skip`).
+                // A copy: inference overwrites the skips in place (`UnetrUpBlock::infer`).
                 if let Ok(c) = t.copy() {
                     s.push((name.to_string(), c));
                 }
@@ -155,7 +155,7 @@ impl Unetr {
             if train {
                 d.forward_t(&x, skip, true)
             } else {
-                d.forward_reusing_skip(x, skip)
+                d.infer(x, || Ok(skip))
             }
         };
         let vit = self.vit.forward_t(x, train)?;
@@ -195,11 +195,13 @@ impl Unetr {
         } else {
             // Up-sampling first frees dec1 before encoder1's 96^3 activations exist (the forward's peak).
             let t0 = std::time::Instant::now();
-            let u = self.decoder2.upsample(dec1)?;
-            let up_ms = t0.elapsed().as_secs_f64() * 1e3;
-            let enc1 = self.encoder1.forward_t(x, false)?;
-            keep("encoder1", &enc1, -up_ms);
-            let out = self.decoder2.merge_reusing(u, enc1)?;
+            let mut up_ms = 0.0;
+            let out = self.decoder2.infer(dec1, || {
+                up_ms = t0.elapsed().as_secs_f64() * 1e3;
+                let enc1 = self.encoder1.forward_t(x, false)?;
+                keep("encoder1", &enc1, -up_ms);
+                Ok(enc1)
+            })?;
             keep("decoder2", &out, up_ms);
             out
         };

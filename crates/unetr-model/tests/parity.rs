@@ -272,6 +272,21 @@ fn parameter_count_matches_model_and_monai() {
             .map(|(_, v)| v.elem_count())
             .sum();
         assert_eq!(count_params(&cfg), n, "{name}");
+        // Module by module: every weight belongs to a listed layer (the longest module path that prefixes its
+        // key), and each layer's parameter count is what the model holds under it.
+        let costs = layer_costs(&cfg);
+        let mut held: HashMap<String, usize> = HashMap::new();
+        for (k, v) in w.varmap.data().lock().unwrap().iter().filter(|(k, _)| !k.contains("running_")) {
+            let owner = costs
+                .iter()
+                .filter(|c| k == &c.module || k.starts_with(&format!("{}.", c.module)))
+                .max_by_key(|c| c.module.len())
+                .unwrap_or_else(|| panic!("{name}: weight {k} belongs to no layer of layer_costs"));
+            *held.entry(owner.module.clone()).or_default() += v.elem_count();
+        }
+        for c in &costs {
+            assert_eq!(held.get(&c.module).copied().unwrap_or(0), c.params, "{name}: {}", c.module);
+        }
         // MONAI's own count, minus its unused norm_cross_attn parameters.
         let sd = candle_core::safetensors::load(
             dir().join(format!("{name}.weights.safetensors")),

@@ -322,7 +322,7 @@ impl candle_core::InplaceOp2 for BiasInplace {
 }
 
 /// 3D convolution as `torch.nn.functional.conv3d(x, w, bias, stride, padding)`.
-/// x: [N, Ci, D, H, W], w: [Co, Ci, kd, kh, kw], bias: [Co].
+/// x: `[N, Ci, D, H, W]`, w: `[Co, Ci, kd, kh, kw]`, bias: `[Co]`.
 pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv3dParams) -> Result<Tensor> {
     const OP: &str = "conv3d";
     check_pair(OP, x, w, bias, w.dims().first().copied().unwrap_or(0))?;
@@ -360,7 +360,7 @@ pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv3dParams) ->
 }
 
 /// 3D transposed convolution as `torch.nn.functional.conv_transpose3d(x, w, bias, stride, padding,
-/// output_padding)`. x: [N, Ci, D, H, W], w: [Ci, Co, kd, kh, kw] (PyTorch's layout), bias: [Co].
+/// output_padding)`. x: `[N, Ci, D, H, W]`, w: `[Ci, Co, kd, kh, kw]` (PyTorch's layout), bias: `[Co]`.
 pub fn conv_transpose3d(
     x: &Tensor,
     w: &Tensor,

@@ -35,3 +35,7 @@ pub use storage::inplace_ok;
 /// The CUDA C source of the GPU kernels (compiled by NVRTC at run time with the `cuda` feature; available
 /// without it so that a CPU-only test can compile it to PTX).
 pub const CUDA_KERNELS: &str = include_str!("cuda/kernels.cu");
+
+/// The tensor library this crate's API is written in (so users need no separate, matching dependency).
+pub use candle_core;
+pub use candle_nn;

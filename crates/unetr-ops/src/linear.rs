@@ -119,7 +119,7 @@ impl CustomOp2 for LinearOp {
     }
 }
 
-/// x: [..., K], w: [N, K], b: [N] -> [..., N].
+/// x: `[..., K]`, w: `[N, K]`, b: `[N]` -> `[..., N]`.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     const OP: &str = "linear";
     check_float(OP, x.dtype())?;

@@ -4,7 +4,7 @@
 //! candle's fused `LayerNorm` registers no backward (its gradients are silently dropped); these ops
 //! all have one. The normalisation is a custom op; the optional affine part is plain candle
 //! broadcasting, so its gradients come from candle's autograd, except layer norm's (weight and bias
-//! over the last axis), which is one op of ours on the CPU (see [`LastAffine`]).
+//! over the last axis), which is one op of ours on the CPU (`LastAffine` below).
 
 use crate::dtype::via_f32;
 use crate::error::{check_float, shape_err, OpsError};

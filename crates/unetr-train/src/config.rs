@@ -17,7 +17,7 @@ use unetr_model::UnetrConfig;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
-    /// A Decathlon dataset.json; empty: generate the built-in phantoms into <output>/phantom.
+    /// A Decathlon dataset.json; empty: generate the built-in phantoms into the run's `phantom/` folder.
     pub dataset: Option<PathBuf>,
     pub phantom_cases: usize,
     pub phantom_seed: u64,
@@ -97,7 +97,7 @@ impl ValidationConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutputConfig {
-    /// The run's folder; empty: runs/<config file name> under the working directory.
+    /// The run's folder; empty: `runs/NAME` under the working directory, NAME being the config file's name.
     pub dir: PathBuf,
     pub seed: u64,
     /// Without a terminal (or with `progress = false`): print a progress line every this many steps.

@@ -18,6 +18,7 @@ pub mod step;
 pub mod trainer;
 
 pub use candle_core;
+pub use candle_nn;
 pub use config::TrainConfig;
 pub use error::{Result, TrainError};
 pub use trainer::{train, RunMode, TrainSummary};

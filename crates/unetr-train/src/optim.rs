@@ -90,7 +90,7 @@ impl AdamW {
         Ok(())
     }
 
-    /// The state as named tensors (for checkpoints): "m.<name>", "v.<name>", "step", "steps.<name>".
+    /// The state as named tensors (for checkpoints): `m.NAME`, `v.NAME`, `step`, `steps.NAME`.
     pub fn state(&self) -> Result<HashMap<String, Tensor>> {
         let mut s = HashMap::new();
         for (k, t) in &self.m {

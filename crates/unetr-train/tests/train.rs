@@ -221,3 +221,56 @@ fn device_names_are_checked() {
         assert!(!dir.exists(), "nothing is written for a bad device");
     }
 }
+
+/// Training learns: 100 steps of a small UNETR on 8 phantoms (about 10 s here) lower the loss to under
+/// 0.6x its first value (mean of the last 10 steps; 0.52x measured) and segment the two large structures
+/// (liver Dice >= 0.75, spine >= 0.6; 0.87 and 0.79 measured), best mean foreground Dice >= 0.35 (0.51).
+/// An optimiser that did nothing would fail every one of these.
+#[test]
+fn training_learns_the_phantoms() {
+    let dir = std::env::temp_dir().join(format!("unetr-learn-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut c: unetr_train::TrainConfig = toml::from_str(
+        r#"
+        [data]
+        phantom_cases = 8
+        phantom_size = [32, 32, 16]
+        [transforms]
+        spacing = false
+        roi = [32, 32, 16]
+        num_samples = 1
+        crop_foreground = false
+        flip_prob = 0.0
+        rotate90_prob = 0.0
+        [model]
+        feature_size = 4
+        hidden_size = 32
+        mlp_dim = 32
+        num_heads = 2
+        num_layers = 4
+        [optim]
+        steps = 100
+        warmup_steps = 5
+        batch_size = 2
+        grad_clip = 1.0
+        [optim.adamw]
+        lr = 3e-3
+        [validation]
+        every = 50
+        sw_batch = 2
+        [output]
+        log_every = 1000
+        progress = false
+        "#,
+    )
+    .unwrap();
+    c.output.dir = dir.clone();
+    let s = train(&c, RunMode::Fresh).unwrap();
+    let first = s.losses[0];
+    let last = s.losses[s.losses.len() - 10..].iter().sum::<f64>() / 10.0;
+    assert!(last < 0.6 * first, "loss {first} -> {last} (mean of the last 10 steps)");
+    let d = |name: &str| s.per_class[s.class_names.iter().position(|n| n == name).unwrap()].unwrap();
+    assert!(d("liver") >= 0.75 && d("spine") >= 0.6, "per class {:?}", s.per_class);
+    assert!(s.best_dice >= 0.35, "best mean Dice {}", s.best_dice);
+    let _ = std::fs::remove_dir_all(&dir);
+}

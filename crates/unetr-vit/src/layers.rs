@@ -65,7 +65,7 @@ pub fn dropout(x: &Tensor, p: f64, train: bool, rng: &DropoutRng) -> Result<Tens
     x * mask
 }
 
-/// `nn.Linear` on our parallel `linear` op; keys `weight` [out, in] and `bias` [out].
+/// `nn.Linear` on our parallel `linear` op; keys `weight` `[out, in]` and `bias` `[out]`.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Tensor,

@@ -8,3 +8,7 @@ mod vit;
 
 pub use layers::{dropout, DropoutRng, LayerNorm, Linear};
 pub use vit::{MlpBlock, PatchEmbeddingBlock, ProjType, SABlock, TransformerBlock, Vit, VitConfig, VitOutput};
+
+/// The tensor library this crate's API is written in (so users need no separate, matching dependency).
+pub use candle_core;
+pub use candle_nn;

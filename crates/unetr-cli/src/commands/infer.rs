@@ -15,7 +15,7 @@ pub struct Args {
     /// A NIfTI file, a folder of them, or a dataset.json (its test split, else validation).
     #[arg(long)]
     pub input: PathBuf,
-    /// Output folder: <case>.nii.gz per input (and <case>_prob.nii.gz with --probabilities).
+    /// Output folder: CASE.nii.gz per input (and CASE_prob.nii.gz with --probabilities).
     #[arg(long)]
     pub output: PathBuf,
     #[command(flatten)]

@@ -13,7 +13,7 @@ pub struct Args {
     /// Training config (TOML); default: the built-in phantom preset (data/presets/phantom.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// The run's folder (overrides output.dir; default: runs/<config name>).
+    /// The run's folder (overrides output.dir; default: runs/NAME, NAME being the config file's name).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Number of optimiser steps (overrides optim.steps).
@@ -25,7 +25,7 @@ pub struct Args {
     /// Largest allocation a file may cause, e.g. "8GiB" (overrides memory_limit).
     #[arg(long)]
     pub memory_limit: Option<MemoryLimit>,
-    /// Any config field: --set optim.steps=100 --set transforms.roi=[64,64,64] (repeatable).
+    /// Any config field, as TOML: --set optim.steps=100 --set device='"cpu"' (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub set: Vec<String>,
     /// Continue the run in the output folder from its checkpoint/.

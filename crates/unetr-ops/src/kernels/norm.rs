@@ -5,7 +5,7 @@
 //! [N, C, S]: groups = C, segs = N. Layer norm on [R, D]: groups = R, segs = 1, len = D.
 //!
 //! Sums run in 16 SIMD lanes of T over chunks of 1024 values, shifted by the group's first value
-//! (so E[x^2] - E[x]^2 does not cancel), and the chunk sums are added in f64: one pass for the
+//! (so `E[x^2] - E[x]^2` does not cancel), and the chunk sums are added in f64: one pass for the
 //! statistics and one for the output, at f32 accuracy comparable to PyTorch's.
 
 use super::{f64_of, multiversion, of_f64, Elem, SyncPtr};
@@ -225,8 +225,8 @@ pub fn norm_add_leaky_relu_inplace<T: Elem>(
         });
 }
 
-/// a = LeakyReLU(norm(a) + norm(w[c] x)) in place, instance norms: `a` is [n, co, vol] (one group per
-/// sample and channel), `x` [n, 1, vol] and `w` [co]. UnetResBlock's end when its residual projection is
+/// `a = LeakyReLU(norm(a) + norm(w[c] x))` in place, instance norms: `a` is `[n, co, vol]` (one group per
+/// sample and channel), `x` `[n, 1, vol]` and `w` `[co]`. UnetResBlock's end when its residual projection is
 /// a 1x1x1 conv from a single input channel (UNETR's encoder1 on single-channel images): norm(w_c x) =
 /// w_c (x - mean_x) / sqrt(w_c^2 var_x + eps) follows from x's own statistics, so the projection (an
 /// activation-sized tensor) is never made. Equal to projecting and normalising, up to rounding.
