@@ -32,19 +32,23 @@ SPATIAL = {"Orientation", "Spacing", "CropForeground", "SpatialPad", "RandCropBy
 
 
 def monai_transform(spec):
-    spec = dict(spec)
+    """Our config entry -> MONAI's dictionary transform: the argument names are MONAI's already."""
+    spec = {k: v for k, v in spec.items() if v is not None}
     name = spec.pop("name")
     keys = K if name in SPATIAL else ["image"]
-    if name == "Spacing":
-        spec["mode"] = ("bilinear", "nearest")
+    if name == "Orientation":
+        spec["labels"] = tuple(tuple(p) for p in spec["labels"])
+    if name == "Spacing" and isinstance(spec["mode"], list):
+        spec["mode"] = tuple(spec["mode"])
     if name == "CropForeground":
-        spec["source_key"] = "image"
-    if name == "RandCropByPosNegLabel":
-        spec.update(label_key="label")  # background drawn from all label-0 voxels, as ours
-    if name == "RandFlip":
+        sf = spec.pop("select_fn")
+        spec["select_fn"] = (lambda x: x > 0) if sf == "is_positive" else (lambda x, t=sf["greater_than"]: x > t)
+    if name == "RandFlip" and isinstance(spec["spatial_axis"], int):
         spec["spatial_axis"] = [spec["spatial_axis"]]
-    if name == "RandSpatialCrop":
-        spec["random_size"] = False
+    if name in ("RandScaleIntensity", "RandShiftIntensity"):
+        k = "factors" if name == "RandScaleIntensity" else "offsets"
+        if isinstance(spec[k], list):
+            spec[k] = tuple(spec[k])
     return getattr(T, name + "d")(keys=keys, **spec)
 
 
@@ -63,8 +67,11 @@ model = UNETR(in_channels=1, out_channels=n_classes, img_size=roi, feature_size=
               res_block=m["res_block"], dropout_rate=m["dropout_rate"], qkv_bias=m["qkv_bias"])
 assert m["num_layers"] == 12 and m["patch_size"] == [16, 16, 16], "MONAI's UNETR has 12 layers and 16^3 patches"
 lo = o["loss"]
+assert lo["name"] == "dice_ce", "the MONAI side runs DiceCELoss"
 loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=lo["include_background"], squared_pred=lo["squared_pred"],
-                     smooth_nr=lo["smooth_nr"], smooth_dr=lo["smooth_dr"], lambda_dice=lo["lambda_dice"], lambda_ce=lo["lambda_ce"])
+                     smooth_nr=lo["smooth_nr"], smooth_dr=lo["smooth_dr"], lambda_dice=lo["lambda_dice"], lambda_ce=lo["lambda_ce"],
+                     batch=lo["batch"], weight=None if lo.get("weight") is None else torch.tensor(lo["weight"]),
+                     label_smoothing=lo["label_smoothing"])
 a = o["adamw"]
 opt = torch.optim.AdamW(model.parameters(), lr=a["lr"], betas=(a["beta1"], a["beta2"]), eps=a["eps"], weight_decay=a["weight_decay"])
 

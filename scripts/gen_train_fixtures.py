@@ -25,14 +25,25 @@ def losses():
         dict(include_background=True, squared_pred=False, smooth_nr=1e-5, smooth_dr=1e-5, lambda_dice=1.0, lambda_ce=1.0),
         dict(include_background=True, squared_pred=True, smooth_nr=0.0, smooth_dr=1e-6, lambda_dice=1.0, lambda_ce=1.0),
         dict(include_background=False, squared_pred=False, smooth_nr=1e-5, smooth_dr=1e-5, lambda_dice=0.7, lambda_ce=0.3),
+        # batch Dice and class weights (DiceCELoss passes `weight` to both terms)
+        dict(include_background=True, squared_pred=True, smooth_nr=0.0, smooth_dr=1e-6, lambda_dice=1.0, lambda_ce=1.0, batch=True),
+        dict(include_background=True, squared_pred=False, smooth_nr=1e-5, smooth_dr=1e-5, lambda_dice=1.0, lambda_ce=1.0, weight=[0.5, 1.0, 2.0, 1.5]),
+        dict(include_background=False, squared_pred=True, smooth_nr=0.0, smooth_dr=1e-6, lambda_dice=0.6, lambda_ce=1.4, batch=True,
+             weight=[0.2, 1.0, 3.0, 0.5]),
     ]
     for i, c in enumerate(combos):
         x = logits.clone().requires_grad_()
-        f = DiceCELoss(to_onehot_y=True, softmax=True, **c)
+        kw = dict(c)
+        if "weight" in kw:
+            kw["weight"] = torch.tensor(kw["weight"])
+        f = DiceCELoss(to_onehot_y=True, softmax=True, **kw)
         v = f(x, labels)
         v.backward()
+        dw = kw.get("weight")
+        if dw is not None and not c["include_background"]:
+            dw = dw[1:]
         d = DiceLoss(to_onehot_y=True, softmax=True, include_background=c["include_background"], squared_pred=c["squared_pred"],
-                     smooth_nr=c["smooth_nr"], smooth_dr=c["smooth_dr"])(logits, labels)
+                     smooth_nr=c["smooth_nr"], smooth_dr=c["smooth_dr"], batch=c.get("batch", False), weight=dw)(logits, labels)
         t[f"dicece.{i}"] = v.detach().reshape(1)
         t[f"dice.{i}"] = d.detach().reshape(1)
         t[f"grad.{i}"] = x.grad

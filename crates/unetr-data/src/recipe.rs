@@ -4,7 +4,7 @@
 use crate::error::Result;
 use crate::limits::MemoryLimit;
 use crate::nifti::{NonFinite, ReadOptions};
-use crate::pipeline::{Compose, TransformSpec};
+use crate::pipeline::{Compose, Jitter, Modes, OneOrMany, SelectFn, TransformSpec};
 use crate::validate::Checks;
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +30,9 @@ pub struct TransformConfig {
     pub num_samples: usize,
     pub pos: f64,
     pub neg: f64,
+    /// Background crop centres only where the image is above this (the recipe's `image_key="image",
+    /// image_threshold=0`); none: every label-0 voxel.
+    pub image_threshold: Option<f32>,
     /// RandFlip per axis.
     pub flip_prob: f64,
     /// RandScaleIntensity / RandShiftIntensity.
@@ -45,7 +48,8 @@ pub struct TransformConfig {
     pub nonfinite: NonFinite,
 }
 impl Default for TransformConfig {
-    /// The research recipe's values (BTCV CT window, 96^3 crops, 4 samples, pos = neg = 1).
+    /// The research recipe's values (BTCV CT window, 96^3 crops, 4 samples, pos = neg = 1, background
+    /// centres inside the body).
     fn default() -> Self {
         Self {
             spacing: true,
@@ -62,6 +66,7 @@ impl Default for TransformConfig {
             num_samples: 4,
             pos: 1.0,
             neg: 1.0,
+            image_threshold: Some(0.0),
             flip_prob: 0.2,
             intensity_prob: 0.1,
             intensity_scale: 0.1,
@@ -80,24 +85,42 @@ impl TransformConfig {
             return p.clone();
         }
         use TransformSpec as T;
-        let mut v = vec![T::Orientation { axcodes: "RAS".into() }];
+        let mut v = vec![T::Orientation { axcodes: "RAS".into(), labels: crate::transforms::RAS_LABELS }];
         if self.spacing {
-            v.push(T::Spacing { pixdim: self.pixdim });
+            v.push(T::Spacing { pixdim: self.pixdim, mode: Modes::default(), align_corners: false, padding_mode: "border".into() });
         }
         v.push(T::ScaleIntensityRange { a_min: self.a_min, a_max: self.a_max, b_min: self.b_min, b_max: self.b_max, clip: self.clip });
         if self.crop_foreground {
-            v.push(T::CropForeground { margin: self.crop_foreground_margin });
+            v.push(T::CropForeground {
+                select_fn: SelectFn::IsPositive,
+                margin: OneOrMany::One(self.crop_foreground_margin),
+                allow_smaller: false,
+                k_divisible: OneOrMany::One(1),
+                source_key: "image".into(),
+            });
         }
-        v.push(T::RandCropByPosNegLabel { spatial_size: self.roi, pos: self.pos, neg: self.neg, num_samples: self.num_samples });
+        // A no-op for volumes at least the roi's size (all of BTCV); MONAI's crop refuses smaller ones, which
+        // the research recipe never meets, so padding them keeps small data usable without changing the rest.
+        v.push(T::SpatialPad { spatial_size: self.roi });
+        v.push(T::RandCropByPosNegLabel {
+            spatial_size: self.roi,
+            pos: self.pos,
+            neg: self.neg,
+            num_samples: self.num_samples,
+            image_key: self.image_threshold.map(|_| "image".into()),
+            image_threshold: self.image_threshold.unwrap_or(0.0),
+            allow_smaller: false,
+            label_key: "label".into(),
+        });
         if self.flip_prob > 0.0 {
-            v.extend((0..3).map(|a| T::RandFlip { spatial_axis: a, prob: self.flip_prob }));
+            v.extend((0..3).map(|a| T::RandFlip { spatial_axis: OneOrMany::One(a), prob: self.flip_prob }));
         }
         if self.rotate90_prob > 0.0 {
             v.push(T::RandRotate90 { prob: self.rotate90_prob, max_k: 3, spatial_axes: [0, 1] });
         }
         if self.intensity_prob > 0.0 {
-            v.push(T::RandScaleIntensity { factors: self.intensity_scale, prob: self.intensity_prob });
-            v.push(T::RandShiftIntensity { offsets: self.intensity_shift, prob: self.intensity_prob });
+            v.push(T::RandScaleIntensity { factors: Jitter::Symmetric(self.intensity_scale), prob: self.intensity_prob });
+            v.push(T::RandShiftIntensity { offsets: Jitter::Symmetric(self.intensity_shift), prob: self.intensity_prob });
         }
         v
     }

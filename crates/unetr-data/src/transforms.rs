@@ -74,6 +74,43 @@ fn resample(src: &[f32], c: usize, d: [usize; 3], taps: &[Vec<(usize, usize, f32
     cur
 }
 
+/// Interpolation of a resampled key (MONAI's `mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interp {
+    /// Linear along each axis ("bilinear" in MONAI also for 3D).
+    Bilinear,
+    Nearest,
+}
+
+/// `RandCropByPosNegLabeld`'s arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PosNegCrop {
+    pub roi: [usize; 3],
+    pub pos: f64,
+    pub neg: f64,
+    pub num_samples: usize,
+    /// With `image_key`: background centres only where some image channel is above this.
+    pub image_threshold: Option<f32>,
+    pub allow_smaller: bool,
+}
+
+/// `CropForegroundd`'s arguments (defaults as MONAI 1.6's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForegroundCrop {
+    pub margin: [usize; 3],
+    /// `select_fn`: voxels above this (MONAI's `is_positive`: 0).
+    pub threshold: f32,
+    pub allow_smaller: bool,
+    pub k_divisible: [usize; 3],
+}
+
+impl Default for ForegroundCrop {
+    fn default() -> Self {
+        Self { margin: [0; 3], threshold: 0.0, allow_smaller: false, k_divisible: [1; 3] }
+    }
+}
+
 /// Image [C, i, j, k] and optional label [1, i, j, k] on the same grid.
 #[derive(Debug, Clone)]
 pub struct Sample {
@@ -137,28 +174,44 @@ fn affine_close(a: &Affine, b: &Affine) -> bool {
     a.iter().flatten().zip(b.iter().flatten()).all(|(x, y)| (x - y).abs() <= 1e-3 * (1.0 + x.abs()))
 }
 
-/// (world axis, direction) per voxel axis of an orientation code such as "RAS" or "LPS".
-fn parse_axcodes(axcodes: &str) -> Result<[(usize, f64); 3]> {
+/// MONAI's default `labels` of Orientation: per world axis, the letter of its negative and of its positive
+/// direction (RAS+ world coordinates).
+pub const RAS_LABELS: [[char; 2]; 3] = [['L', 'R'], ['P', 'A'], ['I', 'S']];
+
+/// (world axis, direction) per voxel axis of an orientation code such as "RAS" or "LPS", read with `labels`.
+fn parse_axcodes_with(axcodes: &str, labels: &[[char; 2]; 3]) -> Result<[(usize, f64); 3]> {
     let target: Vec<(usize, f64)> = axcodes
         .to_ascii_uppercase()
         .chars()
-        .map(|c| match c {
-            'R' => Some((0, 1.0)),
-            'L' => Some((0, -1.0)),
-            'A' => Some((1, 1.0)),
-            'P' => Some((1, -1.0)),
-            'S' => Some((2, 1.0)),
-            'I' => Some((2, -1.0)),
-            _ => None,
+        .map(|c| {
+            (0..3).find_map(|w| {
+                if c == labels[w][1].to_ascii_uppercase() {
+                    Some((w, 1.0))
+                } else if c == labels[w][0].to_ascii_uppercase() {
+                    Some((w, -1.0))
+                } else {
+                    None
+                }
+            })
         })
         .collect::<Option<_>>()
         .unwrap_or_default();
     let mut seen = [false; 3];
     target.iter().for_each(|&(w, _)| seen[w] = true);
     if target.len() != 3 || seen != [true; 3] {
-        return Err(DataError::Invalid(format!("orientation code {axcodes:?}: need one of L/R, one of P/A and one of I/S")));
+        let pairs: Vec<String> = labels.iter().map(|l| format!("{}/{}", l[0], l[1])).collect();
+        return Err(DataError::Invalid(format!("orientation code {axcodes:?}: need one letter of each pair {}", pairs.join(", "))));
     }
     Ok([target[0], target[1], target[2]])
+}
+
+fn parse_axcodes(axcodes: &str) -> Result<[(usize, f64); 3]> {
+    parse_axcodes_with(axcodes, &RAS_LABELS)
+}
+
+/// Whether `axcodes` is a valid orientation code under `labels`.
+pub fn check_axcodes_with(axcodes: &str, labels: &[[char; 2]; 3]) -> Result<()> {
+    parse_axcodes_with(axcodes, labels).map(|_| ())
 }
 
 /// Whether `axcodes` is a valid orientation code.
@@ -239,8 +292,14 @@ impl Sample {
 
     /// MONAI's `Orientation(axcodes)` for any code of three letters from L/R, P/A, I/S (voxel axis a then
     /// increases towards the world direction of letter a).
-    pub fn orient(mut self, axcodes: &str) -> Result<Self> {
-        let target = parse_axcodes(axcodes)?;
+    pub fn orient(self, axcodes: &str) -> Result<Self> {
+        self.orient_with(axcodes, &RAS_LABELS)
+    }
+
+    /// `Orientation(axcodes, labels)`: the letters of `axcodes` read with MONAI's `labels` (per world axis,
+    /// the letters of its negative and positive direction).
+    pub fn orient_with(mut self, axcodes: &str, labels: &[[char; 2]; 3]) -> Result<Self> {
+        let target = parse_axcodes_with(axcodes, labels)?;
         let a = self.affine;
         let mut perm = [0; 3];
         let mut flip = [false; 3];
@@ -284,7 +343,12 @@ impl Sample {
     /// images are interpolated trilinearly and labels by nearest neighbour, borders clamped. Recorded for
     /// inversion. Oblique affines are treated as if axis-aligned (their column norms give the spacing).
     /// The output size is checked against the sample's memory limit before anything is allocated.
-    pub fn resample_spacing(mut self, pixdim: [f64; 3]) -> Result<Self> {
+    pub fn resample_spacing(self, pixdim: [f64; 3]) -> Result<Self> {
+        self.resample_spacing_with(pixdim, Interp::Bilinear, Interp::Nearest)
+    }
+
+    /// `Spacing(pixdim, mode=(image, label))` with each key's interpolation.
+    pub fn resample_spacing_with(mut self, pixdim: [f64; 3], image_mode: Interp, label_mode: Interp) -> Result<Self> {
         let from = crate::nifti::spacing(&self.affine);
         if (0..3).all(|a| (from[a] - pixdim[a]).abs() < 1e-6 * pixdim[a]) {
             return Ok(self);
@@ -292,10 +356,14 @@ impl Sample {
         let d = self.dims;
         let nd = [0, 1, 2].map(|a| ((d[a] - 1) as f64 * from[a] / pixdim[a] + 1.0).round().clamp(1.0, 1e15) as usize);
         self.check_size(nd, &format!("Spacing from {from:?} mm to pixdim {pixdim:?} mm"))?;
-        let lin: [Vec<_>; 3] = [0, 1, 2].map(|a| linear_taps(nd[a], d[a], pixdim[a] / from[a]));
-        let near: [Vec<_>; 3] = [0, 1, 2].map(|a| nearest_taps(nd[a], d[a], pixdim[a] / from[a]));
-        self.image = resample(&self.image, self.channels, d, &lin);
-        self.label = self.label.map(|l| resample(&l, 1, d, &near));
+        let taps = |m: Interp| -> [Vec<_>; 3] {
+            match m {
+                Interp::Bilinear => [0, 1, 2].map(|a| linear_taps(nd[a], d[a], pixdim[a] / from[a])),
+                Interp::Nearest => [0, 1, 2].map(|a| nearest_taps(nd[a], d[a], pixdim[a] / from[a])),
+            }
+        };
+        self.image = resample(&self.image, self.channels, d, &taps(image_mode));
+        self.label = self.label.map(|l| resample(&l, 1, d, &taps(label_mode)));
         for r in 0..3 {
             for a in 0..3 {
                 self.affine[r][a] *= pixdim[a] / from[a];
@@ -369,36 +437,80 @@ impl Sample {
         self.crop(start, new)
     }
 
-    /// `RandCropByPosNegLabel(roi, pos, neg, num_samples)`: each crop is centred on a foreground voxel with
-    /// probability pos / (pos + neg), else on a background voxel, and kept inside the volume.
+    /// `RandCropByPosNegLabel(roi, pos, neg, num_samples)` without an image threshold, padding volumes
+    /// smaller than the roi (see [`rand_crop_pos_neg_with`](Self::rand_crop_pos_neg_with) for MONAI's options).
     pub fn rand_crop_pos_neg(&self, roi: [usize; 3], pos: f64, neg: f64, num: usize, rng: &mut ChaCha8Rng) -> Result<Vec<Sample>> {
-        let base = self.clone().pad_to(roi);
-        let label = base.label.as_ref().ok_or_else(|| DataError::Invalid("RandCropByPosNegLabel needs a label".into()))?;
+        self.clone().pad_to(roi).rand_crop_pos_neg_with(&PosNegCrop { roi, pos, neg, num_samples: num, image_threshold: None, allow_smaller: false }, rng)
+    }
+
+    /// The foreground and background voxel indices crops are centred on, as MONAI's
+    /// `map_binary_to_indices(label, image, image_threshold)`: foreground = label > 0; background = label 0
+    /// and, with a threshold, some image channel above it (so the air around a body is never a centre).
+    pub fn pos_neg_indices(&self, image_threshold: Option<f32>) -> Result<(Vec<usize>, Vec<usize>)> {
+        let label = self.label.as_ref().ok_or_else(|| ferr(&self.source, "RandCropByPosNegLabel needs a label"))?;
+        let n = vol(self.dims);
         let fg: Vec<usize> = label.iter().enumerate().filter(|(_, &l)| l > 0.0).map(|(i, _)| i).collect();
-        let bg: Vec<usize> = label.iter().enumerate().filter(|(_, &l)| l == 0.0).map(|(i, _)| i).collect();
-        let d = base.dims;
-        let mut out = Vec::with_capacity(num);
-        for _ in 0..num {
-            let use_fg = !fg.is_empty() && (bg.is_empty() || rng.random::<f64>() < pos / (pos + neg));
-            let pool = if use_fg { &fg } else { &bg };
+        let bg: Vec<usize> = match image_threshold {
+            None => label.iter().enumerate().filter(|(_, &l)| l == 0.0).map(|(i, _)| i).collect(),
+            Some(t) => (0..n).filter(|&i| label[i] == 0.0 && (0..self.channels).any(|c| self.image[c * n + i] > t)).collect(),
+        };
+        Ok((fg, bg))
+    }
+
+    /// The crop start (per axis) for a centre voxel: MONAI's `correct_crop_centers` (the centre moved into
+    /// [roi / 2, size - roi + roi / 2]) then `SpatialCrop(roi_center, roi_size)`.
+    pub fn crop_start(center: [usize; 3], roi: [usize; 3], dims: [usize; 3]) -> [isize; 3] {
+        [0, 1, 2].map(|a| {
+            let lo = roi[a] / 2;
+            let hi = (dims[a] - roi[a] + roi[a] / 2).max(lo);
+            (center[a].clamp(lo, hi) - lo) as isize
+        })
+    }
+
+    /// MONAI's `RandCropByPosNegLabeld(spatial_size, pos, neg, num_samples, image_key, image_threshold,
+    /// allow_smaller)`: each crop is centred on a foreground voxel with probability pos / (pos + neg) (on
+    /// the other kind when one kind has no voxels), uniformly among them, the centre moved so the crop stays
+    /// inside the volume. A volume smaller than the roi is an error, or with `allow_smaller` is not cropped
+    /// along those axes (the crop is then smaller than the roi, as MONAI's).
+    pub fn rand_crop_pos_neg_with(&self, c: &PosNegCrop, rng: &mut ChaCha8Rng) -> Result<Vec<Sample>> {
+        let d = self.dims;
+        if (0..3).any(|a| d[a] < c.roi[a]) && !c.allow_smaller {
+            return Err(ferr(&self.source, format!("RandCropByPosNegLabel: spatial_size {:?} is larger than the volume {d:?} (set allow_smaller = true, or pad first with SpatialPad)", c.roi)));
+        }
+        let roi = [0, 1, 2].map(|a| c.roi[a].min(d[a]));
+        let (fg, bg) = self.pos_neg_indices(c.image_threshold)?;
+        if fg.is_empty() && bg.is_empty() {
+            return Err(ferr(&self.source, "RandCropByPosNegLabel: no foreground and no background voxel to centre a crop on"));
+        }
+        let ratio = if fg.is_empty() { 0.0 } else if bg.is_empty() { 1.0 } else { c.pos / (c.pos + c.neg) };
+        let mut out = Vec::with_capacity(c.num_samples);
+        for _ in 0..c.num_samples {
+            let pool = if rng.random::<f64>() < ratio { &fg } else { &bg };
             let idx = pool[rng.random_range(0..pool.len())];
-            let c = [idx / (d[1] * d[2]), (idx / d[2]) % d[1], idx % d[2]];
-            let start = [0, 1, 2].map(|a| (c[a] as isize - (roi[a] / 2) as isize).clamp(0, (d[a] - roi[a]) as isize));
-            out.push(base.clone().crop(start, roi));
+            let centre = [idx / (d[1] * d[2]), (idx / d[2]) % d[1], idx % d[2]];
+            out.push(self.clone().crop(Self::crop_start(centre, roi, d), roi));
         }
         Ok(out)
     }
 
-    /// MONAI's `CropForeground(select_fn=x > 0, margin)` on image and label: the bounding box of voxels where
-    /// any image channel is positive, grown by `margin`, clipped to the volume. Unchanged when nothing is
-    /// positive. Recorded for inversion.
+    /// MONAI's `CropForeground(select_fn=x > 0, margin)` with MONAI's defaults (see
+    /// [`crop_foreground_with`](Self::crop_foreground_with)).
     pub fn crop_foreground(self, margin: usize) -> Self {
+        self.crop_foreground_with(&ForegroundCrop { margin: [margin; 3], ..Default::default() })
+    }
+
+    /// MONAI's `CropForegroundd(source_key="image", select_fn, margin, allow_smaller, k_divisible)` on image
+    /// and label: the bounding box of voxels where some image channel is above the threshold, grown by
+    /// `margin`; with `allow_smaller` clipped to the volume, else (MONAI's default since 1.5) kept whole, the
+    /// part outside the volume padded with zeros; then grown to a multiple of `k_divisible` around its
+    /// centre. Unchanged when nothing is selected. Recorded for inversion.
+    pub fn crop_foreground_with(self, c: &ForegroundCrop) -> Self {
         let d = self.dims;
         let n = vol(d);
         let (mut lo, mut hi) = ([usize::MAX; 3], [0usize; 3]);
         for ch in 0..self.channels {
             for (idx, &v) in self.image[ch * n..(ch + 1) * n].iter().enumerate() {
-                if v > 0.0 {
+                if v > c.threshold {
                     let p = [idx / (d[1] * d[2]), (idx / d[2]) % d[1], idx % d[2]];
                     for a in 0..3 {
                         lo[a] = lo[a].min(p[a]);
@@ -410,17 +522,35 @@ impl Sample {
         if lo[0] == usize::MAX {
             return self;
         }
-        let start = [0, 1, 2].map(|a| lo[a].saturating_sub(margin));
-        let end = [0, 1, 2].map(|a| (hi[a] + margin).min(d[a]));
-        self.crop(start.map(|v| v as isize), [0, 1, 2].map(|a| end[a] - start[a]))
+        let mut start = [0, 1, 2].map(|a| lo[a] as isize - c.margin[a] as isize);
+        let mut end = [0, 1, 2].map(|a| (hi[a] + c.margin[a]) as isize);
+        if c.allow_smaller {
+            start = start.map(|v| v.max(0));
+            end = [0, 1, 2].map(|a| end[a].min(d[a] as isize));
+        }
+        for a in 0..3 {
+            let size = end[a] - start[a];
+            let k = c.k_divisible[a].max(1) as isize;
+            let want = (size + k - 1) / k * k;
+            start[a] -= (want - size) / 2;
+            end[a] = start[a] + want;
+        }
+        self.crop(start, [0, 1, 2].map(|a| (end[a] - start[a]) as usize))
     }
 
     /// MONAI's `NormalizeIntensity(nonzero, channel_wise)`: (x - mean) / std (population std; std 0 -> 1),
     /// over all voxels or, with `nonzero`, over and on the non-zero voxels only.
-    pub fn normalize_intensity(mut self, nonzero: bool, channel_wise: bool) -> Self {
+    pub fn normalize_intensity(self, nonzero: bool, channel_wise: bool) -> Self {
+        self.normalize_intensity_with(nonzero, channel_wise, None, None)
+    }
+
+    /// `NormalizeIntensity(nonzero, channel_wise, subtrahend, divisor)`: the given subtrahend / divisor
+    /// (one value, or one per channel with `channel_wise`) replace the mean / standard deviation.
+    pub fn normalize_intensity_with(mut self, nonzero: bool, channel_wise: bool, subtrahend: Option<&[f32]>, divisor: Option<&[f32]>) -> Self {
         let n = vol(self.dims);
         let groups: Vec<std::ops::Range<usize>> = if channel_wise { (0..self.channels).map(|c| c * n..(c + 1) * n).collect() } else { vec![0..self.image.len()] };
-        for r in groups {
+        for (g, r) in groups.into_iter().enumerate() {
+            let pick = |v: Option<&[f32]>| v.map(|v| if v.len() == 1 { v[0] } else { v[g] } as f64);
             let xs = &mut self.image[r];
             let sel = |v: f32| !nonzero || v != 0.0;
             let (mut cnt, mut sum) = (0usize, 0f64);
@@ -431,9 +561,16 @@ impl Sample {
             if cnt == 0 {
                 continue;
             }
-            let mean = sum / cnt as f64;
-            let var = xs.iter().filter(|&&v| sel(v)).map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / cnt as f64;
-            let std = if var.sqrt() == 0.0 { 1.0 } else { var.sqrt() };
+            let mean = pick(subtrahend).unwrap_or(sum / cnt as f64);
+            let std = match pick(divisor) {
+                Some(d) => d,
+                None => {
+                    let m = sum / cnt as f64;
+                    let var = xs.iter().filter(|&&v| sel(v)).map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / cnt as f64;
+                    var.sqrt()
+                }
+            };
+            let std = if std == 0.0 { 1.0 } else { std };
             for v in xs.iter_mut().filter(|v| sel(**v)) {
                 *v = ((*v as f64 - mean) / std) as f32;
             }
@@ -481,30 +618,45 @@ impl Sample {
     }
 
     /// `RandFlip(spatial_axis=axis, prob)`: a data augmentation (not recorded for inversion).
-    pub fn rand_flip(mut self, axis: usize, prob: f64, rng: &mut ChaCha8Rng) -> Self {
+    pub fn rand_flip(self, axis: usize, prob: f64, rng: &mut ChaCha8Rng) -> Self {
+        self.rand_flip_axes(&[axis], prob, rng)
+    }
+
+    /// `RandFlip(spatial_axis=[...], prob)`: all listed axes flipped together.
+    pub fn rand_flip_axes(mut self, axes: &[usize], prob: f64, rng: &mut ChaCha8Rng) -> Self {
         if rng.random::<f64>() >= prob {
             return self;
         }
         let mut flip = [false; 3];
-        flip[axis] = true;
+        axes.iter().for_each(|&a| flip[a] = true);
         self.image = permute_flip(&self.image, self.channels, self.dims, [0, 1, 2], flip).0;
         self.label = self.label.map(|l| permute_flip(&l, 1, self.dims, [0, 1, 2], flip).0);
         self
     }
 
     /// `RandScaleIntensity(factors, prob)`: x * (1 + f), f uniform in [-factors, factors].
-    pub fn rand_scale_intensity(mut self, factors: f32, prob: f64, rng: &mut ChaCha8Rng) -> Self {
+    pub fn rand_scale_intensity(self, factors: f32, prob: f64, rng: &mut ChaCha8Rng) -> Self {
+        self.rand_scale_intensity_in(-factors, factors, prob, rng)
+    }
+
+    /// `RandScaleIntensity(factors=(lo, hi), prob)`: x * (1 + f), f uniform in [lo, hi].
+    pub fn rand_scale_intensity_in(mut self, lo: f32, hi: f32, prob: f64, rng: &mut ChaCha8Rng) -> Self {
         if rng.random::<f64>() < prob {
-            let f = 1.0 + rng.random_range(-factors..=factors);
+            let f = 1.0 + rng.random_range(lo..=hi);
             self.image.iter_mut().for_each(|x| *x *= f);
         }
         self
     }
 
     /// `RandShiftIntensity(offsets, prob)`: x + o, o uniform in [-offsets, offsets].
-    pub fn rand_shift_intensity(mut self, offsets: f32, prob: f64, rng: &mut ChaCha8Rng) -> Self {
+    pub fn rand_shift_intensity(self, offsets: f32, prob: f64, rng: &mut ChaCha8Rng) -> Self {
+        self.rand_shift_intensity_in(-offsets, offsets, prob, rng)
+    }
+
+    /// `RandShiftIntensity(offsets=(lo, hi), prob)`: x + o, o uniform in [lo, hi].
+    pub fn rand_shift_intensity_in(mut self, lo: f32, hi: f32, prob: f64, rng: &mut ChaCha8Rng) -> Self {
         if rng.random::<f64>() < prob {
-            let o = rng.random_range(-offsets..=offsets);
+            let o = rng.random_range(lo..=hi);
             self.image.iter_mut().for_each(|x| *x += o);
         }
         self

@@ -93,7 +93,8 @@ fn spacing_output_is_checked_against_the_memory_limit() {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../unetr-cli/tests/fixtures/crafted/huge_voxels.nii.gz");
     let item = unetr_data::Item { image: vec![p.clone()], label: None };
     let s = unetr_data::transforms::load_item(&item, &Default::default()).unwrap();
-    let c = unetr_data::Compose::from_specs(&[unetr_data::TransformSpec::Spacing { pixdim: [1.5, 1.5, 2.0] }]).unwrap();
+    let spec: unetr_data::TransformSpec = toml::from_str("name = \"Spacing\"\npixdim = [1.5, 1.5, 2.0]").unwrap();
+    let c = unetr_data::Compose::from_specs(&[spec]).unwrap();
     let e = c.apply_deterministic(s).unwrap_err().to_string();
     assert!(e.contains("huge_voxels.nii.gz") && e.contains("Spacing") && e.contains("memory limit") && e.contains("GiB"), "{e}");
 }

@@ -3,7 +3,7 @@
 use candle_core::{Result, Tensor, D};
 
 /// The training loss (`[optim.loss]`, `name = "dice_ce"` with MONAI's `DiceCELoss` arguments by default).
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case")]
 pub enum Loss {
     /// `DiceCELoss(to_onehot_y=True, softmax=True, ...)`.
@@ -27,7 +27,7 @@ impl Loss {
         match self {
             Self::DiceCe(o) => dice_ce_loss(logits, labels, o),
             Self::Dice(o) => dice_loss(logits, labels, o),
-            Self::Ce => cross_entropy(logits, labels),
+            Self::Ce => cross_entropy(logits, labels, None),
         }
     }
 
@@ -41,12 +41,20 @@ impl Loss {
             if matches!(self, Self::DiceCe(_)) && o.lambda_dice + o.lambda_ce <= 0.0 {
                 c.fail("optim.loss: lambda_dice + lambda_ce must be positive".into());
             }
+            if let Some(w) = &o.weight {
+                if w.is_empty() || w.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
+                    c.fail(format!("optim.loss.weight = {w:?}: one non-negative weight per class"));
+                }
+            }
+            if o.label_smoothing != 0.0 {
+                c.fail(format!("optim.loss.label_smoothing = {}: only 0 (MONAI's default) is supported", o.label_smoothing));
+            }
         }
     }
 }
 
-/// MONAI `DiceCELoss` arguments (defaults as MONAI's).
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+/// MONAI `DiceCELoss(to_onehot_y=True, softmax=True, ...)` arguments (defaults as MONAI's).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DiceCeOptions {
     pub include_background: bool,
@@ -55,11 +63,19 @@ pub struct DiceCeOptions {
     pub smooth_dr: f64,
     pub lambda_dice: f64,
     pub lambda_ce: f64,
+    /// Sum intersections and unions over the batch before dividing (one Dice per class, not per sample).
+    pub batch: bool,
+    /// Per-class weights for the cross-entropy and the Dice terms (MONAI >= 1.4 uses `weight` for both;
+    /// the Dice weights skip the background when it is excluded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<Vec<f64>>,
+    /// Only 0 (MONAI's default).
+    pub label_smoothing: f64,
 }
 
 impl Default for DiceCeOptions {
     fn default() -> Self {
-        Self { include_background: true, squared_pred: false, smooth_nr: 1e-5, smooth_dr: 1e-5, lambda_dice: 1.0, lambda_ce: 1.0 }
+        Self { include_background: true, squared_pred: false, smooth_nr: 1e-5, smooth_dr: 1e-5, lambda_dice: 1.0, lambda_ce: 1.0, batch: false, weight: None, label_smoothing: 0.0 }
     }
 }
 
@@ -78,34 +94,72 @@ pub fn one_hot(labels: &Tensor, k: usize) -> Result<Tensor> {
     labels.broadcast_eq(&classes.reshape(shape)?)?.to_dtype(labels.dtype())
 }
 
-/// Soft Dice loss with softmax (`DiceLoss(to_onehot_y=True, softmax=True, ...)`), mean over batch and classes.
+/// A per-class weight vector as a [1, K, 1] tensor (checked against the class count).
+fn class_weights(w: &[f64], k: usize, like: &Tensor) -> Result<Tensor> {
+    if w.len() != k {
+        candle_core::bail!("loss weight has {} values for {k} classes", w.len());
+    }
+    Tensor::from_vec(w.to_vec(), (1, k, 1), like.device())?.to_dtype(like.dtype())
+}
+
+/// Soft Dice loss with softmax (`DiceLoss(to_onehot_y=True, softmax=True, ...)`), mean over batch and
+/// classes (over classes only with `batch`), each class's term times its weight when given.
 pub fn dice_loss(logits: &Tensor, labels: &Tensor, o: &DiceCeOptions) -> Result<Tensor> {
     let k = logits.dim(1)?;
     let p = candle_nn::ops::softmax(logits, 1)?;
     let y = one_hot(labels, k)?;
-    let (p, y) = if o.include_background || k == 1 { (p, y) } else { (p.narrow(1, 1, k - 1)?, y.narrow(1, 1, k - 1)?) };
-    let flat = |t: &Tensor| t.flatten_from(2);
+    let skip_bg = !o.include_background && k > 1;
+    let (p, y) = if skip_bg { (p.narrow(1, 1, k - 1)?, y.narrow(1, 1, k - 1)?) } else { (p, y) };
+    let flat = |t: &Tensor| -> Result<Tensor> {
+        let t = t.flatten_from(2)?;
+        if o.batch {
+            // [B, K, N] -> [1, K, B * N]
+            let (b, kk, n) = t.dims3()?;
+            t.transpose(0, 1)?.contiguous()?.reshape((1, kk, b * n))
+        } else {
+            Ok(t)
+        }
+    };
     let (p, y) = (flat(&p)?, flat(&y)?);
     let inter = (&p * &y)?.sum(D::Minus1)?;
     let den = if o.squared_pred { (p.sqr()?.sum(D::Minus1)? + y.sqr()?.sum(D::Minus1)?)? } else { (p.sum(D::Minus1)? + y.sum(D::Minus1)?)? };
     let f = (1.0 - ((inter * 2.0)? + o.smooth_nr)?.div(&(den + o.smooth_dr)?)?)?;
+    let f = match &o.weight {
+        Some(w) => {
+            let w = if skip_bg { &w[1.min(w.len())..] } else { &w[..] };
+            f.broadcast_mul(&class_weights(w, f.dim(1)?, &f)?.squeeze(2)?)?
+        }
+        None => f,
+    };
     f.mean_all()
 }
 
-/// Cross-entropy of logits against integer labels, mean over all voxels (`nn.CrossEntropyLoss`).
-pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+/// Cross-entropy of logits against integer labels (`nn.CrossEntropyLoss(weight)`): mean over voxels, or
+/// with class weights the weighted sum divided by the summed weights of the voxels' classes.
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor, weight: Option<&[f64]>) -> Result<Tensor> {
     let k = logits.dim(1)?;
     let logp = candle_nn::ops::log_softmax(logits, 1)?;
     let y = one_hot(labels, k)?;
-    let n = (logits.elem_count() / k) as f64;
-    (logp * y)?.sum_all()? * (-1.0 / n)
+    match weight {
+        None => {
+            let n = (logits.elem_count() / k) as f64;
+            (logp * y)?.sum_all()? * (-1.0 / n)
+        }
+        Some(w) => {
+            let (b, kk) = (y.dim(0)?, y.dim(1)?);
+            let wt = class_weights(w, k, &y)?;
+            let yw = y.reshape((b, kk, ()))?.broadcast_mul(&wt)?;
+            let num = (logp.reshape((b, kk, ()))? * &yw)?.sum_all()?;
+            (num / yw.sum_all()?)?.neg()
+        }
+    }
 }
 
 /// `lambda_dice * Dice + lambda_ce * CE`. On the CPU (f32/f64) one op whose backward writes d/dlogits in one
 /// pass (`fused`): the composition keeps about fifteen logits-sized intermediates in the autograd graph
 /// (0.7 GB for 14 classes at 96^3) and runs twice as many element-wise passes.
 pub fn dice_ce_loss(logits: &Tensor, labels: &Tensor, o: &DiceCeOptions) -> Result<Tensor> {
-    if fused::applies(logits, labels) {
+    if fused::applies(logits, labels) && !o.batch && o.weight.is_none() {
         return fused::dice_ce(logits, labels, o);
     }
     dice_ce_composed(logits, labels, o)
@@ -114,7 +168,7 @@ pub fn dice_ce_loss(logits: &Tensor, labels: &Tensor, o: &DiceCeOptions) -> Resu
 /// [`dice_ce_loss`] from candle ops (any device and dtype; the reference the fused op is tested against).
 pub fn dice_ce_composed(logits: &Tensor, labels: &Tensor, o: &DiceCeOptions) -> Result<Tensor> {
     let d = (dice_loss(logits, labels, o)? * o.lambda_dice)?;
-    let c = (cross_entropy(logits, labels)? * o.lambda_ce)?;
+    let c = (cross_entropy(logits, labels, o.weight.as_deref())? * o.lambda_ce)?;
     d + c
 }
 
@@ -272,7 +326,7 @@ mod fused {
         fn bwd(&self, logits: &Tensor, labels: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
             let s = self.sums.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or_else(|| candle_core::Error::Msg("dice_ce: backward before forward".into()))?;
             let g = g.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            let d = unetr_ops::profile::timed("dice_ce_backward", || logits.apply_op2_no_bwd(labels, &DiceCeBwd { o: self.o, sums: s, g }))?;
+            let d = unetr_ops::profile::timed("dice_ce_backward", || logits.apply_op2_no_bwd(labels, &DiceCeBwd { o: self.o.clone(), sums: s, g }))?;
             Ok((Some(d), None))
         }
     }
@@ -361,7 +415,7 @@ mod fused {
     }
 
     pub fn dice_ce(logits: &Tensor, labels: &Tensor, o: &DiceCeOptions) -> Result<Tensor> {
-        let op = DiceCe { o: *o, sums: Mutex::new(None) };
+        let op = DiceCe { o: o.clone(), sums: Mutex::new(None) };
         unetr_ops::profile::timed("dice_ce", || logits.contiguous()?.apply_op2(&labels.contiguous()?.detach(), op))
     }
 }

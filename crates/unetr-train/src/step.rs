@@ -39,7 +39,7 @@ impl TrainStep {
         Self {
             opt: AdamW::new(vars.clone(), o.adamw),
             vars,
-            loss: o.loss,
+            loss: o.loss.clone(),
             precision: o.precision,
             grad_clip: o.grad_clip,
             accumulate: o.accumulate.max(1),
