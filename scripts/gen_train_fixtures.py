@@ -93,6 +93,42 @@ def metrics():
               metadata={"note": json.dumps("HausdorffDistance percentile 95 and DiceMetric, include_background=True")})
 
 
+def hd95_cases():
+    """MONAI's HausdorffDistanceMetric(percentile=95) per class with voxel spacing: anisotropic spacing,
+    a class missing from the prediction, one missing from the ground truth, one missing from both, and
+    irregular random shapes; plus a larger case for the distance-transform code path."""
+    from monai.metrics import compute_hausdorff_distance
+    from monai.networks.utils import one_hot
+
+    g = torch.Generator().manual_seed(3)
+    t, meta = {}, []
+    shapes = [((14, 11, 9), (1.5, 0.8, 2.5)), ((20, 17, 13), (0.7, 0.7, 3.0)), ((33, 30, 21), (1.0, 1.0, 1.0))]
+    for i, (shape, spacing) in enumerate(shapes):
+        k = 5
+        grid = torch.meshgrid(*[torch.arange(n).float() for n in shape], indexing="ij")
+
+        def ellipsoid(c, r):
+            return sum(((g_ - c_) / r_) ** 2 for g_, c_, r_ in zip(grid, c, r)) <= 1
+
+        lab, pred = torch.zeros(shape), torch.zeros(shape)
+        for cls in (1, 2, 3):
+            c = [float(torch.rand(1, generator=g)) * n * 0.6 + n * 0.2 for n in shape]
+            r = [float(torch.rand(1, generator=g)) * n * 0.2 + 2 for n in shape]
+            lab[ellipsoid(c, r)] = cls
+            c2 = [c_ + float(torch.randn(1, generator=g)) for c_ in c]
+            r2 = [r_ * (0.8 + 0.4 * float(torch.rand(1, generator=g))) for r_ in r]
+            pred[ellipsoid(c2, r2)] = cls
+        pred[torch.rand(shape, generator=g) < 0.01] = 1  # speckles: the 95th percentile ignores a few
+        if i == 0:
+            lab[lab == 3] = 0  # class 3 only in the prediction
+            lab[-4:-1, -3:, -3:] = 4  # class 4 only in the label
+        p1, l1 = one_hot(pred[None, None], k), one_hot(lab[None, None], k)
+        hd = compute_hausdorff_distance(p1, l1, include_background=True, percentile=95, spacing=list(spacing))
+        t[f"pred.{i}"], t[f"label.{i}"], t[f"hd95.{i}"] = pred, lab, hd.reshape(-1).float()
+        meta.append(dict(shape=list(shape), spacing=list(spacing), classes=k))
+    save_file({k: v.contiguous() for k, v in t.items()}, os.path.join(OUT, "hd95.safetensors"), metadata={"cases": json.dumps(meta)})
+
+
 def adamw():
     """torch.optim.AdamW over 4 steps with given gradients (lr, betas, eps, weight decay not PyTorch's defaults),
     the weights after each step; a gradient that is absent in step 2 (frozen that step)."""
@@ -120,5 +156,6 @@ if __name__ == "__main__":
     losses()
     sliding()
     metrics()
+    hd95_cases()
     adamw()
     print("fixtures written to", os.path.normpath(OUT))

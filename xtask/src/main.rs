@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's command line. It orchestrates; the logic lives in the library crates.
 
+mod bench_hd95;
 mod bench_loader;
 mod bench_model;
 mod bench_ops;
@@ -75,6 +76,8 @@ enum BenchCmd {
     Ops(bench_ops::Args),
     /// Training-data throughput (CacheDataset + prefetching loader) against MONAI's on the same files.
     Loader(bench_loader::Args),
+    /// HD95 on a 512x512x200 volume, ours against MONAI's HausdorffDistanceMetric.
+    Hd95(bench_hd95::Args),
 }
 
 pub fn repo_root() -> PathBuf {
@@ -122,6 +125,10 @@ fn run(cli: Cli) -> Result<()> {
             what: Some(BenchCmd::Loader(args)),
             ..
         } => bench_loader::run(args),
+        Cmd::Bench {
+            what: Some(BenchCmd::Hd95(args)),
+            ..
+        } => bench_hd95::run(args),
         Cmd::Bench { what: None, model } => bench_model::run(model),
         Cmd::BenchChild(a) => bench_model::child(a),
         Cmd::Fixtures => {

@@ -365,3 +365,100 @@ fn phantom_and_inspect_work_and_phantom_keeps_an_existing_dataset() {
     fails(bin().args(["phantom", "--cases", "0", "--out"]).arg(d.join("x")), &["--cases"]);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Where Chromium is, if installed (Debian's `chromium`).
+fn chromium() -> Option<PathBuf> {
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].iter().map(PathBuf::from).find(|p| p.is_file())
+}
+
+/// As the tests of other crates: a missing tool skips, except under CI=true unless CI could not install it.
+fn skip_or_fail(tool: &str, why: &str) {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let unavailable = std::env::var("UNETR_CI_UNAVAILABLE").unwrap_or_default();
+    if ci && !unavailable.split(',').any(|t| t.trim() == tool) {
+        panic!("{tool} is missing under CI=true, and CI did not report it uninstallable: {why}");
+    }
+    eprintln!("note: {tool} missing ({why}): skipped");
+    if let Ok(log) = std::env::var("UNETR_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{}: {tool} missing ({why})", module_path!());
+        }
+    }
+}
+
+/// The http(s) URLs of a Chromium net log, except the browser's own (Google's update and account hosts).
+fn page_requests(netlog: &str) -> Vec<String> {
+    let own = ["google.com", "gstatic.com", "googleapis.com", "googleusercontent.com"];
+    let mut urls: Vec<String> = netlog
+        .match_indices("\"url\":\"")
+        .filter_map(|(i, m)| netlog[i + m.len()..].split('"').next().map(str::to_string))
+        .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+        .filter(|u| {
+            let host = u.split("//").nth(1).unwrap_or("").split(['/', ':', '?']).next().unwrap_or("");
+            !own.iter().any(|o| host == *o || host.ends_with(&format!(".{o}")))
+        })
+        .collect();
+    urls.sort();
+    urls.dedup();
+    urls
+}
+
+/// The HTML report is one self-contained file: nothing it references lies outside it (checked in the text),
+/// and headless Chromium, with every host unresolvable, renders it with no console error and no failed
+/// request, and takes a screenshot. `eval --report` writes the same kind of report.
+#[test]
+fn the_html_report_is_self_contained_and_renders_in_chromium() {
+    let t = trained();
+    let report = t.run.join("report.html");
+    let html = std::fs::read_to_string(&report).unwrap();
+    for want in ["Per class", "Per case", "liver", "<svg", "data:image/png;base64,", "Configuration", "Summary"] {
+        assert!(html.contains(want), "report lacks {want:?}");
+    }
+    for bad in ["<script", "<link", "@import", "url(", "<iframe", "<object", "<embed"] {
+        assert!(!html.contains(bad), "report references something outside itself: {bad:?}");
+    }
+    // Every src/href is inline data or an anchor (the SVGs' xmlns names a namespace, not a resource).
+    for attr in ["src=\"", "href=\""] {
+        for (i, _) in html.match_indices(attr) {
+            let v = &html[i + attr.len()..];
+            assert!(v.starts_with("data:") || v.starts_with('#'), "report references {}", &v[..v.len().min(60)]);
+        }
+    }
+    let d = tmp("report");
+    let eval_report = d.join("eval.html");
+    ok(bin().args(["eval", "--checkpoint"]).arg(t.run.join("best")).arg("--datalist").arg(t.run.join("phantom/dataset.json")).arg("--report").arg(&eval_report));
+    let eval_html = std::fs::read_to_string(&eval_report).unwrap();
+    assert!(eval_html.contains("Per case") && eval_html.contains("Best and worst cases"), "eval report");
+    let Some(chrome) = chromium() else {
+        return skip_or_fail("chromium", "apt-get install chromium");
+    };
+    // A control page with a failing script and an outside image: the detector must see both.
+    let control = d.join("control.html");
+    std::fs::write(&control, "<html><body><img src=\"https://example.invalid/x.png\"><script>undefinedFunction();</script></body></html>").unwrap();
+    for (name, page) in [("control", &control), ("train", &report), ("eval", &eval_report)] {
+        let shot = d.join(format!("{name}.png"));
+        let o = Command::new(&chrome)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            .args(["--enable-logging=stderr", "--v=0", "--host-resolver-rules=MAP * ~NOTFOUND", "--window-size=1280,2400", "--hide-scrollbars"])
+            .arg(format!("--user-data-dir={}", d.join(format!("profile-{name}")).display()))
+            .arg(format!("--log-net-log={}", d.join(format!("{name}.netlog.json")).display()))
+            .arg(format!("--screenshot={}", shot.display()))
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{name}: chromium failed\n{log}");
+        let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE") || l.contains("Uncaught")).collect();
+        let requests = page_requests(&std::fs::read_to_string(d.join(format!("{name}.netlog.json"))).unwrap_or_default());
+        if name == "control" {
+            assert!(!console.is_empty() && requests.iter().any(|u| u.contains("example.invalid")), "the detector missed the control page's error or request:\n{log}\n{requests:?}");
+            continue;
+        }
+        assert!(console.is_empty(), "{name}: console messages:\n{}", console.join("\n"));
+        assert!(requests.is_empty(), "{name}: the page requested {requests:?}");
+        let png = std::fs::read(&shot).unwrap_or_default();
+        assert!(png.len() > 20_000, "{name}: the screenshot is empty ({} bytes)", png.len());
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}

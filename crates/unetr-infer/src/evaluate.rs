@@ -2,7 +2,8 @@
 
 use crate::error::Result;
 use crate::metrics::{class_means, dice_per_class, hd95, mean_dice, Background};
-use crate::predictor::{Predictor, Tta};
+use crate::predictor::{Prediction, Predictor, Tta};
+use unetr_data::transforms::Sample;
 use serde::Serialize;
 use std::path::PathBuf;
 use unetr_data::Item;
@@ -32,8 +33,17 @@ pub struct Evaluation {
     pub include_background: bool,
 }
 
-/// Runs `p` over labelled `items` (named by `ids`), calling `progress` after each case.
-pub fn evaluate(p: &Predictor, items: &[Item], ids: &[String], classes: &[String], tta: Tta, background: Background, mut progress: impl FnMut(&CaseResult)) -> Result<Evaluation> {
+/// Runs `p` over labelled `items` (named by `ids`), calling `on_case` after each case with the
+/// preprocessed sample, the prediction and the metrics (for progress, overlays, outputs).
+pub fn evaluate(
+    p: &Predictor,
+    items: &[Item],
+    ids: &[String],
+    classes: &[String],
+    tta: Tta,
+    background: Background,
+    mut on_case: impl FnMut(&Sample, &Prediction, &CaseResult) -> Result<()>,
+) -> Result<Evaluation> {
     let k = p.model.cfg.out_channels;
     let mut cases = Vec::with_capacity(items.len());
     for (it, id) in items.iter().zip(ids) {
@@ -41,20 +51,30 @@ pub fn evaluate(p: &Predictor, items: &[Item], ids: &[String], classes: &[String
         let pred = p.predict(&s, tta)?;
         let lab = s.label.as_ref().ok_or_else(|| crate::error::ferr(&it.image[0], "no label to evaluate against"))?;
         let sp = unetr_data::nifti::spacing(&s.affine);
-        let r = CaseResult {
-            case: id.clone(),
-            image: it.image[0].clone(),
-            label: it.label.clone().unwrap_or_default(),
-            dice: dice_per_class(&pred.labels, lab, k),
-            hd95_mm: (0..k).map(|c| hd95(&pred.labels, lab, c, s.dims, sp)).collect(),
-        };
-        progress(&r);
+        let r = case_result(id, it, &pred, lab, s.dims, sp, k);
+        on_case(&s, &pred, &r)?;
         cases.push(r);
     }
+    Ok(aggregate(classes, cases, k, background))
+}
+
+/// One case's metrics from its prediction and label (on the grid `dims` of spacing `sp`).
+pub fn case_result(id: &str, it: &Item, pred: &Prediction, lab: &[f32], dims: [usize; 3], sp: [f64; 3], k: usize) -> CaseResult {
+    CaseResult {
+        case: id.to_string(),
+        image: it.image[0].clone(),
+        label: it.label.clone().unwrap_or_default(),
+        dice: dice_per_class(&pred.labels, lab, k),
+        hd95_mm: (0..k).map(|c| hd95(&pred.labels, lab, c, dims, sp)).collect(),
+    }
+}
+
+/// The per-class means and their means over classes.
+pub fn aggregate(classes: &[String], cases: Vec<CaseResult>, k: usize, background: Background) -> Evaluation {
     let dice: Vec<Vec<Option<f64>>> = cases.iter().map(|c| c.dice.clone()).collect();
     let hd: Vec<Vec<Option<f64>>> = cases.iter().map(|c| c.hd95_mm.clone()).collect();
     let (md, mh) = (class_means(&dice, k), class_means(&hd, k));
-    Ok(Evaluation {
+    Evaluation {
         classes: classes.to_vec(),
         mean_dice: mean_dice(&md, background),
         mean_hd95_mm: mean_dice(&mh, background),
@@ -62,5 +82,12 @@ pub fn evaluate(p: &Predictor, items: &[Item], ids: &[String], classes: &[String
         mean_hd95_per_class: mh,
         cases,
         include_background: background == Background::Include,
-    })
+    }
+}
+
+impl CaseResult {
+    /// The mean Dice over the classes present (background excluded unless asked): how cases rank.
+    pub fn mean_dice(&self, background: Background) -> f64 {
+        mean_dice(&self.dice, background)
+    }
 }

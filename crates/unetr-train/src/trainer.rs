@@ -20,6 +20,9 @@ use std::time::Instant;
 use unetr_data::loader::{Loader, LoaderConfig};
 use unetr_data::nifti::write_nifti;
 use unetr_infer::checkpoint::write_file_atomic;
+use crate::plots::{class_color, line_chart, Chart, Series};
+use crate::report::{self, peak_rss_bytes, Extremes, Report};
+use unetr_infer::evaluate::{aggregate, case_result};
 use unetr_infer::metrics::{class_means, dice_per_class, mean_dice, Background};
 use unetr_infer::outputs::{case_ids, nifti_extension, OutputPlan, Overwrite};
 use unetr_infer::{parse_device, Predictor, Probabilities, Tta};
@@ -49,8 +52,8 @@ pub struct TrainSummary {
 }
 
 /// What a run writes into its folder (besides `phantom/`, see `data::dataset_json`).
-const RUN_OUTPUTS: [&str; 11] =
-    ["checkpoint", "checkpoint.new", "checkpoint.old", "best", "best.new", "best.old", "log.jsonl", "log.csv", "config.toml", "plots", "predictions"];
+const RUN_OUTPUTS: [&str; 12] =
+    ["checkpoint", "checkpoint.new", "checkpoint.old", "best", "best.new", "best.old", "log.jsonl", "log.csv", "config.toml", "plots", "predictions", "report.html"];
 
 fn check_run_folder(out: &Path, mode: RunMode) -> Result<()> {
     let present: Vec<&str> = RUN_OUTPUTS.iter().copied().filter(|n| out.join(n).exists()).collect();
@@ -161,7 +164,14 @@ pub fn train(cfg: &TrainConfig, mode: RunMode) -> Result<TrainSummary> {
     let last_val = run_loop(cfg, &dev, &w, &mcfg, &mut step, &mut state, &data, &mut log, &out, t0)?;
     let losses = last_val.2;
 
-    write_outputs(cfg, &w, &data, &out, &pred_paths)?;
+    let summary = vec![
+        ("steps".to_string(), format!("{} ({} this session)", state.step, losses.len())),
+        ("best validation mean Dice".into(), format!("{:.4} at step {}", state.best_dice, state.best_step)),
+        ("last validation mean Dice".into(), format!("{:.4}", last_val.0)),
+        ("training time".into(), format!("{:.0} s", t0.elapsed().as_secs_f64())),
+        ("device".into(), cfg.device.clone()),
+    ];
+    write_outputs(cfg, &w, &data, &out, &pred_paths, summary)?;
     Ok(TrainSummary {
         final_dice: last_val.0,
         per_class: last_val.1,
@@ -254,35 +264,69 @@ fn run_loop(
     Ok((last_val.0, last_val.1, losses))
 }
 
-/// Curves (loss; validation Dice per class), overlays of the first validation cases, and the validation
-/// predictions on each input's grid.
-fn write_outputs(cfg: &TrainConfig, w: &UnetrWeights, data: &RunData, out: &Path, pred_paths: &[PathBuf]) -> Result<()> {
+/// The run's curves from log.jsonl, as PNG (quick look) and SVG (returned, for the report).
+fn write_curves(out: &Path, class_names: &[String]) -> Result<Vec<String>> {
     let log_path = out.join("log.jsonl");
     let plots = out.join("plots");
     std::fs::create_dir_all(&plots).map_err(|e| ferr(&plots, e))?;
     let log_text = std::fs::read_to_string(&log_path).map_err(|e| ferr(&log_path, e))?;
     let recs: Vec<serde_json::Value> = log_text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let loss: Vec<(f64, f64)> = recs.iter().filter_map(|r| Some((r["step"].as_f64()?, r["loss"].as_f64()?))).collect();
-    crate::plots::curves_png(&plots.join("loss.png"), &[(loss, [40, 90, 200])], None).map_err(|e| ferr(&plots.join("loss.png"), e))?;
-    let mut dice_series = Vec::new();
-    for c in 0..data.n_classes {
-        let pts: Vec<(f64, f64)> = recs.iter().filter_map(|r| Some((r["step"].as_f64()?, r["val_dice"].get(c)?.as_f64()?))).collect();
-        dice_series.push((pts, crate::plots::COLORS[c % crate::plots::COLORS.len()]));
+    let field = |k: &str| -> Vec<(f64, f64)> { recs.iter().filter_map(|r| Some((r["step"].as_f64()?, r[k].as_f64()?))).collect() };
+    let run = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let one = |name: &str, pts| vec![Series { name: name.into(), points: pts, color: class_color(2) }];
+    let mut dice: Vec<Series> = class_names
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(c, n)| Series { name: n.clone(), points: recs.iter().filter_map(|r| Some((r["step"].as_f64()?, r["val_dice"].get(c)?.as_f64()?))).collect(), color: class_color(c) })
+        .collect();
+    dice.push(Series { name: "mean".into(), points: field("val_mean_dice"), color: plotters::style::BLACK });
+    let charts = [
+        ("loss", Chart { title: &format!("{run}: training loss"), x_label: "step", y_label: "loss (log scale)", y_range: None, log_y: true, series: &one("loss", field("loss")) }),
+        ("lr", Chart { title: &format!("{run}: learning rate"), x_label: "step", y_label: "learning rate", y_range: None, log_y: false, series: &one("learning rate", field("lr")) }),
+        ("val_dice", Chart { title: &format!("{run}: validation Dice per class"), x_label: "step", y_label: "Dice", y_range: Some((0.0, 1.0)), log_y: false, series: &dice }),
+    ];
+    let mut svgs = Vec::new();
+    for (name, c) in &charts {
+        let (png, svg) = (plots.join(format!("{name}.png")), plots.join(format!("{name}.svg")));
+        line_chart(&png, Some(&svg), c).map_err(|e| ferr(&png, e))?;
+        svgs.push(std::fs::read_to_string(&svg).map_err(|e| ferr(&svg, e))?);
     }
-    let mean: Vec<(f64, f64)> = recs.iter().filter_map(|r| Some((r["step"].as_f64()?, r["val_mean_dice"].as_f64()?))).collect();
-    dice_series.push((mean, [120, 120, 120]));
-    crate::plots::curves_png(&plots.join("val_dice.png"), &dice_series, Some((0.0, 1.0))).map_err(|e| ferr(&plots.join("val_dice.png"), e))?;
+    Ok(svgs)
+}
+
+/// Curves, the validation cases evaluated (Dice and HD95 per case and class), overlays of the first cases,
+/// their predictions on each input's grid, and the HTML report.
+fn write_outputs(cfg: &TrainConfig, w: &UnetrWeights, data: &RunData, out: &Path, pred_paths: &[PathBuf], summary: Vec<(String, String)>) -> Result<()> {
+    let curves = write_curves(out, &data.class_names)?;
+    let plots = out.join("plots");
     let p = Predictor::new(w.inference_model()?, cfg.transforms.clone(), cfg.validation.window(), cfg.memory_limit)?;
     let pred_dir = out.join("predictions");
     std::fs::create_dir_all(&pred_dir).map_err(|e| ferr(&pred_dir, e))?;
-    for (vi, (s, path)) in data.validation.iter().zip(pred_paths).enumerate() {
+    let ids = case_ids(&data.datalist.validation)?;
+    let background = Background::from_include(cfg.validation.include_background);
+    let mut extremes = Extremes::default();
+    let mut cases = Vec::new();
+    for (vi, ((s, path), (it, id))) in data.validation.iter().zip(pred_paths).zip(data.datalist.validation.iter().zip(&ids)).enumerate() {
         let pred = p.predict(s, Tta::Off)?;
+        let lab = s.label.as_ref().expect("checked by data::load");
+        let r = case_result(id, it, &pred, lab, s.dims, unetr_data::nifti::spacing(&s.affine), data.n_classes);
+        extremes.consider(s, &pred, &r, &data.class_names, background)?;
         if vi < 4 {
             let png = plots.join(format!("overlay_{vi}.png"));
-            crate::plots::overlay_png(&png, &s.image, s.label.as_ref().expect("checked by data::load"), &pred.labels, s.dims, 4).map_err(|e| ferr(&png, e))?;
+            crate::plots::overlay_png(&png, &format!("{id} (validation)"), &s.image[..s.dims.iter().product()], lab, &pred.labels, s.dims, &data.class_names).map_err(|e| ferr(&png, e))?;
         }
         let seg = p.invert(s, &pred, Probabilities::Skip)?;
         write_nifti(path, &seg.labels, true)?;
+        cases.push(r);
     }
-    Ok(())
+    let evaluation = aggregate(&data.class_names, cases, data.n_classes, background);
+    let title = format!("UNETR training run {}", out.display());
+    let mut summary = summary;
+    summary.push(("validation mean Dice (final weights)".into(), format!("{:.4}", evaluation.mean_dice)));
+    summary.push(("validation mean HD95 (final weights)".into(), format!("{:.2} mm", evaluation.mean_hd95_mm)));
+    if let Some(b) = peak_rss_bytes() {
+        summary.push(("peak resident memory".into(), format!("{:.2} GB", b as f64 / 1e9)));
+    }
+    report::write(&out.join("report.html"), &Report { title, summary, curves, evaluation: Some(&evaluation), extremes: &extremes, config: &cfg.to_toml() })
 }

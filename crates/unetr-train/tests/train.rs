@@ -274,3 +274,23 @@ fn training_learns_the_phantoms() {
     assert!(s.best_dice >= 0.35, "best mean Dice {}", s.best_dice);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// HD95 against MONAI's HausdorffDistanceMetric(percentile=95) with voxel spacing (anisotropic cases, a
+/// class only in the prediction, one only in the label, one in neither: MONAI's NaN is our None).
+#[test]
+fn hd95_matches_monai_with_spacing_and_empty_masks() {
+    let (t, cases) = fixture("hd95.safetensors");
+    for (i, c) in cases.as_array().unwrap().iter().enumerate() {
+        let v = |k: &str| t[&format!("{k}.{i}")].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (pred, lab, want) = (v("pred"), v("label"), v("hd95"));
+        let shape: Vec<usize> = serde_json::from_value(c["shape"].clone()).unwrap();
+        let sp: Vec<f64> = serde_json::from_value(c["spacing"].clone()).unwrap();
+        for (k, w) in want.iter().enumerate() {
+            let got = unetr_infer::metrics::hd95(&pred, &lab, k, [shape[0], shape[1], shape[2]], [sp[0], sp[1], sp[2]]);
+            match got {
+                None => assert!(!w.is_finite(), "case {i} class {k}: None, MONAI {w}"),
+                Some(h) => assert!((h - *w as f64).abs() < 1e-4 * (1.0 + h), "case {i} class {k}: {h} vs MONAI {w}"),
+            }
+        }
+    }
+}

@@ -8,6 +8,7 @@ use unetr_infer::evaluate::{evaluate, Evaluation};
 use unetr_infer::metrics::Background;
 use unetr_infer::outputs::case_ids;
 use unetr_infer::{parse_device, OutputPlan, Overwrite, Predictor, Tta};
+use unetr_train::report::{self, peak_rss_bytes, Extremes, Report};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -24,6 +25,9 @@ pub struct Args {
     /// Write one row per case and class as CSV.
     #[arg(long)]
     pub csv: Option<PathBuf>,
+    /// Write an HTML report (per-class and per-case tables, overlays of the best and worst cases).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     #[command(flatten)]
     pub window: WindowArgs,
     /// Average the logits over mirror flips of each axis.
@@ -90,7 +94,7 @@ pub fn run(a: Args) -> Result<()> {
     dl.check_files()?;
     let ids = case_ids(&list)?;
     let mut plan = OutputPlan::new();
-    a.json.iter().chain(&a.csv).for_each(|p| {
+    a.json.iter().chain(&a.csv).chain(&a.report).for_each(|p| {
         plan.add(p.clone());
     });
     let inputs: Vec<PathBuf> = list.iter().flat_map(|it| it.image.iter().chain(&it.label).cloned()).chain([a.datalist.clone()]).collect();
@@ -105,10 +109,17 @@ pub fn run(a: Args) -> Result<()> {
     let names: Vec<String> = (0..k).map(|c| dl.labels.get(c).map(|l| l.1.clone()).unwrap_or(format!("class {c}"))).collect();
     let bar = progress(list.len() as u64, "evaluating");
     let tta = if a.tta { Tta::Flips } else { Tta::Off };
-    let e = evaluate(&p, &list, &ids, &names, tta, Background::from_include(a.include_background), |c| {
-        let d: Vec<String> = c.dice.iter().skip(1).map(|v| fmt(*v, 3)).collect();
-        bar.println(format!("{}: Dice {}", c.case, d.join(" ")));
+    let background = Background::from_include(a.include_background);
+    let mut extremes = Extremes::default();
+    let t0 = std::time::Instant::now();
+    let e = evaluate(&p, &list, &ids, &names, tta, background, |s, pred, c| {
+        let d: Vec<String> = c.dice.iter().zip(&names).skip(1).map(|(v, n)| format!("{n} {}", fmt(*v, 3))).collect();
+        bar.println(format!("{}: Dice {}", c.case, d.join(", ")));
         bar.inc(1);
+        if a.report.is_some() {
+            extremes.consider(s, pred, c, &names, background).map_err(|e| unetr_infer::InferError::Config(e.to_string()))?;
+        }
+        Ok(())
     })?;
     bar.finish_and_clear();
     let w = names.iter().map(|n| n.len()).max().unwrap_or(5).max(10);
@@ -123,6 +134,20 @@ pub fn run(a: Args) -> Result<()> {
     }
     if let Some(p) = &a.csv {
         unetr_infer::checkpoint::write_file_atomic(p, cases_csv(&e).as_bytes())?;
+    }
+    if let Some(path) = &a.report {
+        let mut summary = vec![
+            ("checkpoint".to_string(), a.checkpoint.display().to_string()),
+            ("datalist, split".into(), format!("{}, {}", a.datalist.display(), a.split)),
+            ("test-time augmentation".into(), if a.tta { "mirror flips" } else { "none" }.into()),
+            ("evaluation time".into(), format!("{:.1} s", t0.elapsed().as_secs_f64())),
+        ];
+        if let Some(b) = peak_rss_bytes() {
+            summary.push(("peak resident memory".into(), format!("{:.2} GB", b as f64 / 1e9)));
+        }
+        let config = std::fs::read_to_string(a.checkpoint.join(unetr_infer::checkpoint::TRAIN_CONFIG)).unwrap_or_default();
+        let r = Report { title: format!("UNETR evaluation: {}", a.checkpoint.display()), summary, curves: vec![], evaluation: Some(&e), extremes: &extremes, config: &config };
+        report::write(path, &r)?;
     }
     Ok(())
 }
