@@ -103,10 +103,33 @@ def main():
     orientation(t, meta)
     spacing(t, meta)
     pos_neg(t, meta)
+    t.update(inversion())
     save_file({k: torch.tensor(np.array(v, dtype=np.float32)).contiguous() for k, v in t.items()}, os.path.join(OUT, "recipe.safetensors"))
     with open(os.path.join(OUT, "recipe.json"), "w") as f:
         json.dump(meta, f, indent=1)
     print("written", os.path.normpath(OUT))
+
+
+
+
+def inversion():
+    """MONAI's inverse of Spacing on probabilities (Invertd with the image's applied Spacing, bilinear),
+    then the argmax (AsDiscrete): what a prediction on a resampled grid becomes on the input grid."""
+    from monai.transforms import Compose, Invertd, Spacingd
+
+    aff = np.diag([1.0, 1.2, 2.5, 1.0])
+    aff[:3, 3] = [3.0, -2.0, 1.0]
+    img = rng.normal(size=(1, 13, 11, 7)).astype(np.float32)
+    pre = Compose([Spacingd(keys="image", pixdim=(1.5, 1.5, 2.0), mode="bilinear")])
+    d = pre({"image": MetaTensor(torch.tensor(img), affine=torch.tensor(aff))})
+    shape = d["image"].shape[1:]
+    grid = np.meshgrid(*[np.linspace(0, 1, n) for n in shape], indexing="ij")
+    logits = np.stack([np.sin(3 * grid[0] + grid[1]), np.cos(2 * grid[1] - grid[2]), grid[0] * grid[2] * 2 - 0.5]).astype(np.float32)
+    probs = torch.softmax(torch.tensor(logits), 0)
+    d["pred"] = MetaTensor(probs, affine=d["image"].affine, applied_operations=d["image"].applied_operations)
+    inv = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False)(d)
+    t = {"inv_img": img, "inv_probs": probs.numpy(), "inv_back": inv["pred"].numpy(), "inv_affine": aff.astype(np.float32)}
+    return t
 
 
 if __name__ == "__main__":

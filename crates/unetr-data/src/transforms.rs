@@ -339,7 +339,7 @@ impl Sample {
     }
 
     /// MONAI's `Spacing(pixdim, mode=("bilinear", "nearest"))` for axis-aligned grids (after `orient_ras`):
-    /// the first voxel keeps its world position, the output has round((n - 1) * old / new + 1) voxels per axis,
+    /// the first voxel keeps its world position, the output has round((n - 1) * old / new + 1) voxels per axis (halves to even, as numpy),
     /// images are interpolated trilinearly and labels by nearest neighbour, borders clamped. Recorded for
     /// inversion. Oblique affines are treated as if axis-aligned (their column norms give the spacing).
     /// The output size is checked against the sample's memory limit before anything is allocated.
@@ -354,7 +354,8 @@ impl Sample {
             return Ok(self);
         }
         let d = self.dims;
-        let nd = [0, 1, 2].map(|a| ((d[a] - 1) as f64 * from[a] / pixdim[a] + 1.0).round().clamp(1.0, 1e15) as usize);
+        // numpy's round (half to even), as MONAI's compute_shape_offset.
+        let nd = [0, 1, 2].map(|a| ((d[a] - 1) as f64 * from[a] / pixdim[a] + 1.0).round_ties_even().clamp(1.0, 1e15) as usize);
         self.check_size(nd, &format!("Spacing from {from:?} mm to pixdim {pixdim:?} mm"))?;
         let taps = |m: Interp| -> [Vec<_>; 3] {
             match m {

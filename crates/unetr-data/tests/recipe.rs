@@ -186,3 +186,38 @@ fn pos_neg_crops_draw_from_monais_candidates_with_its_distribution() {
         assert!(chi < bound, "{entry}: chi-square {chi:.1} over {dof} cells (bound {bound:.1})");
     }
 }
+
+/// A prediction on a resampled grid goes back to the input grid as MONAI's Invertd does: the probabilities
+/// resampled linearly (values within 1e-4), then the argmax (AsDiscrete) equal wherever two classes are
+/// not within 1e-3 of each other.
+#[test]
+fn probabilities_invert_to_the_input_grid_as_monai() {
+    let (t, _) = load();
+    let a = &t["inv_affine"].1;
+    let aff = [0, 1, 2].map(|r| [0, 1, 2, 3].map(|c| a[r * 4 + c] as f64));
+    let s = sample(&t["inv_img"], aff, None).resample_spacing([1.5, 1.5, 2.0]).unwrap();
+    let probs = &t["inv_probs"];
+    assert_eq!(s.dims.to_vec(), probs.0[1..].to_vec(), "the resampled grid is MONAI's");
+    let back = s.invert(&probs.1, 3, 0.0);
+    let want = &t["inv_back"];
+    assert_eq!([back.header.channels, back.header.dims[0], back.header.dims[1], back.header.dims[2]].to_vec(), want.0);
+    let n = back.data.len() / 3;
+    let mut worst = 0f32;
+    let mut compared = 0;
+    for i in 0..n {
+        let p: Vec<f32> = (0..3).map(|c| back.data[c * n + i]).collect();
+        let q: Vec<f32> = (0..3).map(|c| want.1[c * n + i]).collect();
+        for c in 0..3 {
+            worst = worst.max((p[c] - q[c]).abs());
+        }
+        let arg = |v: &[f32]| (0..3).max_by(|&x, &y| v[x].total_cmp(&v[y])).unwrap();
+        let mut sorted = q.clone();
+        sorted.sort_by(|x, y| y.total_cmp(x));
+        if sorted[0] - sorted[1] > 1e-3 {
+            assert_eq!(arg(&p), arg(&q), "voxel {i}: ours {p:?}, MONAI {q:?}");
+            compared += 1;
+        }
+    }
+    assert!(worst < 1e-4, "probabilities differ by up to {worst}");
+    assert!(compared > n / 2);
+}
