@@ -43,11 +43,40 @@ pub struct UnetrConfig {
     /// Not a MONAI argument (MONAI fixes 12): skips come from blocks L/4, L/2, 3L/4.
     #[serde(default = "d12")]
     pub num_layers: usize,
+    /// Not a MONAI argument: the decoder on the ViT (MONAI's UNETR is "unetr"; "nup", "pup" and "mla" are
+    /// the SETR decoders of the paper's ablation).
+    #[serde(default, skip_serializing_if = "DecoderKind::is_unetr")]
+    pub decoder: DecoderKind,
     /// MONAI's fixed arguments, accepted so that a config dumped from MONAI loads: must be 3 / true.
     #[serde(default = "three", skip_serializing)]
     pub spatial_dims: usize,
     #[serde(default = "yes", skip_serializing)]
     pub conv_block: bool,
+}
+
+/// Which decoder runs on the encoder's tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecoderKind {
+    /// UNETR's CNN decoder with skips from layers L/4, L/2, 3L/4 (MONAI's).
+    #[default]
+    Unetr,
+    /// SETR's naive up-sampling.
+    Nup,
+    /// SETR's progressive up-sampling.
+    Pup,
+    /// SETR's multi-level aggregation.
+    Mla,
+}
+
+impl DecoderKind {
+    pub fn is_unetr(&self) -> bool {
+        *self == Self::Unetr
+    }
+    /// Channels of the SETR decoders' inner convs.
+    pub fn setr_channels(feature_size: usize) -> usize {
+        16 * feature_size
+    }
 }
 
 fn d16() -> usize {
@@ -113,6 +142,7 @@ impl UnetrConfig {
             qkv_bias: false,
             patch_size: [16; 3],
             num_layers: 12,
+            decoder: DecoderKind::Unetr,
             spatial_dims: 3,
             conv_block: true,
         }
@@ -172,7 +202,19 @@ impl UnetrConfig {
                 return err(format!("img_size {:?} must be divisible by patch_size {:?} on every axis (axis {a}: {i} -> try {fit})", self.img_size, self.patch_size));
             }
         }
-        Ok(())
+        match self.decoder {
+            DecoderKind::Pup if unetr_decoder::setr::doublings(self.patch_size).is_none() => {
+                err(format!("decoder \"pup\" needs a power-of-two patch size, equal on every axis (got {:?})", self.patch_size))
+            }
+            DecoderKind::Mla if self.patch_size.iter().any(|p| p % 4 != 0) => err(format!("decoder \"mla\" needs a patch size divisible by 4 (got {:?})", self.patch_size)),
+            _ => Ok(()),
+        }
+    }
+
+    /// 0-based transformer blocks whose outputs feed MLA's four streams (the last is the normed output).
+    pub fn mla_layers(&self) -> [usize; 3] {
+        let l = self.num_layers;
+        [l / 4 - 1, l / 2 - 1, 3 * l / 4 - 1]
     }
 
     pub fn vit(&self) -> VitConfig {

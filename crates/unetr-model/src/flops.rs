@@ -5,7 +5,7 @@
 //! 2 x heads x N^2 x head_dim (QK^T and PV). Norms are listed with one "MAC" per element (kind `Norm`)
 //! so they can be included (fvcore-like) or left out (the conv/linear/attention total).
 
-use crate::config::UnetrConfig;
+use crate::config::{DecoderKind, UnetrConfig};
 use unetr_decoder::NormKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -88,8 +88,7 @@ impl Acc {
 /// from (a test checks it against the model's weights, key by key).
 pub fn layer_costs(cfg: &UnetrConfig) -> Vec<LayerCost> {
     let mut a = Acc { v: Vec::new(), norm: cfg.norm_name };
-    let (h, m, f, r) = (cfg.hidden_size, cfg.mlp_dim, cfg.feature_size, cfg.res_block);
-    let grid = |div: usize| cfg.img_size.map(|s| s / div);
+    let (h, m) = (cfg.hidden_size, cfg.mlp_dim);
     let tokens = cfg.feat_size();
     let n = vol(tokens);
     let patch_dim = cfg.in_channels * cfg.patch_size.iter().product::<usize>();
@@ -117,6 +116,54 @@ pub fn layer_costs(cfg: &UnetrConfig) -> Vec<LayerCost> {
     }
     a.push("vit.norm".into(), OpKind::Norm, 2 * h, (n * h) as u64, ln);
 
+    match cfg.decoder {
+        DecoderKind::Unetr => unetr_decoder_costs(&mut a, cfg),
+        kind => setr_decoder_costs(&mut a, cfg, kind),
+    }
+    a.v
+}
+
+/// The SETR decoders' layers (see `unetr_decoder::setr`).
+fn setr_decoder_costs(a: &mut Acc, cfg: &UnetrConfig, kind: DecoderKind) {
+    let (h, k) = (cfg.hidden_size, cfg.out_channels);
+    let c = DecoderKind::setr_channels(cfg.feature_size);
+    let tokens = cfg.feat_size();
+    let cnr = |a: &mut Acc, m: &str, ci: usize, co: usize, kk: usize, g: [usize; 3]| {
+        a.conv(format!("{m}.conv"), ci, co, kk, g, false);
+        a.norm(format!("{m}.norm"), co, g, true);
+    };
+    match kind {
+        DecoderKind::Nup => {
+            cnr(a, "decoder.proj", h, c, 1, tokens);
+            a.conv("decoder.head".into(), c, k, 1, tokens, true);
+        }
+        DecoderKind::Pup => {
+            let mut g = tokens;
+            for i in 0..unetr_decoder::setr::doublings(cfg.patch_size).unwrap_or(0) {
+                cnr(a, &format!("decoder.stages.{i}"), if i == 0 { h } else { c }, c, 3, g);
+                g = g.map(|v| v * 2);
+            }
+            a.conv("decoder.head".into(), c, k, 1, g, true);
+        }
+        _ => {
+            let half = (c / 2).max(1);
+            for i in 0..4 {
+                a.conv(format!("decoder.proj.{i}"), h, c, 1, tokens, false);
+            }
+            for i in 0..4 {
+                cnr(a, &format!("decoder.streams.{i}.0"), c, half, 3, tokens);
+                cnr(a, &format!("decoder.streams.{i}.1"), half, half, 3, tokens);
+            }
+            a.conv("decoder.head".into(), 4 * half, k, 1, cfg.img_size.map(|s| s / 4), true);
+        }
+    }
+}
+
+/// UNETR's decoder layers (MONAI's module names).
+fn unetr_decoder_costs(a: &mut Acc, cfg: &UnetrConfig) {
+    let (h, f, r) = (cfg.hidden_size, cfg.feature_size, cfg.res_block);
+    let grid = |div: usize| cfg.img_size.map(|s| s / div);
+    let tokens = cfg.feat_size();
     let up0 = cfg.first_up();
     a.conv_block("encoder1.layer", cfg.in_channels, f, grid(1), r);
     // encoder2: tokens -> 1/8 -> 1/4 -> 1/2; encoder3: -> 1/8 -> 1/4; encoder4: -> 1/8
@@ -137,7 +184,6 @@ pub fn layer_costs(cfg: &UnetrConfig) -> Vec<LayerCost> {
         a.conv_block(&format!("{name}.conv_block"), 2 * co, co, grid(div), r);
     }
     a.conv("out.conv.conv".into(), f, cfg.out_channels, 1, grid(1), true);
-    a.v
 }
 
 /// Parameters the forward pass uses (MONAI's `parameters()` minus unused ones; buffers excluded).

@@ -1,15 +1,34 @@
 //! The UNETR network, as `monai.networks.nets.UNETR.forward`.
 
-use crate::config::UnetrConfig;
+use crate::config::{DecoderKind, UnetrConfig};
 use crate::error::{ModelError, Result};
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
+use unetr_decoder::setr::{MlaDecoder, NupDecoder, PupDecoder};
 use unetr_decoder::{UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock};
-use unetr_vit::Vit;
+use unetr_vit::{Vit, VitOutput};
 
+/// The ViT encoder and a decoder chosen by `cfg.decoder`.
 #[derive(Debug, Clone)]
 pub struct Unetr {
     pub vit: Vit,
+    pub decoder: Decoder,
+    pub cfg: UnetrConfig,
+}
+
+/// The decoder seam: UNETR's (MONAI's keys at the top level: `encoder1`, ..., `out`) or one of the SETR
+/// decoders of the ablation (keys under `decoder.`).
+#[derive(Debug, Clone)]
+pub enum Decoder {
+    Unetr(Box<UnetrDecoder>),
+    Nup(NupDecoder),
+    Pup(PupDecoder),
+    Mla(MlaDecoder),
+}
+
+/// UNETR's CNN decoder (MONAI's module names).
+#[derive(Debug, Clone)]
+pub struct UnetrDecoder {
     pub encoder1: UnetrBasicBlock,
     pub encoder2: UnetrPrUpBlock,
     pub encoder3: UnetrPrUpBlock,
@@ -19,15 +38,26 @@ pub struct Unetr {
     pub decoder3: UnetrUpBlock,
     pub decoder2: UnetrUpBlock,
     pub out: UnetOutBlock,
-    pub cfg: UnetrConfig,
+    cfg: UnetrConfig,
 }
-
-/// Named intermediate activations (for parity tests and debugging), in forward order.
-pub type Features = Vec<(String, Tensor)>;
 
 impl Unetr {
     pub fn new(cfg: &UnetrConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
+        let vit = Vit::new(&cfg.vit(), vb.pp("vit"))?;
+        let (h, c, k, p, n) = (cfg.hidden_size, DecoderKind::setr_channels(cfg.feature_size), cfg.out_channels, cfg.patch_size, cfg.norm_name);
+        let decoder = match cfg.decoder {
+            DecoderKind::Unetr => Decoder::Unetr(Box::new(UnetrDecoder::new(cfg, vb)?)),
+            DecoderKind::Nup => Decoder::Nup(NupDecoder::new(h, c, k, p, n, vb.pp("decoder"))?),
+            DecoderKind::Pup => Decoder::Pup(PupDecoder::new(h, c, k, p, n, vb.pp("decoder"))?),
+            DecoderKind::Mla => Decoder::Mla(MlaDecoder::new(h, c, k, p, n, vb.pp("decoder"))?),
+        };
+        Ok(Self { vit, decoder, cfg: cfg.clone() })
+    }
+}
+
+impl UnetrDecoder {
+    pub fn new(cfg: &UnetrConfig, vb: VarBuilder) -> Result<Self> {
         let (f, h, n, r) = (
             cfg.feature_size,
             cfg.hidden_size,
@@ -37,7 +67,6 @@ impl Unetr {
         let up0 = cfg.first_up();
         let two = [2; 3];
         Ok(Self {
-            vit: Vit::new(&cfg.vit(), vb.pp("vit"))?,
             encoder1: UnetrBasicBlock::new(cfg.in_channels, f, n, r, vb.pp("encoder1"))?,
             encoder2: UnetrPrUpBlock::new(h, 2 * f, 2, up0, n, r, vb.pp("encoder2"))?,
             encoder3: UnetrPrUpBlock::new(h, 4 * f, 1, up0, n, r, vb.pp("encoder3"))?,
@@ -51,6 +80,63 @@ impl Unetr {
         })
     }
 
+    /// From the encoder's outputs to logits; `x` is the input (encoder1 reads it). `keep(name, tensor,
+    /// moved_ms)` records each module's output (see `Unetr::run`).
+    fn forward(&self, x: &Tensor, vit: VitOutput, proj: &dyn Fn(&Tensor) -> Result<Tensor>, train: bool, keep: &mut dyn FnMut(&str, &Tensor, f64)) -> Result<Tensor> {
+        // Inference runs the decoders in the storage of their inputs; the skips are made here and moved in.
+        let up = |d: &UnetrUpBlock, x: Tensor, skip: Tensor| {
+            if train {
+                d.forward_t(&x, skip, true)
+            } else {
+                d.infer(x, || Ok(skip))
+            }
+        };
+        let [s2, s3, s4] = self.cfg.skip_layers();
+        // The decoder path is ordered so each large activation is dropped as soon as it was used; the skips
+        // and the decoder outputs move into the up blocks, which free them (training) or compute in their
+        // storage (inference).
+        let enc4 = self.encoder4.forward_t(&proj(&vit.hidden_states[s4])?, train)?;
+        keep("encoder4", &enc4, 0.0);
+        let dec3 = up(&self.decoder5, proj(&vit.last)?, enc4)?;
+        keep("decoder5", &dec3, 0.0);
+        let enc3 = self.encoder3.forward_t(&proj(&vit.hidden_states[s3])?, train)?;
+        keep("encoder3", &enc3, 0.0);
+        let dec2 = up(&self.decoder4, dec3, enc3)?;
+        keep("decoder4", &dec2, 0.0);
+        let enc2 = self.encoder2.forward_t(&proj(&vit.hidden_states[s2])?, train)?;
+        keep("encoder2", &enc2, 0.0);
+        drop(vit);
+        let dec1 = up(&self.decoder3, dec2, enc2)?;
+        keep("decoder3", &dec1, 0.0);
+        let out = if train {
+            let enc1 = self.encoder1.forward_t(x, true)?;
+            keep("encoder1", &enc1, 0.0);
+            let out = self.decoder2.forward_t(&dec1, enc1, true)?;
+            keep("decoder2", &out, 0.0);
+            out
+        } else {
+            // Up-sampling first frees dec1 before encoder1's 96^3 activations exist (the forward's peak).
+            let t0 = std::time::Instant::now();
+            let mut up_ms = 0.0;
+            let out = self.decoder2.infer(dec1, || {
+                up_ms = t0.elapsed().as_secs_f64() * 1e3;
+                let enc1 = self.encoder1.forward_t(x, false)?;
+                keep("encoder1", &enc1, -up_ms);
+                Ok(enc1)
+            })?;
+            keep("decoder2", &out, up_ms);
+            out
+        };
+        let logits = self.out.forward(&out)?;
+        keep("out", &logits, 0.0);
+        Ok(logits)
+    }
+}
+
+/// Named intermediate activations (for parity tests and debugging), in forward order.
+pub type Features = Vec<(String, Tensor)>;
+
+impl Unetr {
     /// Checks that x is [B, in_channels, img_size...] and says what would fit otherwise.
     pub fn check_input(&self, x: &Tensor) -> Result<()> {
         let c = &self.cfg;
@@ -90,11 +176,7 @@ impl Unetr {
     fn proj_feat(&self, x: &Tensor) -> Result<Tensor> {
         let [a, b, c] = self.cfg.feat_size();
         let bs = x.dim(0)?;
-        Ok(unetr_ops::profile::timed("proj_feat", || {
-            x.reshape((bs, a, b, c, self.cfg.hidden_size))?
-                .permute((0, 4, 1, 2, 3))?
-                .contiguous()
-        })?)
+        Ok(unetr_ops::profile::timed("proj_feat", || x.reshape((bs, a, b, c, self.cfg.hidden_size))?.permute((0, 4, 1, 2, 3))?.contiguous())?)
     }
 
     /// Logits [B, out_channels, D, H, W]. `train` switches dropout and batch-norm statistics.
@@ -104,7 +186,7 @@ impl Unetr {
 
     /// The device the weights live on (inputs must be there too).
     pub fn device(&self) -> &candle_core::Device {
-        self.out.conv.weight.device()
+        self.vit.patch_embedding.position_embeddings.device()
     }
 
     /// Logits plus every named intermediate (as MONAI's module names).
@@ -122,13 +204,7 @@ impl Unetr {
         Ok((y, t))
     }
 
-    fn run(
-        &self,
-        x: &Tensor,
-        train: bool,
-        mut sink: Option<&mut Features>,
-        mut times: Option<&mut Vec<(String, f64)>>,
-    ) -> Result<Tensor> {
+    fn run(&self, x: &Tensor, train: bool, mut sink: Option<&mut Features>, mut times: Option<&mut Vec<(String, f64)>>) -> Result<Tensor> {
         self.check_input(x)?;
         let mut last = std::time::Instant::now();
         // `moved_ms`: time of this module's work done before the previous module was recorded (positive), or
@@ -136,10 +212,7 @@ impl Unetr {
         let mut keep = |name: &str, t: &Tensor, moved_ms: f64| {
             if !name.starts_with("vit.blocks") {
                 if let Some(ts) = times.as_mut() {
-                    ts.push((
-                        name.to_string(),
-                        last.elapsed().as_secs_f64() * 1e3 + moved_ms,
-                    ));
+                    ts.push((name.to_string(), last.elapsed().as_secs_f64() * 1e3 + moved_ms));
                     last = std::time::Instant::now();
                 }
             }
@@ -150,63 +223,24 @@ impl Unetr {
                 }
             }
         };
-        // Inference runs the decoders in the storage of their inputs; the skips are made here and moved in.
-        let up = |d: &UnetrUpBlock, x: Tensor, skip: Tensor| {
-            if train {
-                d.forward_t(&x, skip, true)
-            } else {
-                d.infer(x, || Ok(skip))
-            }
-        };
         let vit = self.vit.forward_t(x, train)?;
-        let [s2, s3, s4] = self.cfg.skip_layers();
         for (i, h) in vit.hidden_states.iter().enumerate() {
             keep(&format!("vit.blocks.{i}"), h, 0.0);
         }
         keep("vit", &vit.last, 0.0);
-        // The decoder path is ordered so each large activation is dropped as soon as it was used; the skips
-        // and the decoder outputs move into the up blocks, which free them (training) or compute in their
-        // storage (inference).
-        let enc4 = self
-            .encoder4
-            .forward_t(&self.proj_feat(&vit.hidden_states[s4])?, train)?;
-        keep("encoder4", &enc4, 0.0);
-        let dec3 = up(&self.decoder5, self.proj_feat(&vit.last)?, enc4)?;
-        keep("decoder5", &dec3, 0.0);
-        let enc3 = self
-            .encoder3
-            .forward_t(&self.proj_feat(&vit.hidden_states[s3])?, train)?;
-        keep("encoder3", &enc3, 0.0);
-        let dec2 = up(&self.decoder4, dec3, enc3)?;
-        keep("decoder4", &dec2, 0.0);
-        let enc2 = self
-            .encoder2
-            .forward_t(&self.proj_feat(&vit.hidden_states[s2])?, train)?;
-        keep("encoder2", &enc2, 0.0);
-        drop(vit);
-        let dec1 = up(&self.decoder3, dec2, enc2)?;
-        keep("decoder3", &dec1, 0.0);
-        let out = if train {
-            let enc1 = self.encoder1.forward_t(x, true)?;
-            keep("encoder1", &enc1, 0.0);
-            let out = self.decoder2.forward_t(&dec1, enc1, true)?;
-            keep("decoder2", &out, 0.0);
-            out
-        } else {
-            // Up-sampling first frees dec1 before encoder1's 96^3 activations exist (the forward's peak).
-            let t0 = std::time::Instant::now();
-            let mut up_ms = 0.0;
-            let out = self.decoder2.infer(dec1, || {
-                up_ms = t0.elapsed().as_secs_f64() * 1e3;
-                let enc1 = self.encoder1.forward_t(x, false)?;
-                keep("encoder1", &enc1, -up_ms);
-                Ok(enc1)
-            })?;
-            keep("decoder2", &out, up_ms);
-            out
+        let proj = |t: &Tensor| self.proj_feat(t);
+        let logits = match &self.decoder {
+            Decoder::Unetr(d) => return d.forward(x, vit, &proj, train, &mut keep),
+            Decoder::Nup(d) => d.forward_t(&proj(&vit.last)?, train)?,
+            Decoder::Pup(d) => d.forward_t(&proj(&vit.last)?, train)?,
+            Decoder::Mla(d) => {
+                let [a, b, c] = self.cfg.mla_layers();
+                let levels = [proj(&vit.hidden_states[a])?, proj(&vit.hidden_states[b])?, proj(&vit.hidden_states[c])?, proj(&vit.last)?];
+                drop(vit);
+                d.forward_t(&levels, train)?
+            }
         };
-        let logits = self.out.forward(&out)?;
-        keep("out", &logits, 0.0);
+        keep("decoder", &logits, 0.0);
         Ok(logits)
     }
 }

@@ -1,0 +1,89 @@
+//! The decoders of the paper's ablation (SETR's NUP, PUP, MLA) and 32^3 patches: output shapes, the layer
+//! list against the model's weights, and gradients against central finite differences in f64.
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use unetr_model::{count_params, layer_costs, DecoderKind, Unetr, UnetrConfig};
+
+fn cfg(decoder: DecoderKind, patch: usize, img: [usize; 3]) -> UnetrConfig {
+    UnetrConfig {
+        feature_size: 2,
+        hidden_size: 12,
+        mlp_dim: 12,
+        num_heads: 2,
+        num_layers: 4,
+        patch_size: [patch; 3],
+        decoder,
+        ..UnetrConfig::monai(1, 3, img)
+    }
+}
+
+fn build(c: &UnetrConfig, dtype: DType) -> (Unetr, VarMap) {
+    let vm = VarMap::new();
+    let m = Unetr::new(c, VarBuilder::from_varmap(&vm, dtype, &Device::Cpu)).unwrap();
+    (m, vm)
+}
+
+const ALL: [DecoderKind; 4] = [DecoderKind::Unetr, DecoderKind::Nup, DecoderKind::Pup, DecoderKind::Mla];
+
+#[test]
+fn every_decoder_and_patch_32_give_full_resolution_logits_and_match_the_layer_list() {
+    for (kind, patch, img) in ALL.iter().map(|&k| (k, 16, [32, 16, 48])).chain(ALL.iter().map(|&k| (k, 32, [64, 32, 32]))) {
+        let c = cfg(kind, patch, img);
+        let (m, vm) = build(&c, DType::F32);
+        let x = Tensor::randn(0f32, 1.0, (2, 1, img[0], img[1], img[2]), &Device::Cpu).unwrap();
+        for train in [false, true] {
+            let y = m.forward_t(&x, train).unwrap();
+            assert_eq!(y.dims(), [2, 3, img[0], img[1], img[2]], "{kind:?} patch {patch} train {train}");
+        }
+        // Every weight belongs to a listed layer, and each layer's count is what the model holds.
+        let held: usize = vm.data().lock().unwrap().iter().filter(|(k, _)| !k.contains("running_")).map(|(_, v)| v.elem_count()).sum();
+        assert_eq!(count_params(&c), held, "{kind:?} patch {patch}");
+        let costs = layer_costs(&c);
+        for (k, v) in vm.data().lock().unwrap().iter() {
+            let owner = costs.iter().filter(|l| k == &l.module || k.starts_with(&format!("{}.", l.module))).max_by_key(|l| l.module.len());
+            let owner = owner.unwrap_or_else(|| panic!("{kind:?}: weight {k} belongs to no listed layer"));
+            assert!(owner.params >= v.elem_count(), "{kind:?}: {k}");
+        }
+    }
+    // PUP needs a power-of-two patch; MLA one divisible by 4: both are config errors, not panics.
+    let mut bad = cfg(DecoderKind::Pup, 24, [48, 48, 48]);
+    assert!(bad.validate().unwrap_err().to_string().contains("pup"));
+    bad.decoder = DecoderKind::Unetr;
+    assert!(bad.validate().is_ok());
+}
+
+/// d sum(logits * R) / d w against central differences, for a few entries of every parameter tensor of the
+/// decoder (f64, inference-mode norms are instance norms, so train and eval agree).
+#[test]
+fn decoder_gradients_match_finite_differences() {
+    for kind in [DecoderKind::Nup, DecoderKind::Pup, DecoderKind::Mla] {
+        let c = cfg(kind, 16, [32, 16, 16]);
+        let (m, vm) = build(&c, DType::F64);
+        let x = Tensor::randn(0f64, 1.0, (1, 1, 32, 16, 16), &Device::Cpu).unwrap();
+        let r = Tensor::randn(0f64, 1.0, (1, 3, 32, 16, 16), &Device::Cpu).unwrap();
+        let loss = |m: &Unetr| (m.forward_t(&x, true).unwrap() * &r).unwrap().sum_all().unwrap();
+        let grads = loss(&m).backward().unwrap();
+        let vars: Vec<(String, Var)> = vm.data().lock().unwrap().iter().filter(|(k, _)| k.starts_with("decoder.")).map(|(k, v)| (k.clone(), v.clone())).collect();
+        assert!(!vars.is_empty());
+        let mut checked = 0;
+        for (name, v) in &vars {
+            let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{kind:?}: no gradient for {name}")).flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let w0 = v.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            for &i in &[0, w0.len() / 2, w0.len() - 1] {
+                let eps = 1e-5;
+                let at = |d: f64| {
+                    let mut w = w0.clone();
+                    w[i] += d;
+                    v.set(&Tensor::from_vec(w, v.shape(), &Device::Cpu).unwrap()).unwrap();
+                    loss(&m).to_scalar::<f64>().unwrap()
+                };
+                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                v.set(&Tensor::from_vec(w0.clone(), v.shape(), &Device::Cpu).unwrap()).unwrap();
+                assert!((fd - g[i]).abs() <= 1e-5 * (1.0 + fd.abs()), "{kind:?} {name}[{i}]: finite difference {fd}, backward {}", g[i]);
+                checked += 1;
+            }
+        }
+        assert!(checked >= 9, "{kind:?}: {checked} entries checked");
+    }
+}
