@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's command line. It orchestrates; the logic lives in the library crates.
 
+mod ablation;
 mod bench_hd95;
 mod bench_loader;
 mod bench_model;
@@ -46,6 +47,8 @@ enum Cmd {
     GpuCheck(gpu_check::Args),
     /// The real-data experiment: Colin27 lobes, ours and MONAI's recipe side by side.
     Colin27(colin27::Args),
+    /// The paper's ablation: every decoder (UNETR, NUP, PUP, MLA) and patch 16 vs 32, one table.
+    Ablation(ablation::Args),
     /// Run the whole test suite (release-optimised, CPU).
     Test {
         /// Extra arguments passed to `cargo test`.
@@ -116,6 +119,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Colin27(a) => colin27::run(a),
+        Cmd::Ablation(a) => ablation::run(a),
         Cmd::GpuCheck(a) => gpu_check::run(a),
         Cmd::Bench {
             what: Some(BenchCmd::Ops(args)),
