@@ -14,6 +14,36 @@ use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 
 pub const CLASSES: [&str; 5] = ["background", "liver", "spleen", "kidney", "spine"];
+/// The spleen stand-in's classes (MSD Task09's).
+pub const SPLEEN_CLASSES: [&str; 2] = ["background", "spleen"];
+/// The brain-tumour stand-in's classes, numbered as MONAI's MSD brain-tumour tutorial reads MSD Task01:
+/// 1 peritumoral edema, 2 GD-enhancing tumour, 3 necrotic / non-enhancing tumour core.
+pub const BRATS_CLASSES: [&str; 4] = ["background", "edema", "enhancing tumour", "non-enhancing tumour"];
+/// The brain-tumour stand-in's modalities (channels), as MSD Task01's.
+pub const BRATS_MODALITIES: [&str; 4] = ["FLAIR", "T1w", "t1gd", "T2w"];
+
+/// Which phantom data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PhantomKind {
+    /// CT-like abdomen with liver, spleen, kidneys and spine.
+    #[default]
+    Ct,
+    /// The same CT volumes labelled for the spleen only (MSD Task09's stand-in).
+    Spleen,
+    /// 4-channel MRI-like heads with a nested tumour (MSD Task01's stand-in).
+    Brats,
+}
+
+impl PhantomKind {
+    pub fn classes(self) -> &'static [&'static str] {
+        match self {
+            Self::Ct => &CLASSES,
+            Self::Spleen => &SPLEEN_CLASSES,
+            Self::Brats => &BRATS_CLASSES,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PhantomConfig {
@@ -25,11 +55,13 @@ pub struct PhantomConfig {
     pub spacing: [f64; 3],
     pub seed: u64,
     pub noise_hu: f64,
+    #[serde(default)]
+    pub kind: PhantomKind,
 }
 
 impl Default for PhantomConfig {
     fn default() -> Self {
-        Self { cases: 16, validation: 4, test: 2, size: [48, 48, 32], spacing: [2.0, 2.0, 2.5], seed: 0, noise_hu: 20.0 }
+        Self { cases: 16, validation: 4, test: 2, size: [48, 48, 32], spacing: [2.0, 2.0, 2.5], seed: 0, noise_hu: 20.0, kind: PhantomKind::Ct }
     }
 }
 
@@ -57,8 +89,85 @@ const LAYOUTS: [([usize; 3], [f64; 3]); 4] = [
     ([1, 0, 2], [1.0, -1.0, 1.0]),  // ALS: axes permuted
 ];
 
-/// One case: (image in HU, label), both in the case's stored orientation.
+/// One case: (image, label), both in the case's stored orientation; the image has 4 channels for the
+/// brain-tumour kind.
 pub fn generate_case(cfg: &PhantomConfig, index: usize) -> (Volume, Volume) {
+    match cfg.kind {
+        PhantomKind::Ct => ct_case(cfg, index),
+        PhantomKind::Spleen => {
+            let (img, mut lab) = ct_case(cfg, index);
+            lab.data.iter_mut().for_each(|v| *v = if *v == 2.0 { 1.0 } else { 0.0 });
+            (img, lab)
+        }
+        PhantomKind::Brats => brats_case(cfg, index),
+    }
+}
+
+/// A head (ellipsoid brain inside a skull shell) with a tumour: an edema blob holding a core whose rim
+/// enhances; per modality the regions have their own contrasts (FLAIR: edema bright; T1w: core dark;
+/// t1gd: enhancing rim bright; T2w: edema and core bright), plus noise and a bias field.
+fn brats_case(cfg: &PhantomConfig, index: usize) -> (Volume, Volume) {
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(index as u64) ^ 0xB7A7);
+    let mut j = |s: f64| rng.random_range(-s..=s);
+    let half = [0, 1, 2].map(|a| cfg.size[a] as f64 * cfg.spacing[a] / 2.0);
+    let brain = Ellipsoid { c: [j(2.0), j(2.0), j(2.0)], r: [half[0] * 0.8, half[1] * 0.85, half[2] * 0.8], a: j(0.1) };
+    let tc = [j(0.35) * half[0], j(0.35) * half[1], j(0.3) * half[2]];
+    let size = 0.18 + j(0.05);
+    let edema = Ellipsoid { c: tc, r: [half[0] * size * 1.8, half[1] * size * 1.6, half[2] * size * 1.7], a: j(0.6) };
+    let core = Ellipsoid { c: [tc[0] + j(1.5), tc[1] + j(1.5), tc[2] + j(1.5)], r: [half[0] * size, half[1] * size, half[2] * size], a: j(0.6) };
+    let necrosis = Ellipsoid { c: core.c, r: core.r.map(|v| v * 0.55), a: core.a };
+    // Intensities per class (background, brain, edema, enhancing, non-enhancing) and modality.
+    let table: [[f64; 4]; 5] = [[0.0; 4], [300.0, 500.0, 480.0, 350.0], [700.0, 430.0, 470.0, 750.0], [500.0, 450.0, 950.0, 650.0], [420.0, 250.0, 380.0, 820.0]];
+    let jitter = [0, 1, 2, 3].map(|_| 1.0 + j(0.1));
+    let bias = (j(3.0), j(3.0), 0.06 + j(0.04).abs());
+    let layout = LAYOUTS[index % LAYOUTS.len()];
+    let dims = [0, 1, 2].map(|a| cfg.size[layout.0[a]]);
+    let mut affine: Affine = [[0.0; 4]; 3];
+    for a in 0..3 {
+        let w = layout.0[a];
+        affine[w][a] = layout.1[a] * cfg.spacing[w];
+        affine[w][3] += -layout.1[a] * cfg.spacing[w] * (cfg.size[w] as f64 - 1.0) / 2.0;
+    }
+    let n: usize = dims.iter().product();
+    let (mut img, mut lab) = (vec![0f32; 4 * n], vec![0f32; n]);
+    let noise = cfg.noise_hu;
+    for i in 0..dims[0] {
+        for jj in 0..dims[1] {
+            for k in 0..dims[2] {
+                let v = [i as f64, jj as f64, k as f64];
+                let p = [0, 1, 2].map(|r| affine[r][0] * v[0] + affine[r][1] * v[1] + affine[r][2] * v[2] + affine[r][3]);
+                let (class, row) = if necrosis.inside(p) {
+                    (3, 4)
+                } else if core.inside(p) {
+                    (2, 3)
+                } else if edema.inside(p) {
+                    (1, 2)
+                } else if brain.inside(p) {
+                    (0, 1)
+                } else {
+                    (0, 0)
+                };
+                let field = 1.0 + bias.2 * (p[0] / 30.0 + bias.0).sin() * (p[1] / 25.0 + bias.1).cos();
+                let idx = (i * dims[1] + jj) * dims[2] + k;
+                for m in 0..4 {
+                    let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+                    let g = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                    let base = table[row][m] * jitter[m];
+                    img[m * n + idx] = if row == 0 { 0.0 } else { (base * field + noise * g).max(1.0) as f32 };
+                }
+                lab[idx] = class as f32;
+            }
+        }
+    }
+    let mut h = Header::new(dims, 4, affine);
+    h.descrip = format!("unetr brain-tumour phantom seed {} case {index}", cfg.seed);
+    let mut hl = Header::new(dims, 1, affine);
+    hl.descrip = h.descrip.clone();
+    (Volume { data: img, header: h }, Volume { data: lab, header: hl })
+}
+
+/// One CT case: (image in HU, label).
+fn ct_case(cfg: &PhantomConfig, index: usize) -> (Volume, Volume) {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(index as u64));
     let mut j = |s: f64| rng.random_range(-s..=s);
     let half = [0, 1, 2].map(|a| cfg.size[a] as f64 * cfg.spacing[a] / 2.0);
@@ -158,8 +267,12 @@ pub fn write_dataset(cfg: &PhantomConfig, dir: &Path) -> Result<PathBuf> {
         "name": "UNETR phantom",
         "description": format!("synthetic CT-like phantoms, seed {}", cfg.seed),
         "tensorImageSize": "3D",
-        "modality": {"0": "CT"},
-        "labels": CLASSES.iter().enumerate().map(|(i, c)| (i.to_string(), serde_json::Value::from(*c))).collect::<serde_json::Map<_, _>>(),
+        "modality": if cfg.kind == PhantomKind::Brats {
+            BRATS_MODALITIES.iter().enumerate().map(|(i, c)| (i.to_string(), serde_json::Value::from(*c))).collect::<serde_json::Map<_, _>>()
+        } else {
+            serde_json::json!({"0": "CT"}).as_object().cloned().unwrap_or_default()
+        },
+        "labels": cfg.kind.classes().iter().enumerate().map(|(i, c)| (i.to_string(), serde_json::Value::from(*c))).collect::<serde_json::Map<_, _>>(),
         "numTraining": n_train,
         "training": (0..n_train).map(item).collect::<Vec<_>>(),
         "validation": (n_train..n_train + cfg.validation).map(item).collect::<Vec<_>>(),

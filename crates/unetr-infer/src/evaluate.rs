@@ -1,7 +1,7 @@
 //! Evaluation of a predictor on labelled cases: Dice and HD95 per case and class, averaged per class.
 
 use crate::error::Result;
-use crate::metrics::{class_means, dice_per_class, hd95, mean_dice, Background};
+use crate::metrics::{class_means, dice_per_class, dice_per_set, hd95_set, mean_dice, Background};
 use crate::predictor::{Prediction, Predictor, Tta};
 use unetr_data::transforms::Sample;
 use serde::Serialize;
@@ -33,7 +33,8 @@ pub struct Evaluation {
     pub include_background: bool,
 }
 
-/// Runs `p` over labelled `items` (named by `ids`), calling `on_case` after each case with the
+/// Runs `p` over labelled `items` (named by `ids`; `classes` names the predictor's output channels), calling
+/// `on_case` after each case with the
 /// preprocessed sample, the prediction and the metrics (for progress, overlays, outputs).
 pub fn evaluate(
     p: &Predictor,
@@ -45,27 +46,30 @@ pub fn evaluate(
     mut on_case: impl FnMut(&Sample, &Prediction, &CaseResult) -> Result<()>,
 ) -> Result<Evaluation> {
     let k = p.model.cfg.out_channels;
+    let sets = p.labels.value_sets(k);
     let mut cases = Vec::with_capacity(items.len());
     for (it, id) in items.iter().zip(ids) {
         let s = p.preprocess(it)?;
         let pred = p.predict(&s, tta)?;
         let lab = s.label.as_ref().ok_or_else(|| crate::error::ferr(&it.image[0], "no label to evaluate against"))?;
         let sp = unetr_data::nifti::spacing(&s.affine);
-        let r = case_result(id, it, &pred, lab, s.dims, sp, k);
+        let r = case_result(id, it, &pred, lab, s.dims, sp, &sets);
         on_case(&s, &pred, &r)?;
         cases.push(r);
     }
     Ok(aggregate(classes, cases, k, background))
 }
 
-/// One case's metrics from its prediction and label (on the grid `dims` of spacing `sp`).
-pub fn case_result(id: &str, it: &Item, pred: &Prediction, lab: &[f32], dims: [usize; 3], sp: [f64; 3], k: usize) -> CaseResult {
+/// One case's metrics from its prediction and label (on the grid `dims` of spacing `sp`), per set of label
+/// values (`LabelMode::value_sets`: one class each, or the regions).
+pub fn case_result(id: &str, it: &Item, pred: &Prediction, lab: &[f32], dims: [usize; 3], sp: [f64; 3], sets: &[Vec<u32>]) -> CaseResult {
+    let singles = sets.iter().enumerate().all(|(i, s)| s.len() == 1 && s[0] as usize == i);
     CaseResult {
         case: id.to_string(),
         image: it.image[0].clone(),
         label: it.label.clone().unwrap_or_default(),
-        dice: dice_per_class(&pred.labels, lab, k),
-        hd95_mm: (0..k).map(|c| hd95(&pred.labels, lab, c, dims, sp)).collect(),
+        dice: if singles { dice_per_class(&pred.labels, lab, sets.len()) } else { dice_per_set(&pred.labels, lab, sets) },
+        hd95_mm: sets.iter().map(|set| hd95_set(&pred.labels, lab, set, dims, sp)).collect(),
     }
 }
 

@@ -24,6 +24,24 @@ pub fn dice_per_class(pred: &[f32], label: &[f32], k: usize) -> Vec<Option<f64>>
     (0..k).map(|c| if ls[c] == 0 { None } else { Some(2.0 * inter[c] as f64 / (ps[c] + ls[c]) as f64) }).collect()
 }
 
+/// Dice of each set of label values (a region: voxels whose label is in the set) between two label maps;
+/// `None` where the set is absent from the ground truth. With singleton sets this is [`dice_per_class`].
+pub fn dice_per_set(pred: &[f32], label: &[f32], sets: &[Vec<u32>]) -> Vec<Option<f64>> {
+    sets.iter()
+        .map(|set| {
+            let is = |v: f32| v >= 0.0 && set.contains(&(v as u32));
+            let (mut inter, mut ps, mut ls) = (0u64, 0u64, 0u64);
+            for (&p, &l) in pred.iter().zip(label) {
+                let (a, b) = (is(p), is(l));
+                ps += a as u64;
+                ls += b as u64;
+                inter += (a && b) as u64;
+            }
+            (ls > 0).then(|| 2.0 * inter as f64 / (ps + ls) as f64)
+        })
+        .collect()
+}
+
 /// Whether class 0 counts in a mean over classes (MONAI's `include_background`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Background {
@@ -212,7 +230,12 @@ fn percentile(v: &mut [f64], q: f64) -> f64 {
 /// the bounding box of both masks with exact Euclidean distance transforms, so a whole-body CT takes
 /// seconds, not the minutes of comparing every surface voxel with every other.
 pub fn hd95(pred: &[f32], label: &[f32], class: usize, d: [usize; 3], spacing: [f64; 3]) -> Option<f64> {
-    let is = |v: f32| v as usize == class && v >= 0.0;
+    hd95_set(pred, label, &[class as u32], d, spacing)
+}
+
+/// [`hd95`] of a set of label values (a region).
+pub fn hd95_set(pred: &[f32], label: &[f32], set: &[u32], d: [usize; 3], spacing: [f64; 3]) -> Option<f64> {
+    let is = |v: f32| v >= 0.0 && set.contains(&(v as u32));
     let (lo, hi) = bbox(|i| is(pred[i]) || is(label[i]), d)?;
     // The masks inside the box; the volume border still counts as outside (MONAI pads with background).
     let bd = [0, 1, 2].map(|a| hi[a] - lo[a]);

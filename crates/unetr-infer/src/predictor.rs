@@ -5,6 +5,7 @@
 use crate::checkpoint::Checkpoint;
 use crate::error::{ferr, InferError, Result};
 use crate::inferers::{sliding_window_inference, Blend, SlidingWindow};
+use crate::labels::LabelMode;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use unetr_data::nifti::Volume;
@@ -66,6 +67,8 @@ pub struct Predictor {
     pub transforms: TransformConfig,
     pub window: WindowSettings,
     pub limit: MemoryLimit,
+    /// What the output channels mean (classes, or regions as for brain tumours).
+    pub labels: LabelMode,
 }
 
 impl Predictor {
@@ -75,15 +78,26 @@ impl Predictor {
         let ck = Checkpoint::open(dir)?;
         let transforms: TransformConfig = ck.section("transforms")?;
         let window: WindowSettings = ck.section("validation")?;
+        let labels: LabelMode = ck.section("labels")?;
         let model = ck.weights(device, limit)?.inference_model()?;
-        Self::new(model, transforms, window, limit)
+        Self::new(model, transforms, window, limit)?.with_labels(labels)
     }
 
     pub fn new(model: Unetr, transforms: TransformConfig, window: WindowSettings, limit: MemoryLimit) -> Result<Self> {
-        let p = Self { model, transforms, window, limit };
+        let p = Self { model, transforms, window, limit, labels: LabelMode::Classes };
         p.sliding_window().validate().map_err(InferError::Config)?;
         transforms_ok(&p.transforms)?;
         Ok(p)
+    }
+
+    /// Output channels that mean regions (or classes, the default).
+    pub fn with_labels(mut self, labels: LabelMode) -> Result<Self> {
+        labels.check(None).map_err(InferError::Config)?;
+        if labels.out_channels(self.model.cfg.out_channels) != self.model.cfg.out_channels {
+            return Err(InferError::Config(format!("{} regions for a model with {} output channels", labels.out_channels(0), self.model.cfg.out_channels)));
+        }
+        self.labels = labels;
+        Ok(self)
     }
 
     pub fn sliding_window(&self) -> SlidingWindow {
@@ -120,16 +134,19 @@ impl Predictor {
         Ok(logits)
     }
 
-    /// Logits and argmax labels on the sample's grid.
+    /// Logits and the label map on the sample's grid (the argmax, or the regions written back).
     pub fn predict(&self, s: &Sample, tta: Tta) -> Result<Prediction> {
         let logits = self.logits(s, tta)?;
-        let labels = logits.argmax(1)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let labels = match self.labels {
+            LabelMode::Classes => logits.argmax(1)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+            _ => self.labels.label_map(&logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?, logits.dim(1)?),
+        };
         Ok(Prediction { labels, logits })
     }
 
     /// A prediction mapped back to the input's grid: where the preprocessing resampled, the probabilities
-    /// are resampled (linearly) and the argmax taken there; crops, pads and reorientations are undone
-    /// exactly.
+    /// (softmax, or sigmoid for regions) are resampled linearly and the label map made there; crops, pads
+    /// and reorientations are undone exactly.
     pub fn invert(&self, s: &Sample, p: &Prediction, probabilities: Probabilities) -> Result<Segmentation> {
         let k = p.logits.dim(1)?;
         let resampled = s.applied.iter().any(|a| matches!(a, Applied::Spacing { .. }));
@@ -137,7 +154,13 @@ impl Predictor {
         let probs = if need_probs {
             let orig = s.header.dims.iter().map(|&d| d as u64).product::<u64>();
             check_bytes(s, "probabilities on the input grid", k as u64 * orig * 4, self.limit)?;
-            let pr = candle_nn::ops::softmax(&p.logits.to_dtype(DType::F32)?, 1)?.flatten_all()?.to_vec1::<f32>()?;
+            let l = p.logits.to_dtype(DType::F32)?;
+            let pr = match self.labels {
+                LabelMode::Classes => candle_nn::ops::softmax(&l, 1)?,
+                _ => candle_nn::ops::sigmoid(&l)?,
+            }
+            .flatten_all()?
+            .to_vec1::<f32>()?;
             Some(s.invert(&pr, k, 0.0))
         } else {
             None
@@ -145,7 +168,11 @@ impl Predictor {
         let labels = match (&probs, resampled) {
             (Some(pv), true) => {
                 let mut v = s.invert(&p.labels, 1, 0.0);
-                v.data = argmax_channels(&pv.data, k);
+                v.data = match self.labels {
+                    LabelMode::Classes => argmax_channels(&pv.data, k),
+                    // Probabilities above 0.5 are logits above 0.
+                    _ => self.labels.label_map(&pv.data.iter().map(|x| x - 0.5).collect::<Vec<_>>(), k),
+                };
                 v
             }
             _ => s.invert(&p.labels, 1, 0.0),

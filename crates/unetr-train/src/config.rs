@@ -8,10 +8,10 @@ use crate::optim::AdamWConfig;
 use crate::amp::Precision;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use unetr_data::phantom::PhantomConfig;
+use unetr_data::phantom::{PhantomConfig, PhantomKind};
 use unetr_data::{Checks, MemoryLimit, TransformConfig};
 use unetr_infer::inferers::{Blend, SlidingWindow};
-use unetr_infer::WindowSettings;
+use unetr_infer::{LabelMode, WindowSettings};
 use unetr_model::UnetrConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,10 +23,16 @@ pub struct DataConfig {
     pub phantom_seed: u64,
     /// Phantom voxels along world x, y, z.
     pub phantom_size: [usize; 3],
+    /// Which phantoms: "ct" (four abdominal structures), "spleen" (CT, spleen only: MSD Task09's stand-in)
+    /// or "brats" (4 MRI channels, nested tumour regions: MSD Task01's stand-in).
+    pub phantom_kind: PhantomKind,
+    /// For datalists without "validation" entries (the Decathlon's): the fraction of the training cases,
+    /// taken from the end of the list, that validate.
+    pub validation_fraction: f64,
 }
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { dataset: None, phantom_cases: 16, phantom_seed: 0, phantom_size: PhantomConfig::default().size }
+        Self { dataset: None, phantom_cases: 16, phantom_seed: 0, phantom_size: PhantomConfig::default().size, phantom_kind: PhantomKind::Ct, validation_fraction: 0.2 }
     }
 }
 
@@ -34,7 +40,7 @@ impl DataConfig {
     /// The phantom dataset this section describes.
     pub fn phantom(&self) -> PhantomConfig {
         let n = self.phantom_cases;
-        PhantomConfig { cases: n, validation: (n / 4).max(1), test: n / 8, seed: self.phantom_seed, size: self.phantom_size, ..Default::default() }
+        PhantomConfig { cases: n, validation: (n / 4).max(1), test: n / 8, seed: self.phantom_seed, size: self.phantom_size, kind: self.phantom_kind, ..Default::default() }
     }
 }
 
@@ -128,6 +134,9 @@ pub struct TrainConfig {
     /// `transforms.roi` when left out.
     pub model: UnetrConfig,
     pub init: InitConfig,
+    /// What the output channels mean: `mode = "classes"` (softmax over the label values, the default) or
+    /// `mode = "regions"` with `regions = [{ name = "TC", values = [2, 3] }, ...]` (sigmoid per region).
+    pub labels: LabelMode,
     pub optim: OptimConfig,
     pub validation: ValidationConfig,
     pub output: OutputConfig,
@@ -142,6 +151,7 @@ impl Default for TrainConfig {
             transforms: TransformConfig::default(),
             model: UnetrConfig::default(),
             init: InitConfig::default(),
+            labels: LabelMode::Classes,
             optim: OptimConfig::default(),
             validation: ValidationConfig::default(),
             output: OutputConfig::default(),
@@ -272,7 +282,19 @@ impl TrainConfig {
             c.fail(e.to_string());
         }
         let d = &self.data;
-        c.count("data.phantom_cases", d.phantom_cases as u64, 2, 100_000);
+        c.count("data.phantom_cases", d.phantom_cases as u64, 2, 100_000).within_open("data.validation_fraction", d.validation_fraction, 0.0, 1.0);
+        if let Err(e) = self.labels.check(None) {
+            c.fail(e);
+        }
+        match (&self.labels, &self.optim.loss) {
+            (LabelMode::Regions { .. }, Loss::SigmoidDice(_)) | (LabelMode::Classes, Loss::DiceCe(_) | Loss::Dice(_) | Loss::Ce) => {}
+            (LabelMode::Regions { .. }, _) => {
+                c.fail("labels.mode = \"regions\" trains with optim.loss.name = \"sigmoid_dice\" (one sigmoid per overlapping region)".into());
+            }
+            (LabelMode::Classes, _) => {
+                c.fail("optim.loss.name = \"sigmoid_dice\" needs labels.mode = \"regions\"".into());
+            }
+        }
         for (a, &n) in d.phantom_size.iter().enumerate() {
             c.count(&format!("data.phantom_size[{a}]"), n as u64, 8, 2048);
         }
@@ -321,6 +343,11 @@ impl TrainConfig {
         let mut probe = m.clone();
         probe.in_channels = m.in_channels.max(1);
         probe.out_channels = m.out_channels.max(2);
+        if let LabelMode::Regions { regions } = &self.labels {
+            if m.out_channels != 0 && m.out_channels != regions.len() {
+                c.fail(format!("model.out_channels = {} but labels has {} regions", m.out_channels, regions.len()));
+            }
+        }
         probe.img_size = self.img_size();
         if m.img_size != [0; 3] && m.img_size != self.transforms.roi {
             c.fail(format!("model.img_size = {:?} differs from transforms.roi = {:?} (the crop size is the model's input size)", m.img_size, self.transforms.roi));

@@ -49,23 +49,38 @@ pub struct RunData {
     pub train: Arc<CacheDataset>,
     pub validation: Vec<Sample>,
     pub in_channels: usize,
+    /// Label values 0..n_classes of the datalist, and their names.
     pub n_classes: usize,
     pub class_names: Vec<String>,
+    /// The model's output channels, their names, and the label values each stands for (one class each,
+    /// or the regions of `[labels]`).
+    pub channels: usize,
+    pub channel_names: Vec<String>,
+    pub sets: Vec<Vec<u32>>,
 }
 
 /// Reads the datalist, preprocesses every training and validation case (so a bad file stops the run
 /// before the first step), and checks channels and label values against the declared classes.
 pub fn load(cfg: &TrainConfig, json: &Path) -> Result<RunData> {
-    let dl = Datalist::from_json(json, cfg.memory_limit)?;
+    let mut dl = Datalist::from_json(json, cfg.memory_limit)?;
     dl.check_files()?;
+    if dl.validation.is_empty() && dl.training.len() >= 2 {
+        // As MONAI's tutorials for the Decathlon's datalists (which have no validation split): the last
+        // cases of the training list.
+        let n = ((dl.training.len() as f64 * cfg.data.validation_fraction).ceil() as usize).clamp(1, dl.training.len() - 1);
+        dl.validation = dl.training.split_off(dl.training.len() - n);
+        tracing::info!("{}: no \"validation\" entries; the last {n} training case(s) validate (data.validation_fraction)", json.display());
+    }
     if dl.training.is_empty() || dl.validation.is_empty() {
-        return Err(ferr(json, "needs both \"training\" and \"validation\" entries"));
+        return Err(ferr(json, "needs at least two labelled cases (\"training\", and \"validation\" or data.validation_fraction)"));
     }
     if dl.labels.len() < 2 {
         return Err(ferr(json, "\"labels\" must name at least two classes (index 0 is the background)"));
     }
     let n_classes = dl.labels.len();
-    let class_names = dl.labels.iter().map(|l| l.1.clone()).collect();
+    let class_names: Vec<String> = dl.labels.iter().map(|l| l.1.clone()).collect();
+    cfg.labels.check(Some(n_classes)).map_err(|e| ferr(json, e))?;
+    let (channels, channel_names, sets) = (cfg.labels.out_channels(n_classes), cfg.labels.names(&class_names), cfg.labels.value_sets(n_classes));
     let t = &cfg.transforms;
     let compose = Arc::new(t.compose()?);
     let read = t.read_options(cfg.memory_limit);
@@ -89,5 +104,5 @@ pub fn load(cfg: &TrainConfig, json: &Path) -> Result<RunData> {
     if in_channels == 0 {
         return Err(TrainError::Config("the data has no image channels".into()));
     }
-    Ok(RunData { datalist: dl, train, validation, in_channels, n_classes, class_names })
+    Ok(RunData { datalist: dl, train, validation, in_channels, n_classes, class_names, channels, channel_names, sets })
 }

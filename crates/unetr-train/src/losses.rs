@@ -12,6 +12,9 @@ pub enum Loss {
     Dice(DiceCeOptions),
     /// `nn.CrossEntropyLoss()`.
     Ce,
+    /// `DiceLoss(sigmoid=True, to_onehot_y=False, ...)` on overlapping regions (`labels.mode = "regions"`):
+    /// one sigmoid per output channel against that region's mask.
+    SigmoidDice(DiceCeOptions),
 }
 
 impl Default for Loss {
@@ -22,18 +25,20 @@ impl Default for Loss {
 }
 
 impl Loss {
-    /// The loss of logits [B, K, ...] against integer labels [B, 1, ...].
+    /// The loss of logits [B, K, ...] against integer labels [B, 1, ...] (for `SigmoidDice`: against the
+    /// regions' binary masks [B, K, ...], see [`region_targets`]).
     pub fn compute(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
         match self {
             Self::DiceCe(o) => dice_ce_loss(logits, labels, o),
             Self::Dice(o) => dice_loss(logits, labels, o),
             Self::Ce => cross_entropy(logits, labels, None),
+            Self::SigmoidDice(o) => sigmoid_dice_loss(logits, labels, o),
         }
     }
 
     /// The arguments' ranges, named `optim.loss.*`.
     pub fn check(&self, c: &mut unetr_data::Checks) {
-        if let Self::DiceCe(o) | Self::Dice(o) = self {
+        if let Self::DiceCe(o) | Self::Dice(o) | Self::SigmoidDice(o) = self {
             c.within("optim.loss.smooth_nr", o.smooth_nr, 0.0, f64::MAX)
                 .within("optim.loss.smooth_dr", o.smooth_dr, 0.0, f64::MAX)
                 .within("optim.loss.lambda_dice", o.lambda_dice, 0.0, f64::MAX)
@@ -92,6 +97,47 @@ pub fn one_hot(labels: &Tensor, k: usize) -> Result<Tensor> {
     let mut shape = vec![1; labels.rank()];
     shape[1] = k;
     labels.broadcast_eq(&classes.reshape(shape)?)?.to_dtype(labels.dtype())
+}
+
+/// The regions' masks [B, R, ...] (1 where the label is one of the region's values) of labels [B, 1, ...],
+/// as MONAI's `ConvertToMultiChannelBasedOnBratsClasses` for the brain-tumour regions.
+pub fn region_targets(labels: &Tensor, sets: &[Vec<u32>]) -> Result<Tensor> {
+    let masks = sets
+        .iter()
+        .map(|set| {
+            let mut m = labels.zeros_like()?;
+            for &v in set {
+                m = (m + labels.eq(v as f64)?.to_dtype(labels.dtype())?)?;
+            }
+            m.clamp(0.0, 1.0)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&masks, 1)
+}
+
+/// MONAI's `DiceLoss(sigmoid=True)`: soft Dice of sigmoid(logits) against binary masks, per sample (or over
+/// the batch with `batch`) and channel, weighted per channel when given, then the mean.
+pub fn sigmoid_dice_loss(logits: &Tensor, targets: &Tensor, o: &DiceCeOptions) -> Result<Tensor> {
+    let p = candle_nn::ops::sigmoid(logits)?;
+    let y = targets.to_dtype(p.dtype())?;
+    let flat = |t: &Tensor| -> Result<Tensor> {
+        let t = t.flatten_from(2)?;
+        if o.batch {
+            let (b, kk, n) = t.dims3()?;
+            t.transpose(0, 1)?.contiguous()?.reshape((1, kk, b * n))
+        } else {
+            Ok(t)
+        }
+    };
+    let (p, y) = (flat(&p)?, flat(&y)?);
+    let inter = (&p * &y)?.sum(D::Minus1)?;
+    let den = if o.squared_pred { (p.sqr()?.sum(D::Minus1)? + y.sqr()?.sum(D::Minus1)?)? } else { (p.sum(D::Minus1)? + y.sum(D::Minus1)?)? };
+    let f = (1.0 - ((inter * 2.0)? + o.smooth_nr)?.div(&(den + o.smooth_dr)?)?)?;
+    let f = match &o.weight {
+        Some(w) => f.broadcast_mul(&class_weights(w, f.dim(1)?, &f)?.squeeze(2)?)?,
+        None => f,
+    };
+    f.mean_all()
 }
 
 /// A per-class weight vector as a [1, K, 1] tensor (checked against the class count).

@@ -6,7 +6,7 @@
 use crate::amp::{GradScaler, Precision};
 use crate::config::OptimConfig;
 use crate::error::{Result, TrainError};
-use crate::losses::Loss;
+use crate::losses::{region_targets, Loss};
 use crate::optim::{clip_grad_norm, AdamW};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
@@ -32,6 +32,8 @@ pub struct TrainStep {
     pub accumulate: usize,
     /// The f16 loss scaler (None for f32 and bf16).
     pub scaler: Option<GradScaler>,
+    /// With `labels.mode = "regions"`: each output channel's label values (the loss sees their masks).
+    pub regions: Option<Vec<Vec<u32>>>,
 }
 
 impl TrainStep {
@@ -44,6 +46,7 @@ impl TrainStep {
             grad_clip: o.grad_clip,
             accumulate: o.accumulate.max(1),
             scaler: o.precision.needs_loss_scaling().then(GradScaler::default),
+            regions: None,
         }
     }
 
@@ -51,7 +54,11 @@ impl TrainStep {
     /// `x` [B, C, ...] and labels `y` [B, 1, ...]; returns the loss value and the (scaled) gradients.
     pub fn gradients(&self, model: &Unetr, x: &Tensor, y: &Tensor) -> Result<(f64, GradStore)> {
         let logits = model.forward_t(&x.to_dtype(self.precision.dtype())?, true)?.to_dtype(DType::F32)?;
-        let loss = (self.loss.compute(&logits, y)? / self.accumulate as f64)?;
+        let target = match &self.regions {
+            Some(sets) => region_targets(y, sets)?,
+            None => y.clone(),
+        };
+        let loss = (self.loss.compute(&logits, &target)? / self.accumulate as f64)?;
         let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let grads = match &self.scaler {
             Some(s) => s.scale_loss(&loss)?.backward()?,

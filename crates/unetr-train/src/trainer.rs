@@ -23,7 +23,7 @@ use unetr_infer::checkpoint::write_file_atomic;
 use crate::plots::{class_color, line_chart, Chart, Series};
 use crate::report::{self, peak_rss_bytes, Extremes, Report};
 use unetr_infer::evaluate::{aggregate, case_result};
-use unetr_infer::metrics::{class_means, dice_per_class, mean_dice, Background};
+use unetr_infer::metrics::{class_means, dice_per_set, mean_dice, Background};
 use unetr_infer::outputs::{case_ids, nifti_extension, OutputPlan, Overwrite};
 use unetr_infer::{parse_device, Predictor, Probabilities, Tta};
 use unetr_model::{Trainable, UnetrConfig, UnetrWeights};
@@ -44,7 +44,10 @@ pub enum RunMode {
 pub struct TrainSummary {
     pub final_dice: f64,
     pub per_class: Vec<Option<f64>>,
+    /// Names of the output channels (classes, or regions).
     pub class_names: Vec<String>,
+    /// Whether channel 0 is the background (classes), which summaries leave out.
+    pub first_is_background: bool,
     pub best_dice: f64,
     pub out_dir: PathBuf,
     pub seconds: f64,
@@ -84,16 +87,31 @@ fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
     x.wrapping_mul(0xBF58_476D_1CE4_E5B9)
 }
 
-/// The validation score of the current weights: Dice per class (mean over cases) and their mean.
+/// Whether the mean over output channels leaves channel 0 out: only classes have a background channel.
+fn background(cfg: &TrainConfig) -> Background {
+    if cfg.labels.has_background() {
+        Background::from_include(cfg.validation.include_background)
+    } else {
+        Background::Include
+    }
+}
+
+/// The predictor of the current weights, with the run's preprocessing, window and label mode.
+fn predictor(w: &UnetrWeights, cfg: &TrainConfig) -> Result<Predictor> {
+    Ok(Predictor::new(w.inference_model()?, cfg.transforms.clone(), cfg.validation.window(), cfg.memory_limit)?.with_labels(cfg.labels.clone())?)
+}
+
+/// The validation score of the current weights: Dice per output channel (class or region; mean over
+/// cases) and their mean.
 fn validate(w: &UnetrWeights, cfg: &TrainConfig, data: &RunData) -> Result<(f64, Vec<Option<f64>>)> {
-    let p = Predictor::new(w.inference_model()?, cfg.transforms.clone(), cfg.validation.window(), cfg.memory_limit)?;
+    let p = predictor(w, cfg)?;
     let mut cases = Vec::with_capacity(data.validation.len());
     for s in &data.validation {
         let pred = p.predict(s, Tta::Off)?;
-        cases.push(dice_per_class(&pred.labels, s.label.as_ref().expect("checked by data::load"), data.n_classes));
+        cases.push(dice_per_set(&pred.labels, s.label.as_ref().expect("checked by data::load"), &data.sets));
     }
-    let per_class = class_means(&cases, data.n_classes);
-    Ok((mean_dice(&per_class, Background::from_include(cfg.validation.include_background)), per_class))
+    let per_class = class_means(&cases, data.channels);
+    Ok((mean_dice(&per_class, background(cfg)), per_class))
 }
 
 fn progress_bar(cfg: &TrainConfig, start: u64) -> ProgressBar {
@@ -138,7 +156,7 @@ pub fn train(cfg: &TrainConfig, mode: RunMode) -> Result<TrainSummary> {
     }
     std::fs::create_dir_all(&out).map_err(|e| ferr(&out, e))?;
 
-    let mcfg = cfg.unetr(data.in_channels, data.n_classes)?;
+    let mcfg = cfg.unetr(data.in_channels, data.channels)?;
     let w = UnetrWeights::init_seeded(&mcfg, &dev, cfg.output.seed)?;
     if let Some(p) = &cfg.init.pretrained {
         let rep = w.load_from(p, cfg.memory_limit.bytes(), |k| k.starts_with("out."))?;
@@ -146,6 +164,9 @@ pub fn train(cfg: &TrainConfig, mode: RunMode) -> Result<TrainSummary> {
     }
     let which = if cfg.init.freeze_encoder { Trainable::DecoderOnly } else { Trainable::All };
     let mut step = TrainStep::new(w.trainable_vars(which), &cfg.optim);
+    if !cfg.labels.has_background() {
+        step.regions = Some(data.sets.clone());
+    }
     let ckpt = out.join("checkpoint");
     let best_dir = out.join("best");
     let mut state = TrainState { step: 0, seed: cfg.output.seed, best_dice: f64::NEG_INFINITY, best_step: 0, grad_scaler: step.scaler };
@@ -160,7 +181,7 @@ pub fn train(cfg: &TrainConfig, mode: RunMode) -> Result<TrainSummary> {
         }
     }
     write_file_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
-    let mut log = TrainLog::open(&out, data.n_classes, cfg.output.log_csv, (mode == RunMode::Resume).then_some(state.step))?;
+    let mut log = TrainLog::open(&out, data.channels, cfg.output.log_csv, (mode == RunMode::Resume).then_some(state.step))?;
     let last_val = run_loop(cfg, &dev, &w, &mcfg, &mut step, &mut state, &data, &mut log, &out, t0)?;
     let losses = last_val.2;
 
@@ -175,7 +196,8 @@ pub fn train(cfg: &TrainConfig, mode: RunMode) -> Result<TrainSummary> {
     Ok(TrainSummary {
         final_dice: last_val.0,
         per_class: last_val.1,
-        class_names: data.class_names.clone(),
+        class_names: data.channel_names.clone(),
+        first_is_background: cfg.labels.has_background(),
         best_dice: state.best_dice,
         out_dir: out,
         seconds: t0.elapsed().as_secs_f64(),
@@ -236,7 +258,7 @@ fn run_loop(
             let (md, per_class) = validate(w, cfg, data)?;
             rec["val_mean_dice"] = md.into();
             rec["val_dice"] = serde_json::to_value(&per_class).unwrap_or_default();
-            let named: Vec<String> = per_class.iter().zip(&data.class_names).map(|(d, n)| format!("{n} {}", d.map_or("-".into(), |v| format!("{v:.3}")))).collect();
+            let named: Vec<String> = per_class.iter().zip(&data.channel_names).map(|(d, n)| format!("{n} {}", d.map_or("-".into(), |v| format!("{v:.3}")))).collect();
             say(format!("  validation at step {}: mean Dice {md:.4} ({})", state.step, named.join(", ")));
             if md > state.best_dice {
                 state.best_dice = md;
@@ -265,7 +287,7 @@ fn run_loop(
 }
 
 /// The run's curves from log.jsonl, as PNG (quick look) and SVG (returned, for the report).
-fn write_curves(out: &Path, class_names: &[String]) -> Result<Vec<String>> {
+fn write_curves(out: &Path, class_names: &[String], skip: usize) -> Result<Vec<String>> {
     let log_path = out.join("log.jsonl");
     let plots = out.join("plots");
     std::fs::create_dir_all(&plots).map_err(|e| ferr(&plots, e))?;
@@ -277,7 +299,7 @@ fn write_curves(out: &Path, class_names: &[String]) -> Result<Vec<String>> {
     let mut dice: Vec<Series> = class_names
         .iter()
         .enumerate()
-        .skip(1)
+        .skip(skip)
         .map(|(c, n)| Series { name: n.clone(), points: recs.iter().filter_map(|r| Some((r["step"].as_f64()?, r["val_dice"].get(c)?.as_f64()?))).collect(), color: class_color(c) })
         .collect();
     dice.push(Series { name: "mean".into(), points: field("val_mean_dice"), color: plotters::style::BLACK });
@@ -298,19 +320,19 @@ fn write_curves(out: &Path, class_names: &[String]) -> Result<Vec<String>> {
 /// Curves, the validation cases evaluated (Dice and HD95 per case and class), overlays of the first cases,
 /// their predictions on each input's grid, and the HTML report.
 fn write_outputs(cfg: &TrainConfig, w: &UnetrWeights, data: &RunData, out: &Path, pred_paths: &[PathBuf], summary: Vec<(String, String)>) -> Result<()> {
-    let curves = write_curves(out, &data.class_names)?;
+    let curves = write_curves(out, &data.channel_names, cfg.labels.has_background() as usize)?;
     let plots = out.join("plots");
-    let p = Predictor::new(w.inference_model()?, cfg.transforms.clone(), cfg.validation.window(), cfg.memory_limit)?;
+    let p = predictor(w, cfg)?;
     let pred_dir = out.join("predictions");
     std::fs::create_dir_all(&pred_dir).map_err(|e| ferr(&pred_dir, e))?;
     let ids = case_ids(&data.datalist.validation)?;
-    let background = Background::from_include(cfg.validation.include_background);
+    let background = background(cfg);
     let mut extremes = Extremes::default();
     let mut cases = Vec::new();
     for (vi, ((s, path), (it, id))) in data.validation.iter().zip(pred_paths).zip(data.datalist.validation.iter().zip(&ids)).enumerate() {
         let pred = p.predict(s, Tta::Off)?;
         let lab = s.label.as_ref().expect("checked by data::load");
-        let r = case_result(id, it, &pred, lab, s.dims, unetr_data::nifti::spacing(&s.affine), data.n_classes);
+        let r = case_result(id, it, &pred, lab, s.dims, unetr_data::nifti::spacing(&s.affine), &data.sets);
         extremes.consider(s, &pred, &r, &data.class_names, background)?;
         if vi < 4 {
             let png = plots.join(format!("overlay_{vi}.png"));
@@ -320,7 +342,7 @@ fn write_outputs(cfg: &TrainConfig, w: &UnetrWeights, data: &RunData, out: &Path
         write_nifti(path, &seg.labels, true)?;
         cases.push(r);
     }
-    let evaluation = aggregate(&data.class_names, cases, data.n_classes, background);
+    let evaluation = aggregate(&data.channel_names, cases, data.channels, background);
     let title = format!("UNETR training run {}", out.display());
     let mut summary = summary;
     summary.push(("validation mean Dice (final weights)".into(), format!("{:.4}", evaluation.mean_dice)));

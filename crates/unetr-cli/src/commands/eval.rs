@@ -103,21 +103,23 @@ pub fn run(a: Args) -> Result<()> {
     let mut p = Predictor::from_checkpoint(&a.checkpoint, &device, a.memory_limit)?;
     window_overrides(&mut p, &a.window)?;
     let k = p.model.cfg.out_channels;
-    if !dl.labels.is_empty() && dl.labels.len() != k {
-        bail!("{}: declares {} classes, the checkpoint predicts {k}", a.datalist.display(), dl.labels.len());
+    let class_names: Vec<String> = if dl.labels.is_empty() { (0..k).map(|c| format!("class {c}")).collect() } else { dl.labels.iter().map(|l| l.1.clone()).collect() };
+    match &p.labels {
+        unetr_infer::LabelMode::Classes if class_names.len() != k => bail!("{}: declares {} classes, the checkpoint predicts {k}", a.datalist.display(), class_names.len()),
+        labels => labels.check(Some(class_names.len())).map_err(|e| anyhow::anyhow!("{}: {e}", a.datalist.display()))?,
     }
-    let names: Vec<String> = (0..k).map(|c| dl.labels.get(c).map(|l| l.1.clone()).unwrap_or(format!("class {c}"))).collect();
+    let names = p.labels.names(&class_names);
     let bar = progress(list.len() as u64, "evaluating");
     let tta = if a.tta { Tta::Flips } else { Tta::Off };
-    let background = Background::from_include(a.include_background);
+    let background = if p.labels.has_background() { Background::from_include(a.include_background) } else { Background::Include };
     let mut extremes = Extremes::default();
     let t0 = std::time::Instant::now();
     let e = evaluate(&p, &list, &ids, &names, tta, background, |s, pred, c| {
-        let d: Vec<String> = c.dice.iter().zip(&names).skip(1).map(|(v, n)| format!("{n} {}", fmt(*v, 3))).collect();
+        let d: Vec<String> = c.dice.iter().zip(&names).skip(p.labels.has_background() as usize).map(|(v, n)| format!("{n} {}", fmt(*v, 3))).collect();
         bar.println(format!("{}: Dice {}", c.case, d.join(", ")));
         bar.inc(1);
         if a.report.is_some() {
-            extremes.consider(s, pred, c, &names, background).map_err(|e| unetr_infer::InferError::Config(e.to_string()))?;
+            extremes.consider(s, pred, c, &class_names, background).map_err(|e| unetr_infer::InferError::Config(e.to_string()))?;
         }
         Ok(())
     })?;

@@ -16,6 +16,9 @@ pub struct Args {
     /// The run's folder (overrides output.dir; default: runs/NAME, NAME being the config file's name).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The datalist to train on (overrides data.dataset): a Decathlon or nnU-Net dataset.json.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// Number of optimiser steps (overrides optim.steps).
     #[arg(long)]
     pub steps: Option<u64>,
@@ -43,6 +46,9 @@ impl Args {
     /// The effective configuration: the file (or the built-in preset), then --set, then the flags.
     pub fn config(&self) -> Result<TrainConfig> {
         let mut overrides = self.set.clone();
+        if let Some(d) = &self.data {
+            overrides.push(format!("data.dataset={:?}", d.display().to_string()));
+        }
         if let Some(s) = self.steps {
             overrides.push(format!("optim.steps={s}"));
         }
@@ -78,7 +84,7 @@ pub fn run(a: Args) -> Result<()> {
         return Ok(());
     }
     let s = train(&cfg, a.mode())?;
-    let per: Vec<String> = s.per_class.iter().zip(&s.class_names).skip(1).map(|(d, n)| format!("{n} {}", d.map_or("-".into(), |v| format!("{v:.3}")))).collect();
+    let per: Vec<String> = s.per_class.iter().zip(&s.class_names).skip(s.first_is_background as usize).map(|(d, n)| format!("{n} {}", d.map_or("-".into(), |v| format!("{v:.3}")))).collect();
     println!("final validation mean Dice {:.4} (best {:.4}): {}", s.final_dice, s.best_dice, per.join(", "));
     println!("trained in {:.0} s; outputs in {}", s.seconds, s.out_dir.display());
     Ok(())
