@@ -10,9 +10,16 @@ use unetr_model::{count_macs, count_params, layer_costs, OpKind, UnetrConfig, Un
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// Published config: btcv (default), spleen, brats.
+    /// Published config: btcv (default), spleen, brats; or a JSON file of MONAI's UNETR arguments (with
+    /// our `decoder`, `patch_size`, `num_layers`).
     #[arg(long, default_value = "btcv")]
     config: String,
+    /// The decoder: unetr (default), nup, pup or mla (the paper's ablation).
+    #[arg(long)]
+    decoder: Option<String>,
+    /// Patch size per axis (16 as the paper; 32 in its ablation).
+    #[arg(long)]
+    patch: Option<usize>,
     /// Input size D,H,W (default: the config's img_size).
     #[arg(long)]
     size: Option<String>,
@@ -108,8 +115,15 @@ fn config(a: &Args) -> Result<UnetrConfig> {
         "btcv" => UnetrConfig::btcv(),
         "spleen" => UnetrConfig::msd_spleen(),
         "brats" => UnetrConfig::msd_brats(),
-        other => bail!("unknown config {other:?} (btcv, spleen, brats)"),
+        path if path.ends_with(".json") => UnetrConfig::from_json(&std::fs::read_to_string(path).with_context(|| format!("{path}: cannot read"))?)?,
+        other => bail!("unknown config {other:?} (btcv, spleen, brats, or a .json file)"),
     };
+    if let Some(d) = &a.decoder {
+        c.decoder = serde_json::from_value(serde_json::json!(d)).with_context(|| format!("--decoder {d}: unetr, nup, pup or mla"))?;
+    }
+    if let Some(p) = a.patch {
+        c.patch_size = [p; 3];
+    }
     if let Some(s) = &a.size {
         let v: Vec<usize> = s
             .split(',')
@@ -266,18 +280,15 @@ fn measure(
     let size = cfg.img_size.map(|s| s.to_string()).join(",");
     eprintln!("measuring ours ({mode}, {size}) ...");
     let exe = std::env::current_exe()?;
-    let out = Command::new(exe)
-        .args([
-            "bench-child",
-            "--config",
-            &a.config,
-            "--size",
-            &size,
-            "--repeats",
-            &a.repeats.to_string(),
-            "--mode",
-            mode,
-        ])
+    let mut child = Command::new(exe);
+    child.args(["bench-child", "--config", &a.config, "--size", &size, "--repeats", &a.repeats.to_string(), "--mode", mode]);
+    if let Some(d) = &a.decoder {
+        child.args(["--decoder", d]);
+    }
+    if let Some(p) = a.patch {
+        child.args(["--patch", &p.to_string()]);
+    }
+    let out = child
         .output()
         .context("running the measuring process")?;
     if !out.status.success() {

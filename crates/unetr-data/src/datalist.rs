@@ -54,6 +54,9 @@ impl Datalist {
         let text = std::fs::read_to_string(path).map_err(|e| ferr(path, format!("cannot read: {e}")))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ferr(path, format!("malformed JSON: {e}")))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        if v.get("channel_names").is_some() {
+            return Self::from_nnunet(path, base, &v);
+        }
         let mut d = Datalist { path: path.to_path_buf(), ..Default::default() };
         for (key, dst) in [("training", &mut d.training), ("validation", &mut d.validation), ("test", &mut d.test)] {
             if let Some(list) = v.get(key) {
@@ -80,6 +83,57 @@ impl Datalist {
         }
         if d.training.is_empty() && d.validation.is_empty() && d.test.is_empty() {
             return Err(ferr(path, "no \"training\", \"validation\" or \"test\" entries"));
+        }
+        Ok(d)
+    }
+
+    /// An nnU-Net v2 dataset (dataset.json with `channel_names`, name -> index `labels` and `file_ending`;
+    /// images `imagesTr/CASE_XXXX<ending>` one file per channel, labels `labelsTr/CASE<ending>`, test cases
+    /// in `imagesTs/`). Cases are the label files, sorted; nnU-Net has no validation list (its folds live
+    /// in the preprocessed data), so the training cases are all in `training`.
+    fn from_nnunet(path: &Path, base: &Path, v: &serde_json::Value) -> Result<Self> {
+        let ch = v["channel_names"].as_object().ok_or_else(|| ferr(path, "channel_names must map channel indices to names"))?;
+        let mut channels: Vec<usize> = ch.keys().map(|k| k.parse::<usize>().map_err(|_| ferr(path, format!("channel_names: key {k:?} is not a channel index")))).collect::<Result<_>>()?;
+        channels.sort();
+        if channels.iter().enumerate().any(|(i, &c)| i != c) {
+            return Err(ferr(path, format!("channel_names: keys must be 0..{} without gaps, found {channels:?}", channels.len().saturating_sub(1))));
+        }
+        let ending = v.get("file_ending").and_then(|e| e.as_str()).unwrap_or(".nii.gz").to_string();
+        let mut d = Datalist { path: path.to_path_buf(), ..Default::default() };
+        if let Some(l) = v.get("labels").and_then(|l| l.as_object()) {
+            for (name, idx) in l {
+                let i = idx.as_u64().ok_or_else(|| {
+                    ferr(path, format!("labels[{name:?}] = {idx}: region-based nnU-Net labels are not read; give one index per class and use [labels] mode = \"regions\""))
+                })?;
+                d.labels.push((i as usize, name.clone()));
+            }
+            d.labels.sort();
+            if let Some((i, (idx, _))) = d.labels.iter().enumerate().find(|(i, (idx, _))| idx != i) {
+                return Err(ferr(path, format!("labels: indices must be 0..{} without gaps (index {i} is {idx})", d.labels.len().saturating_sub(1))));
+            }
+        }
+        let list = |sub: &str| -> Result<Vec<String>> {
+            let dir = base.join(sub);
+            if !dir.is_dir() {
+                return Ok(vec![]);
+            }
+            let mut v: Vec<String> = std::fs::read_dir(&dir)
+                .map_err(|e| ferr(&dir, format!("cannot list: {e}")))?
+                .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                .filter_map(|n| n.strip_suffix(ending.as_str()).map(str::to_string))
+                .collect();
+            v.sort();
+            Ok(v)
+        };
+        let images = |sub: &str, case: &str| -> Vec<PathBuf> { channels.iter().map(|c| base.join(sub).join(format!("{case}_{c:04}{ending}"))).collect() };
+        for case in list("labelsTr")? {
+            d.training.push(Item { image: images("imagesTr", &case), label: Some(base.join("labelsTr").join(format!("{case}{ending}"))) });
+        }
+        let mut test_cases: Vec<String> = list("imagesTs")?.into_iter().filter_map(|n| n.rsplit_once('_').map(|(c, _)| c.to_string())).collect();
+        test_cases.dedup();
+        d.test = test_cases.iter().map(|c| Item { image: images("imagesTs", c), label: None }).collect();
+        if d.training.is_empty() && d.test.is_empty() {
+            return Err(ferr(path, format!("an nnU-Net dataset without cases: no labelsTr/*{ending} or imagesTs/*{ending} beside it")));
         }
         Ok(d)
     }

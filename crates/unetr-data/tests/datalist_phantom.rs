@@ -98,3 +98,39 @@ fn datalists_parse_and_report_all_missing_files() {
     assert_eq!(dl.training.len(), 3);
     dl.check_files().unwrap();
 }
+
+/// An nnU-Net v2 dataset: dataset.json with channel_names and name -> index labels, one image file per
+/// channel (`CASE_0000.nii.gz`, `CASE_0001.nii.gz`), labels by case; test cases grouped from imagesTs.
+#[test]
+fn nnunet_v2_datasets_are_read() {
+    let dir = tmpdir("nnunet");
+    for sub in ["imagesTr", "labelsTr", "imagesTs"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let touch = |p: &str| std::fs::write(dir.join(p), b"").unwrap();
+    for case in ["BRATS_002", "BRATS_001"] {
+        touch(&format!("labelsTr/{case}.nii.gz"));
+        for c in 0..2 {
+            touch(&format!("imagesTr/{case}_{c:04}.nii.gz"));
+        }
+    }
+    for c in 0..2 {
+        touch(&format!("imagesTs/BRATS_900_{c:04}.nii.gz"));
+    }
+    std::fs::write(
+        dir.join("dataset.json"),
+        r#"{"channel_names": {"0": "FLAIR", "1": "T1w"}, "labels": {"background": 0, "edema": 1, "tumour": 2}, "numTraining": 2, "file_ending": ".nii.gz"}"#,
+    )
+    .unwrap();
+    let dl = Datalist::from_json(&dir.join("dataset.json"), Default::default()).unwrap();
+    assert_eq!(dl.training.len(), 2);
+    assert_eq!(dl.training[0].image, vec![dir.join("imagesTr/BRATS_001_0000.nii.gz"), dir.join("imagesTr/BRATS_001_0001.nii.gz")]);
+    assert_eq!(dl.training[0].label.as_deref(), Some(dir.join("labelsTr/BRATS_001.nii.gz").as_path()));
+    assert_eq!(dl.labels, vec![(0, "background".to_string()), (1, "edema".into()), (2, "tumour".into())]);
+    assert_eq!(dl.test.len(), 1);
+    assert_eq!(dl.test[0].image.len(), 2);
+    // Region-based labels are refused with a pointer to [labels] mode = "regions".
+    std::fs::write(dir.join("regions.json"), r#"{"channel_names": {"0": "T1"}, "labels": {"background": 0, "whole tumor": [1, 2]}}"#).unwrap();
+    let e = Datalist::from_json(&dir.join("regions.json"), Default::default()).unwrap_err().to_string();
+    assert!(e.contains("regions"), "{e}");
+}

@@ -21,6 +21,7 @@ pub mod inferers;
 pub mod labels;
 pub mod metrics;
 pub mod outputs;
+pub mod postprocess;
 pub mod predictor;
 
 pub use candle_core;

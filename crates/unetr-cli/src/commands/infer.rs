@@ -26,6 +26,10 @@ pub struct Args {
     /// Also write the softmax probabilities (4D, one channel per class).
     #[arg(long)]
     pub probabilities: bool,
+    /// Keep only the largest connected component of each label value (MONAI's
+    /// KeepLargestConnectedComponent, as the paper's BTCV submission).
+    #[arg(long)]
+    pub largest_component: bool,
     /// "cpu", "cuda" or "cuda:N" (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -93,7 +97,10 @@ pub fn run(a: Args) -> Result<()> {
     let keep = if a.probabilities { Probabilities::Keep } else { Probabilities::Skip };
     let bar = progress(list.len() as u64, "segmenting");
     for (it, (labels, probs)) in list.iter().zip(&outputs) {
-        let seg = p.segment(it, tta, keep)?;
+        let mut seg = p.segment(it, tta, keep)?;
+        if a.largest_component {
+            unetr_infer::postprocess::keep_largest_component(&mut seg.labels.data, seg.labels.header.dims);
+        }
         // Created at the first result, so that an input that fails leaves nothing behind.
         std::fs::create_dir_all(&a.output).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", a.output.display()))?;
         unetr_data::write_nifti(labels, &seg.labels, true)?;
