@@ -48,7 +48,7 @@ pub fn run(a: Args) -> Result<()> {
     let ds = Arc::new(CacheDataset::new(dl.training.clone(), compose, ReadOptions::default(), usize::MAX)?);
     let cache_s = t0.elapsed().as_secs_f64();
     let cached_mb = ds.cache_stats().1 as f64 / 1e6;
-    let mut loader = Loader::new(ds, LoaderConfig { batch_size: 1, seed: 0, prefetch: 2 }, 0);
+    let mut loader = Loader::new(ds, LoaderConfig { batch_size: 1, seed: 0, prefetch: 2, shard: Default::default() }, 0);
     let first = loader.next().context("loader ended")??;
     let t0 = Instant::now();
     let mut crops = 0;

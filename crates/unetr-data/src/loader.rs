@@ -92,11 +92,36 @@ pub struct Batch {
 
 #[derive(Debug, Clone)]
 pub struct LoaderConfig {
-    /// Volumes per batch (each gives the random transforms' samples, e.g. num_samples crops).
+    /// Volumes per batch over all ranks (each gives the random transforms' samples, e.g. num_samples crops).
     pub batch_size: usize,
     pub seed: u64,
     /// Batches prepared ahead of the consumer.
     pub prefetch: usize,
+    /// Which part of each batch this process makes (data parallelism).
+    pub shard: Shard,
+}
+
+/// Rank `rank` of `world` takes the batch's volume slots `rank * b / world .. (rank + 1) * b / world`
+/// (PyTorch's DistributedSampler semantics on our (seed, step) batches): the ranks' shards together are
+/// exactly the batch one process would make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Self { rank: 0, world: 1 }
+    }
+}
+
+impl Shard {
+    /// This rank's slots of a batch of `n`.
+    pub fn slots(&self, n: usize) -> std::ops::Range<usize> {
+        let w = self.world.max(1);
+        (self.rank * n / w)..((self.rank + 1) * n / w)
+    }
 }
 
 /// splitmix64: decorrelates the (seed, step, slot) triples into RNG seeds.
@@ -115,10 +140,15 @@ fn rng_for(seed: u64, step: u64, slot: u64) -> ChaCha8Rng {
 pub fn make_batch(ds: &CacheDataset, cfg: &LoaderConfig, step: u64) -> Result<Batch> {
     let mut pick = rng_for(cfg.seed, step, u64::MAX);
     let idx: Vec<usize> = (0..cfg.batch_size.max(1)).map(|_| pick.random_range(0..ds.len())).collect();
-    let crops: Vec<Vec<Sample>> = idx
+    let slots = cfg.shard.slots(idx.len());
+    if slots.is_empty() {
+        return Err(DataError::Invalid(format!("batch_size {} has no volume for rank {} of {}: make it a multiple of the world size", cfg.batch_size, cfg.shard.rank, cfg.shard.world)));
+    }
+    let crops: Vec<Vec<Sample>> = idx[slots.clone()]
         .par_iter()
         .enumerate()
-        .map(|(slot, &i)| {
+        .map(|(k, &i)| {
+            let slot = slots.start + k;
             let s = ds.get(i)?;
             let mut rng = rng_for(cfg.seed, step, slot as u64);
             ds.pipeline.apply_random((*s).clone(), &mut rng)

@@ -176,7 +176,7 @@ fn cache_budget_and_loader_determinism() {
     }
     // Batches depend on (seed, step) only: a loader started at step 3 (resume) and direct calls agree,
     // with or without the cache and whatever the prefetch depth.
-    let cfg = LoaderConfig { batch_size: 2, seed: 11, prefetch: 3 };
+    let cfg = LoaderConfig { batch_size: 2, seed: 11, prefetch: 3, shard: Default::default() };
     let full = Arc::new(full);
     let a: Vec<_> = Loader::new(full.clone(), cfg.clone(), 0).take(6).map(|b| b.unwrap()).collect();
     let b: Vec<_> = Loader::new(Arc::new(part), LoaderConfig { prefetch: 1, ..cfg.clone() }, 3).take(3).map(|b| b.unwrap()).collect();
@@ -210,7 +210,7 @@ fn loader_reports_errors_instead_of_hanging() {
     for it in &dl.training {
         std::fs::remove_file(&it.image[0]).unwrap();
     }
-    let mut l = Loader::new(ds, LoaderConfig { batch_size: 1, seed: 0, prefetch: 2 }, 0);
+    let mut l = Loader::new(ds, LoaderConfig { batch_size: 1, seed: 0, prefetch: 2, shard: Default::default() }, 0);
     let e = l.next().unwrap().unwrap_err().to_string();
     assert!(e.contains("cannot open"), "{e}");
     assert!(l.next().is_none());

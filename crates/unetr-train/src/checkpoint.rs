@@ -22,6 +22,13 @@ pub struct TrainState {
     /// The f16 loss scaler's state (absent in f32/bf16 runs and in older checkpoints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_scaler: Option<GradScaler>,
+    /// The data-parallel world size that trained it (batches are sharded by rank).
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// state.json of `best/`: the score that made these weights the best.

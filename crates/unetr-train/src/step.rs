@@ -5,6 +5,7 @@
 
 use crate::amp::{GradScaler, Precision};
 use crate::config::OptimConfig;
+use crate::distributed::{all_reduce_gradients, Communicator};
 use crate::error::{Result, TrainError};
 use crate::losses::{region_targets, Loss};
 use crate::optim::{clip_grad_norm, AdamW};
@@ -97,8 +98,9 @@ impl TrainStep {
         Ok((gnorm, finite))
     }
 
-    /// A whole update from `accumulate` micro-batches.
-    pub fn run(&mut self, model: &Unetr, batches: impl IntoIterator<Item = Result<(Tensor, Tensor)>>, lr: f64) -> Result<StepOutcome> {
+    /// A whole update from `accumulate` micro-batches; with several ranks the summed gradients are averaged
+    /// over them (flat all-reduce) before the update.
+    pub fn run(&mut self, model: &Unetr, batches: impl IntoIterator<Item = Result<(Tensor, Tensor)>>, lr: f64, comm: &dyn Communicator) -> Result<StepOutcome> {
         let (mut acc, mut loss, mut n) = (None, 0.0, 0);
         for b in batches {
             let (x, y) = b?;
@@ -110,7 +112,9 @@ impl TrainStep {
         if n != self.accumulate {
             return Err(TrainError::Config(format!("a step got {n} micro-batches, accumulate = {}", self.accumulate)));
         }
-        let (grad_norm, applied) = self.apply(acc.expect("at least one micro-batch"), lr)?;
+        let mut grads = acc.expect("at least one micro-batch");
+        all_reduce_gradients(comm, &mut grads, &self.vars)?;
+        let (grad_norm, applied) = self.apply(grads, lr)?;
         Ok(StepOutcome { loss, grad_norm, applied })
     }
 }

@@ -8,6 +8,7 @@
 use crate::checkpoint::{best_score, resume, save_best, save_training, BestState, TrainState};
 use crate::config::TrainConfig;
 use crate::data::{self, RunData};
+use crate::distributed::{mean_over_ranks, Communicator, SingleProcess};
 use crate::error::{ferr, Result, TrainError};
 use crate::log::TrainLog;
 use crate::optim::warmup_cosine;
@@ -17,13 +18,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use unetr_data::loader::{Loader, LoaderConfig};
+use unetr_data::loader::{Loader, LoaderConfig, Shard};
 use unetr_data::nifti::write_nifti;
 use unetr_infer::checkpoint::write_file_atomic;
 use crate::plots::{class_color, line_chart, Chart, Series};
 use crate::report::{self, peak_rss_bytes, Extremes, Report};
 use unetr_infer::evaluate::{aggregate, case_result};
-use unetr_infer::metrics::{class_means, dice_per_set, mean_dice, Background};
+use unetr_infer::metrics::{dice_per_set, mean_dice, Background};
 use unetr_infer::outputs::{case_ids, nifti_extension, OutputPlan, Overwrite};
 use unetr_infer::{parse_device, Predictor, Probabilities, Tta};
 use unetr_model::{Trainable, UnetrConfig, UnetrWeights};
@@ -101,16 +102,28 @@ fn predictor(w: &UnetrWeights, cfg: &TrainConfig) -> Result<Predictor> {
     Ok(Predictor::new(w.inference_model()?, cfg.transforms.clone(), cfg.validation.window(), cfg.memory_limit)?.with_labels(cfg.labels.clone())?)
 }
 
-/// The validation score of the current weights: Dice per output channel (class or region; mean over
-/// cases) and their mean.
-fn validate(w: &UnetrWeights, cfg: &TrainConfig, data: &RunData) -> Result<(f64, Vec<Option<f64>>)> {
+/// The validation score of the current weights: Dice per output channel (class or region; mean over the
+/// cases where it is present) and their mean. The cases are split over the ranks (case i on rank
+/// i mod world) and the per-channel sums and counts summed over them.
+fn validate(w: &UnetrWeights, cfg: &TrainConfig, data: &RunData, comm: &dyn Communicator) -> Result<(f64, Vec<Option<f64>>)> {
     let p = predictor(w, cfg)?;
-    let mut cases = Vec::with_capacity(data.validation.len());
-    for s in &data.validation {
+    let k = data.channels;
+    // [sum of Dice per channel, cases per channel]
+    let mut acc = vec![0f32; 2 * k];
+    for (i, s) in data.validation.iter().enumerate() {
+        if i % comm.world_size() != comm.rank() {
+            continue;
+        }
         let pred = p.predict(s, Tta::Off)?;
-        cases.push(dice_per_set(&pred.labels, s.label.as_ref().expect("checked by data::load"), &data.sets));
+        for (c, d) in dice_per_set(&pred.labels, s.label.as_ref().expect("checked by data::load"), &data.sets).into_iter().enumerate() {
+            if let Some(d) = d {
+                acc[c] += d as f32;
+                acc[k + c] += 1.0;
+            }
+        }
     }
-    let per_class = class_means(&cases, data.channels);
+    comm.all_reduce_sum(&mut acc)?;
+    let per_class: Vec<Option<f64>> = (0..k).map(|c| (acc[k + c] > 0.0).then(|| acc[c] as f64 / acc[k + c] as f64)).collect();
     Ok((mean_dice(&per_class, background(cfg)), per_class))
 }
 
@@ -126,12 +139,47 @@ fn progress_bar(cfg: &TrainConfig, start: u64) -> ProgressBar {
 
 /// Trains as configured (see [`RunMode`] for what happens to an existing run folder).
 pub fn train(cfg: &TrainConfig, mode: RunMode) -> Result<TrainSummary> {
+    train_with(cfg, mode, &SingleProcess)
+}
+
+/// Trains as one rank of a data-parallel group (`comm`; [`SingleProcess`] for one device): every rank runs
+/// this with the same config, each on its shard of every batch; gradients are averaged over the ranks
+/// before each update, validation is sharded and reduced, and only rank 0 writes. A rank that fails
+/// aborts the group, so the others stop too.
+pub fn train_with(cfg: &TrainConfig, mode: RunMode, comm: &dyn Communicator) -> Result<TrainSummary> {
+    let r = train_rank(cfg, mode, comm);
+    if let Err(e) = &r {
+        comm.abort(&e.to_string());
+    }
+    r
+}
+
+/// Rank 0's preparation of the run folder: checks, data generation, overwrite; returns the datalist.
+fn prepare_folder(cfg: &TrainConfig, mode: RunMode, out: &Path) -> Result<PathBuf> {
+    check_run_folder(out, mode)?;
+    data::dataset_json(cfg, out, mode == RunMode::Overwrite)
+}
+
+fn train_rank(cfg: &TrainConfig, mode: RunMode, comm: &dyn Communicator) -> Result<TrainSummary> {
     let t0 = Instant::now();
+    let writer = comm.rank() == 0;
     cfg.validate().map_err(TrainError::Config)?;
     let dev = parse_device(&cfg.device)?;
     let out = cfg.output.dir.clone();
-    check_run_folder(&out, mode)?;
-    let json = data::dataset_json(cfg, &out, mode == RunMode::Overwrite)?;
+    if cfg.optim.batch_size % comm.world_size() != 0 {
+        return Err(TrainError::Config(format!("optim.batch_size = {} (volumes per step over all ranks) must be a multiple of the world size {}", cfg.optim.batch_size, comm.world_size())));
+    }
+    // Rank 0 checks and prepares the folder (and generates phantoms) while the others wait.
+    let prepared = if writer { Some(prepare_folder(cfg, mode, &out)) } else { None };
+    let json = match prepared {
+        Some(Err(e)) => return Err(e),
+        Some(Ok(j)) => j,
+        None => match &cfg.data.dataset {
+            Some(p) => p.clone(),
+            None => data::phantom_dir(&out).join("dataset.json"),
+        },
+    };
+    comm.barrier()?;
     let data = data::load(cfg, &json)?;
     let val_ids = case_ids(&data.datalist.validation)?;
     let pred_dir = out.join("predictions");
@@ -140,21 +188,23 @@ pub fn train(cfg: &TrainConfig, mode: RunMode) -> Result<TrainSummary> {
         .zip(&data.datalist.validation)
         .map(|(id, it)| pred_dir.join(format!("{id}{}", nifti_extension(&it.image[0]).unwrap_or(".nii.gz"))))
         .collect();
-    let mut plan = OutputPlan::new();
-    for f in ["config.toml", "log.jsonl", "log.csv"] {
-        plan.add(out.join(f));
+    if writer {
+        let mut plan = OutputPlan::new();
+        for f in ["config.toml", "log.jsonl", "log.csv"] {
+            plan.add(out.join(f));
+        }
+        pred_paths.iter().for_each(|p| {
+            plan.add(p.clone());
+        });
+        let mut inputs: Vec<PathBuf> = data.datalist.training.iter().chain(&data.datalist.validation).chain(&data.datalist.test).flat_map(|it| it.image.iter().chain(&it.label).cloned()).collect();
+        inputs.push(json.clone());
+        inputs.extend(cfg.init.pretrained.iter().cloned());
+        plan.check(&inputs, if mode == RunMode::Fresh { Overwrite::Refuse } else { Overwrite::Allow })?;
+        if mode == RunMode::Overwrite {
+            remove_run_outputs(&out)?;
+        }
+        std::fs::create_dir_all(&out).map_err(|e| ferr(&out, e))?;
     }
-    pred_paths.iter().for_each(|p| {
-        plan.add(p.clone());
-    });
-    let mut inputs: Vec<PathBuf> = data.datalist.training.iter().chain(&data.datalist.validation).chain(&data.datalist.test).flat_map(|it| it.image.iter().chain(&it.label).cloned()).collect();
-    inputs.push(json.clone());
-    inputs.extend(cfg.init.pretrained.iter().cloned());
-    plan.check(&inputs, if mode == RunMode::Fresh { Overwrite::Refuse } else { Overwrite::Allow })?;
-    if mode == RunMode::Overwrite {
-        remove_run_outputs(&out)?;
-    }
-    std::fs::create_dir_all(&out).map_err(|e| ferr(&out, e))?;
 
     let mcfg = cfg.unetr(data.in_channels, data.channels)?;
     let w = UnetrWeights::init_seeded(&mcfg, &dev, cfg.output.seed)?;
@@ -169,9 +219,12 @@ pub fn train(cfg: &TrainConfig, mode: RunMode) -> Result<TrainSummary> {
     }
     let ckpt = out.join("checkpoint");
     let best_dir = out.join("best");
-    let mut state = TrainState { step: 0, seed: cfg.output.seed, best_dice: f64::NEG_INFINITY, best_step: 0, grad_scaler: step.scaler };
+    let mut state = TrainState { step: 0, seed: cfg.output.seed, best_dice: f64::NEG_INFINITY, best_step: 0, grad_scaler: step.scaler, world_size: comm.world_size() };
     if mode == RunMode::Resume {
         let st = resume(&ckpt, &w, &mut step.opt, cfg)?;
+        if st.world_size != comm.world_size() {
+            return Err(ferr(&ckpt, format!("was trained by {} rank(s), this run has {}: resume with the same world size (batches are sharded by rank)", st.world_size, comm.world_size())));
+        }
         tracing::info!("resuming at step {}", st.step);
         step.scaler = if cfg.optim.precision.needs_loss_scaling() { st.grad_scaler.or(step.scaler) } else { None };
         state = TrainState { grad_scaler: step.scaler, ..st };
@@ -180,19 +233,26 @@ pub fn train(cfg: &TrainConfig, mode: RunMode) -> Result<TrainSummary> {
             state.best_step = b.step;
         }
     }
-    write_file_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
-    let mut log = TrainLog::open(&out, data.channels, cfg.output.log_csv, (mode == RunMode::Resume).then_some(state.step))?;
-    let last_val = run_loop(cfg, &dev, &w, &mcfg, &mut step, &mut state, &data, &mut log, &out, t0)?;
+    let mut log = if writer {
+        write_file_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+        Some(TrainLog::open(&out, data.channels, cfg.output.log_csv, (mode == RunMode::Resume).then_some(state.step))?)
+    } else {
+        None
+    };
+    let run = Run { cfg, dev: &dev, w: &w, mcfg: &mcfg, data: &data, out: &out, t0, comm };
+    let last_val = run_loop(&run, &mut step, &mut state, log.as_mut())?;
     let losses = last_val.2;
 
-    let summary = vec![
-        ("steps".to_string(), format!("{} ({} this session)", state.step, losses.len())),
-        ("best validation mean Dice".into(), format!("{:.4} at step {}", state.best_dice, state.best_step)),
-        ("last validation mean Dice".into(), format!("{:.4}", last_val.0)),
-        ("training time".into(), format!("{:.0} s", t0.elapsed().as_secs_f64())),
-        ("device".into(), cfg.device.clone()),
-    ];
-    write_outputs(cfg, &w, &data, &out, &pred_paths, summary)?;
+    if writer {
+        let summary = vec![
+            ("steps".to_string(), format!("{} ({} this session)", state.step, losses.len())),
+            ("best validation mean Dice".into(), format!("{:.4} at step {}", state.best_dice, state.best_step)),
+            ("last validation mean Dice".into(), format!("{:.4}", last_val.0)),
+            ("training time".into(), format!("{:.0} s", t0.elapsed().as_secs_f64())),
+            ("device".into(), if comm.world_size() > 1 { format!("{} x {} ranks", cfg.device, comm.world_size()) } else { cfg.device.clone() }),
+        ];
+        write_outputs(cfg, &w, &data, &out, &pred_paths, summary)?;
+    }
     Ok(TrainSummary {
         final_dice: last_val.0,
         per_class: last_val.1,
@@ -205,25 +265,28 @@ pub fn train(cfg: &TrainConfig, mode: RunMode) -> Result<TrainSummary> {
     })
 }
 
-/// The steps from `state.step` to `optim.steps`; returns the last validation (mean, per class) and the
-/// losses of the steps run.
-#[allow(clippy::too_many_arguments)]
-fn run_loop(
-    cfg: &TrainConfig,
-    dev: &Device,
-    w: &UnetrWeights,
-    mcfg: &UnetrConfig,
-    step: &mut TrainStep,
-    state: &mut TrainState,
-    data: &RunData,
-    log: &mut TrainLog,
-    out: &Path,
+/// What the loop reads.
+struct Run<'a> {
+    cfg: &'a TrainConfig,
+    dev: &'a Device,
+    w: &'a UnetrWeights,
+    mcfg: &'a UnetrConfig,
+    data: &'a RunData,
+    out: &'a Path,
     t0: Instant,
-) -> Result<(f64, Vec<Option<f64>>, Vec<f64>)> {
+    comm: &'a dyn Communicator,
+}
+
+/// The steps from `state.step` to `optim.steps`; returns the last validation (mean, per class) and the
+/// losses of the steps run (means over the ranks). `log` is rank 0's.
+fn run_loop(run: &Run, step: &mut TrainStep, state: &mut TrainState, mut log: Option<&mut TrainLog>) -> Result<(f64, Vec<Option<f64>>, Vec<f64>)> {
+    let Run { cfg, dev, w, mcfg, data, out, t0, comm } = *run;
+    let writer = comm.rank() == 0;
     let o = &cfg.optim;
     let acc = o.accumulate.max(1);
-    let mut loader = Loader::new(data.train.clone(), LoaderConfig { batch_size: o.batch_size.max(1), seed: cfg.output.seed, prefetch: cfg.output.prefetch }, state.step * acc as u64);
-    let pb = progress_bar(cfg, state.step);
+    let shard = Shard { rank: comm.rank(), world: comm.world_size() };
+    let mut loader = Loader::new(data.train.clone(), LoaderConfig { batch_size: o.batch_size.max(1), seed: cfg.output.seed, prefetch: cfg.output.prefetch, shard }, state.step * acc as u64);
+    let pb = if writer { progress_bar(cfg, state.step) } else { ProgressBar::hidden() };
     let say = |m: String| if pb.is_hidden() { eprintln!("{m}") } else { pb.println(m) };
     let mut losses = Vec::new();
     let mut last_print = Instant::now();
@@ -235,10 +298,11 @@ fn run_loop(
         let batches = (0..acc).map(|m| -> Result<(Tensor, Tensor)> {
             let b = loader.next().unwrap_or_else(|| Err(unetr_data::DataError::Invalid("the loader thread stopped".into())))?;
             let [d0, d1, d2] = b.dims;
-            w.model.vit.reseed_dropout(dropout_seed(cfg.output.seed, at, m));
+            w.model.vit.reseed_dropout(dropout_seed(cfg.output.seed, at, m) ^ (comm.rank() as u64).wrapping_mul(0x9E37_79B9));
             Ok((Tensor::from_vec(b.image, (b.n, b.channels, d0, d1, d2), dev)?, Tensor::from_vec(b.label, (b.n, 1, d0, d1, d2), dev)?))
         });
-        let r = step.run(&w.model, batches, lr)?;
+        let mut r = step.run(&w.model, batches, lr, comm)?;
+        r.loss = mean_over_ranks(comm, r.loss)?;
         if let (Some(s), false) = (&step.scaler, r.applied) {
             tracing::warn!("step {}: f16 gradients overflowed, step skipped, loss scale now {}", state.step + 1, s.scale);
         }
@@ -255,30 +319,36 @@ fn run_loop(
         }
         let validating = state.step % cfg.validation.every.max(1) == 0 || state.step == o.steps;
         if validating {
-            let (md, per_class) = validate(w, cfg, data)?;
+            let (md, per_class) = validate(w, cfg, data, comm)?;
             rec["val_mean_dice"] = md.into();
             rec["val_dice"] = serde_json::to_value(&per_class).unwrap_or_default();
             let named: Vec<String> = per_class.iter().zip(&data.channel_names).map(|(d, n)| format!("{n} {}", d.map_or("-".into(), |v| format!("{v:.3}")))).collect();
-            say(format!("  validation at step {}: mean Dice {md:.4} ({})", state.step, named.join(", ")));
+            if writer {
+                say(format!("  validation at step {}: mean Dice {md:.4} ({})", state.step, named.join(", ")));
+            }
             if md > state.best_dice {
                 state.best_dice = md;
                 state.best_step = state.step;
-                save_best(&out.join("best"), w, mcfg, cfg, &BestState { step: state.step, mean_dice: md, dice_per_class: per_class.clone() })?;
+                if writer {
+                    save_best(&out.join("best"), w, mcfg, cfg, &BestState { step: state.step, mean_dice: md, dice_per_class: per_class.clone() })?;
+                }
             }
             last_val = (md, per_class);
         }
-        log.write(&rec)?;
+        if let Some(l) = log.as_deref_mut() {
+            l.write(&rec)?;
+        }
         let steps_per_s = (state.step - run_start.1) as f64 / run_start.0.elapsed().as_secs_f64();
         pb.set_position(state.step);
         pb.set_message(format!("loss {:.4} lr {lr:.2e} {steps_per_s:.2} step/s", r.loss));
-        if pb.is_hidden() && (state.step % cfg.output.log_every.max(1) == 0 || validating) {
+        if writer && pb.is_hidden() && (state.step % cfg.output.log_every.max(1) == 0 || validating) {
             let el = t0.elapsed().as_secs_f64();
             let rate = last_print.elapsed().as_secs_f64() / cfg.output.log_every.max(1) as f64;
             let eta = (o.steps - state.step) as f64 / steps_per_s;
             eprintln!("step {:>6}/{} loss {:.4} lr {lr:.2e} {:.2} s/step elapsed {el:.0}s eta {eta:.0}s", state.step, o.steps, r.loss, rate);
             last_print = Instant::now();
         }
-        if validating {
+        if validating && writer {
             save_training(&out.join("checkpoint"), w, mcfg, cfg, &step.opt, state)?;
         }
     }
