@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Proves `cargo build --release --features cuda --workspace` compiles on a machine without a GPU,
+# Proves `cargo build --release --features cuda,nccl --workspace` compiles on a machine without a GPU,
 # with the CUDA 13 toolchain from PyPI wheels (../shared/tools/cuda-toolchain.sh, see ../shared/docs/gpu.md).
 # Nothing built here runs here: libcuda comes with an NVIDIA driver.
 set -euo pipefail
@@ -19,9 +19,9 @@ fi
 # and links (neither depends on the optimisation level), and it is CI's longest step. UNETR_CUDA_OPT=1 builds
 # the optimised binary that runs on a GPU (target/cuda; scripts/prepare-gpu-run.sh uses it).
 if [ "${UNETR_CUDA_OPT:-0}" = 1 ]; then
-  CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda} cargo build --release --features cuda --workspace
+  CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda} cargo build --release --features cuda,nccl --workspace
 else
   CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_OPT_LEVEL=0 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda-check} \
-    cargo build --release --features cuda --workspace
+    cargo build --release --features cuda,nccl --workspace
 fi
 echo "cuda build: ok"

@@ -175,6 +175,11 @@ fn config_fields_are_validated_at_load_naming_the_field() {
     fails(bin().args(["train", "--config"]).arg(t.root.join("garbage.toml")).arg("--out").arg(&out), &["garbage.toml"]);
     std::fs::remove_file(t.root.join("garbage.toml")).unwrap();
     fails(bin().args(["train", "--config"]).arg(t.root.join("missing.toml")), &["missing.toml"]);
+    // Started by a launcher as one of several ranks: needs the NCCL build (this test's build has none).
+    if !cfg!(feature = "nccl") {
+        fails(bin().args(["train", "--config"]).arg(&t.config).arg("--out").arg(&out).env("RANK", "1").env("WORLD_SIZE", "2").env("LOCAL_RANK", "1"), &["torchrun", "rank 1 of 2", "--features nccl"]);
+        fails(bin().args(["train", "--config"]).arg(&t.config).arg("--out").arg(&out).env("RANK", "3").env("WORLD_SIZE", "2"), &["rank 3 of world size 2"]);
+    }
     assert!(!out.exists());
     assert_eq!(snapshot(&t.root), before);
 }

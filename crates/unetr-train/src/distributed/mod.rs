@@ -9,6 +9,8 @@
 
 pub mod launch;
 pub mod local;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod rendezvous;
 
 use crate::error::{Result, TrainError};
