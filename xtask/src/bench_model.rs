@@ -48,6 +48,9 @@ pub struct Args {
     /// (measuring process) forward or train.
     #[arg(long, default_value = "forward", hide = true)]
     mode: String,
+    /// Training step: activation checkpointing (none, vit, decoder, all).
+    #[arg(long, default_value = "none")]
+    checkpointing: String,
 }
 
 impl Args {
@@ -207,20 +210,19 @@ pub fn child(a: Args) -> Result<()> {
         })?);
         forward_s.push(t.elapsed().as_secs_f64());
     } else if a.mode == "train" {
-        // forward + DiceCE (research settings) + backward + AdamW (lr 1e-4, wd 1e-5)
-        use unetr_train::losses::{dice_ce_loss, DiceCeOptions};
-        use unetr_train::optim::{AdamW, AdamWConfig};
+        // The trainer's step: forward + DiceCE (research settings) + block-wise backward + AdamW (lr 1e-4,
+        // wd 1e-5), with the requested activation checkpointing.
         let w = UnetrWeights::init(&cfg, &dev)?;
         let y = Tensor::rand(0f32, cfg.out_channels as f32, (1, 1, d, h, ww), &dev)?.floor()?;
         let vars = w.trainable_vars(unetr_model::Trainable::All);
-        let mut opt = AdamW::new(vars, AdamWConfig::default());
+        let o = unetr_train::config::OptimConfig {
+            checkpointing: serde_json::from_value(serde_json::json!(a.checkpointing)).context("--checkpointing: none, vit, decoder or all")?,
+            ..Default::default()
+        };
+        let mut ts = unetr_train::step::TrainStep::new(vars, &o);
+        let comm = unetr_train::distributed::SingleProcess;
         let mut step = || -> Result<()> {
-            let loss = dice_ce_loss(
-                &w.model.forward_t(&x, true)?,
-                &y,
-                &DiceCeOptions::research(),
-            )?;
-            opt.step(&loss.backward()?)?;
+            ts.run(&w.model, [Ok((x.clone(), y.clone()))], 1e-4, &comm)?;
             Ok(())
         };
         step()?; // warm-up
@@ -281,7 +283,7 @@ fn measure(
     eprintln!("measuring ours ({mode}, {size}) ...");
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe);
-    child.args(["bench-child", "--config", &a.config, "--size", &size, "--repeats", &a.repeats.to_string(), "--mode", mode]);
+    child.args(["bench-child", "--config", &a.config, "--size", &size, "--repeats", &a.repeats.to_string(), "--mode", mode, "--checkpointing", &a.checkpointing]);
     if let Some(d) = &a.decoder {
         child.args(["--decoder", d]);
     }

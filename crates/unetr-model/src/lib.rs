@@ -6,6 +6,7 @@ mod config;
 mod error;
 mod flops;
 mod pth;
+mod segments;
 mod unetr;
 mod weights;
 
@@ -13,6 +14,7 @@ pub use config::UnetrConfig;
 pub use error::ModelError;
 pub use flops::{count_macs, count_params, layer_costs, LayerCost, LayerShape, OpKind};
 pub use config::DecoderKind;
+pub use segments::{Checkpointing, StepGrads};
 pub use unetr::{Decoder, Features, Unetr, UnetrDecoder};
 pub use weights::{load_state_dict, read_tensor, save_safetensors, write_safetensors, LoadReport, Trainable, UnetrWeights};
 pub use unetr_decoder::NormKind;

@@ -12,7 +12,7 @@ use unetr_data::phantom::{PhantomConfig, PhantomKind};
 use unetr_data::{Checks, MemoryLimit, TransformConfig};
 use unetr_infer::inferers::{Blend, SlidingWindow};
 use unetr_infer::{LabelMode, WindowSettings};
-use unetr_model::UnetrConfig;
+use unetr_model::{Checkpointing, UnetrConfig};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -72,10 +72,24 @@ pub struct OptimConfig {
     /// loss in f32; f16 adds dynamic loss scaling). On the CPU the half types only round between ops (the
     /// kernels compute in f32), so they are for checking a GPU recipe, not for speed.
     pub precision: Precision,
+    /// Activation checkpointing: "none" (default), "vit", "decoder" or "all" blocks keep only their inputs
+    /// in the forward and recompute their activations in the backward (less memory, one more forward).
+    pub checkpointing: Checkpointing,
 }
 impl Default for OptimConfig {
     fn default() -> Self {
-        Self { adamw: AdamWConfig::default(), steps: 25000, warmup_steps: 50, min_lr: 0.0, batch_size: 1, accumulate: 1, grad_clip: 0.0, loss: Loss::default(), precision: Precision::F32 }
+        Self {
+            adamw: AdamWConfig::default(),
+            steps: 25000,
+            warmup_steps: 50,
+            min_lr: 0.0,
+            batch_size: 1,
+            accumulate: 1,
+            grad_clip: 0.0,
+            loss: Loss::default(),
+            precision: Precision::F32,
+            checkpointing: Checkpointing::None,
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use crate::losses::{region_targets, Loss};
 use crate::optim::{clip_grad_norm, AdamW};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
-use unetr_model::Unetr;
+use unetr_model::{Checkpointing, Unetr};
 
 /// What one update did.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +35,8 @@ pub struct TrainStep {
     pub scaler: Option<GradScaler>,
     /// With `labels.mode = "regions"`: each output channel's label values (the loss sees their masks).
     pub regions: Option<Vec<Vec<u32>>>,
+    /// Which blocks recompute their activations in the backward.
+    pub checkpointing: Checkpointing,
 }
 
 impl TrainStep {
@@ -48,24 +50,35 @@ impl TrainStep {
             accumulate: o.accumulate.max(1),
             scaler: o.precision.needs_loss_scaling().then(GradScaler::default),
             regions: None,
+            checkpointing: o.checkpointing,
         }
     }
 
     /// Forward, loss (divided by the number of micro-batches) and backward for one micro-batch of images
     /// `x` [B, C, ...] and labels `y` [B, 1, ...]; returns the loss value and the (scaled) gradients.
+    ///
+    /// The backward runs block by block (`Unetr::forward_backward`): each block's activations are freed as
+    /// soon as its backward has run, and with `checkpointing` they are recomputed instead of kept.
     pub fn gradients(&self, model: &Unetr, x: &Tensor, y: &Tensor) -> Result<(f64, GradStore)> {
-        let logits = model.forward_t(&x.to_dtype(self.precision.dtype())?, true)?.to_dtype(DType::F32)?;
         let target = match &self.regions {
             Some(sets) => region_targets(y, sets)?,
             None => y.clone(),
         };
-        let loss = (self.loss.compute(&logits, &target)? / self.accumulate as f64)?;
-        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let grads = match &self.scaler {
-            Some(s) => s.scale_loss(&loss)?.backward()?,
-            None => loss.backward()?,
-        };
-        Ok((value, grads))
+        let params: Vec<Var> = self.vars.iter().map(|(_, v)| v.clone()).collect();
+        let out = model.forward_backward(
+            &x.to_dtype(self.precision.dtype())?,
+            |logits| {
+                let loss = (self.loss.compute(&logits.to_dtype(DType::F32)?, &target)? / self.accumulate as f64)?;
+                let scaled = match &self.scaler {
+                    Some(s) => s.scale_loss(&loss)?,
+                    None => loss.clone(),
+                };
+                Ok((loss, scaled))
+            },
+            &params,
+            self.checkpointing,
+        )?;
+        Ok((out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, out.grads))
     }
 
     /// Adds `g` into `acc` (parameter by parameter).

@@ -45,6 +45,14 @@ impl DropoutRng {
     pub fn reseed(&self, seed: u64) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = ChaCha8Rng::seed_from_u64(seed);
     }
+    /// The generator's state now (to replay the same masks, see [`restore`](Self::restore)).
+    pub fn snapshot(&self) -> ChaCha8Rng {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    /// Puts back a state from [`snapshot`](Self::snapshot): the next masks repeat those drawn after it.
+    pub fn restore(&self, state: &ChaCha8Rng) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = state.clone();
+    }
     /// n values: 0 with probability p, else 1 / (1 - p).
     fn mask(&self, n: usize, p: f64) -> Vec<f32> {
         let keep = (1.0 / (1.0 - p)) as f32;

@@ -1,0 +1,199 @@
+//! Training with a backward pass block by block. candle keeps a forward's whole autograd graph, every
+//! activation in it, until one `backward` over all of it ends; PyTorch frees each saved tensor as soon as
+//! its backward used it. Here the forward runs as a chain of segments (the ViT, each encoder and decoder
+//! block of UNETR, the head), each on its own graph from detached inputs; the backward then runs segment by
+//! segment from the loss down, each segment's graph (its activations) dropped once its backward is done,
+//! and the gradients of its inputs handed to the segments that made them.
+//!
+//! The same seam gives activation checkpointing: a checkpointed segment keeps only its inputs during the
+//! forward and recomputes its activations just before its backward (dropout masks replayed).
+
+use crate::error::Result;
+use crate::unetr::{Decoder, Unetr};
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+/// Which segments recompute their activations in the backward instead of keeping them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Checkpointing {
+    /// Keep everything (the backward still frees each segment's activations once used).
+    #[default]
+    None,
+    /// Recompute the ViT's.
+    Vit,
+    /// Recompute the CNN decoder's blocks'.
+    Decoder,
+    /// Recompute every segment's.
+    All,
+}
+
+impl Checkpointing {
+    fn vit(self) -> bool {
+        matches!(self, Self::Vit | Self::All)
+    }
+    fn decoder(self) -> bool {
+        matches!(self, Self::Decoder | Self::All)
+    }
+}
+
+type Run<'a> = Box<dyn Fn(&[Tensor]) -> candle_core::Result<Vec<Tensor>> + 'a>;
+
+/// One segment: its inputs as fresh variables (the gradients arrive there), and its outputs' graph unless it
+/// recomputes them.
+struct Segment<'a> {
+    inputs: Vec<Var>,
+    outputs: Option<Vec<Tensor>>,
+    run: Run<'a>,
+    /// Called before a recomputation (replays the dropout masks).
+    before_recompute: Option<Box<dyn Fn() + 'a>>,
+}
+
+impl<'a> Segment<'a> {
+    /// Runs `run` on copies of `inputs`; returns the segment and its outputs detached (the next segments'
+    /// inputs).
+    fn new(inputs: &[&Tensor], run: Run<'a>, recompute: bool, before_recompute: Option<Box<dyn Fn() + 'a>>) -> Result<(Self, Vec<Tensor>)> {
+        let inputs: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(&t.detach())).collect::<candle_core::Result<_>>()?;
+        let ins: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
+        let outs = run(&ins)?;
+        let detached = outs.iter().map(Tensor::detach).collect();
+        Ok((Self { inputs, outputs: (!recompute).then_some(outs), run, before_recompute }, detached))
+    }
+
+    /// The backward of the segment given its outputs' gradients: parameter gradients are added into
+    /// `grads` (for `params`), and the inputs' gradients returned. The segment's graph is dropped.
+    fn backward(self, out_grads: &[Option<Tensor>], params: &[Var], grads: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
+        let outs = match self.outputs {
+            Some(o) => o,
+            None => {
+                if let Some(f) = &self.before_recompute {
+                    f();
+                }
+                let ins: Vec<Tensor> = self.inputs.iter().map(|v| v.as_tensor().clone()).collect();
+                (self.run)(&ins)?
+            }
+        };
+        // d/d out of sum(out * g) is g exactly: one backward over the segment's graph with the given seeds.
+        let mut seed: Option<Tensor> = None;
+        for (o, g) in outs.iter().zip(out_grads) {
+            if let Some(g) = g {
+                let l = (o * g.to_dtype(o.dtype())?)?.sum_all()?;
+                seed = Some(match seed {
+                    None => l,
+                    Some(s) => (s + l)?,
+                });
+            }
+        }
+        let Some(seed) = seed else { return Ok(vec![None; self.inputs.len()]) };
+        let g = seed.backward()?;
+        drop((outs, seed));
+        for p in params {
+            if let Some(pg) = g.get(p.as_tensor()) {
+                let pg = pg.detach();
+                let sum = match grads.get(p.as_tensor()) {
+                    Some(prev) => (prev + pg)?,
+                    None => pg,
+                };
+                grads.insert(p.as_tensor(), sum);
+            }
+        }
+        // Detached: a gradient computed by an op's backward may still carry that op's graph (and through
+        // it reach this segment's parameters again).
+        Ok(self.inputs.iter().map(|v| g.get(v.as_tensor()).map(Tensor::detach)).collect())
+    }
+}
+
+/// A segment of one input and one output.
+fn one<'a>(f: impl Fn(&Tensor) -> candle_core::Result<Tensor> + 'a) -> Run<'a> {
+    Box::new(move |i: &[Tensor]| Ok(vec![f(&i[0])?]))
+}
+
+/// An up block's segment: inputs (x, skip).
+fn up(b: &unetr_decoder::UnetrUpBlock) -> Run<'_> {
+    Box::new(move |i: &[Tensor]| Ok(vec![b.forward_t(&i[0], i[1].clone(), true)?]))
+}
+
+/// What [`Unetr::forward_backward`] returns.
+pub struct StepGrads {
+    /// The loss as `loss_fn` returned it (the value to report).
+    pub loss: Tensor,
+    /// Gradients of the loss `loss_fn` returned for backward, for the given parameters.
+    pub grads: GradStore,
+}
+
+impl Unetr {
+    /// Forward, loss and backward of one training batch, segment by segment (see the module docs).
+    /// `loss_fn(logits)` returns (the loss to report, the loss to differentiate: e.g. the same, scaled for
+    /// f16). Gradients are returned for `params`. Decoders other than UNETR's run as one segment.
+    pub fn forward_backward(&self, x: &Tensor, loss_fn: impl Fn(&Tensor) -> candle_core::Result<(Tensor, Tensor)>, params: &[Var], ck: Checkpointing) -> Result<StepGrads> {
+        self.check_input(x)?;
+        let Decoder::Unetr(d) = &self.decoder else {
+            let (loss, scaled) = loss_fn(&self.forward_t(x, true)?)?;
+            let g = scaled.backward()?;
+            let mut grads = GradStore::default();
+            for p in params {
+                if let Some(pg) = g.get(p.as_tensor()) {
+                    grads.insert(p.as_tensor(), pg.clone());
+                }
+            }
+            return Ok(StepGrads { loss, grads });
+        };
+        let [s2, s3, s4] = self.cfg.skip_layers();
+        let proj = |t: &Tensor| -> candle_core::Result<Tensor> {
+            let [a, b, c] = self.cfg.feat_size();
+            t.reshape((t.dim(0)?, a, b, c, self.cfg.hidden_size))?.permute((0, 4, 1, 2, 3))?.contiguous()
+        };
+        // The ViT: the three skip levels and the final tokens, as grids.
+        let rng = self.vit.dropout_rng.clone();
+        let state = rng.snapshot();
+        let (vit, v) = Segment::new(
+            &[x],
+            Box::new(move |i: &[Tensor]| {
+                let o = self.vit.forward_t(&i[0], true)?;
+                Ok(vec![proj(&o.hidden_states[s2])?, proj(&o.hidden_states[s3])?, proj(&o.hidden_states[s4])?, proj(&o.last)?])
+            }),
+            ck.vit(),
+            Some(Box::new(move || rng.restore(&state))),
+        )?;
+        let dck = ck.decoder();
+        let (enc4, e4) = Segment::new(&[&v[2]], one(|t| d.encoder4.forward_t(t, true)), dck, None)?;
+        let (dec5, o5) = Segment::new(&[&v[3], &e4[0]], up(&d.decoder5), dck, None)?;
+        drop(e4);
+        let (enc3, e3) = Segment::new(&[&v[1]], one(|t| d.encoder3.forward_t(t, true)), dck, None)?;
+        let (dec4, o4) = Segment::new(&[&o5[0], &e3[0]], up(&d.decoder4), dck, None)?;
+        drop((o5, e3));
+        let (enc2, e2) = Segment::new(&[&v[0]], one(|t| d.encoder2.forward_t(t, true)), dck, None)?;
+        let (dec3, o3) = Segment::new(&[&o4[0], &e2[0]], up(&d.decoder3), dck, None)?;
+        drop((o4, e2, v));
+        let (enc1, e1) = Segment::new(&[x], one(|t| d.encoder1.forward_t(t, true)), dck, None)?;
+        let (dec2, o2) = Segment::new(&[&o3[0], &e1[0]], up(&d.decoder2), dck, None)?;
+        drop((o3, e1));
+        let (head, logits) = Segment::new(&[&o2[0]], one(|t| d.out.forward(t)), dck, None)?;
+        drop(o2);
+        // The loss on its own graph from the logits.
+        let lv = Var::from_tensor(&logits[0])?;
+        drop(logits);
+        let (loss, scaled) = loss_fn(lv.as_tensor())?;
+        let lg = scaled.backward()?;
+        let mut grads = GradStore::default();
+        let g_logits = lg.get(lv.as_tensor()).map(Tensor::detach);
+        drop((lg, scaled, lv));
+        // Backward, segment by segment.
+        let g = head.backward(&[g_logits], params, &mut grads)?;
+        let g = dec2.backward(&g, params, &mut grads)?;
+        let (g_o3, g_e1) = (g[0].clone(), g[1].clone());
+        enc1.backward(&[g_e1], params, &mut grads)?;
+        let g = dec3.backward(&[g_o3], params, &mut grads)?;
+        let (g_o4, g_e2) = (g[0].clone(), g[1].clone());
+        let gv0 = enc2.backward(&[g_e2], params, &mut grads)?.remove(0);
+        let g = dec4.backward(&[g_o4], params, &mut grads)?;
+        let (g_o5, g_e3) = (g[0].clone(), g[1].clone());
+        let gv1 = enc3.backward(&[g_e3], params, &mut grads)?.remove(0);
+        let g = dec5.backward(&[g_o5], params, &mut grads)?;
+        let (gv3, g_e4) = (g[0].clone(), g[1].clone());
+        let gv2 = enc4.backward(&[g_e4], params, &mut grads)?.remove(0);
+        vit.backward(&[gv0, gv1, gv2, gv3], params, &mut grads)?;
+        Ok(StepGrads { loss, grads })
+    }
+}
