@@ -84,6 +84,12 @@ pub struct Measured {
     /// Self time of all ops of that pass, summed (PyTorch's side; ours covers the wall).
     #[serde(default)]
     pub ops_self_total_s: f64,
+    /// Train mode (ours): live heap bytes through one more training step, as (ms since its start, bytes).
+    #[serde(default)]
+    pub memory_timeline: Vec<(f64, f64)>,
+    /// Bytes of the trainable parameters (f32), so the floor of a step is four times this.
+    #[serde(default)]
+    pub param_bytes: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -94,6 +100,29 @@ pub struct OpRow {
 }
 
 /// Runs `f` once under our op profiler.
+/// Live heap bytes sampled every millisecond on a second thread while `f` runs: (ms since the start, bytes).
+fn live_timeline(f: impl FnOnce() -> Result<()>) -> Result<Vec<(f64, f64)>> {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let stop = AtomicBool::new(false);
+    let t0 = Instant::now();
+    let sample = || (t0.elapsed().as_secs_f64() * 1e3, crate::GLOBAL.live() as f64);
+    std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut v = Vec::with_capacity(1 << 16);
+            while !stop.load(Relaxed) {
+                v.push(sample());
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            v.push(sample());
+            v
+        });
+        let r = f();
+        stop.store(true, Relaxed);
+        let v = sampler.join().map_err(|_| anyhow::anyhow!("the memory sampler panicked"))?;
+        r.map(|()| v)
+    })
+}
+
 fn profiled(f: impl FnOnce() -> Result<()>) -> Result<(Vec<OpRow>, f64)> {
     unetr_ops::profile::enable();
     let t = Instant::now();
@@ -113,7 +142,7 @@ fn profiled(f: impl FnOnce() -> Result<()>) -> Result<(Vec<OpRow>, f64)> {
     ))
 }
 
-fn config(a: &Args) -> Result<UnetrConfig> {
+pub(crate) fn config(a: &Args) -> Result<UnetrConfig> {
     let mut c = match a.config.as_str() {
         "btcv" => UnetrConfig::btcv(),
         "spleen" => UnetrConfig::msd_spleen(),
@@ -163,6 +192,7 @@ pub fn child(a: Args) -> Result<()> {
     let mut modules = std::collections::BTreeMap::new();
     let mut gemm_gflops = 0.0;
     let (mut ops, mut ops_wall_s) = (Vec::new(), 0.0);
+    let (mut memory_timeline, mut param_bytes) = (Vec::new(), 0);
     if a.mode == "profile" {
         let model = UnetrWeights::init(&cfg, &dev)?.inference_model()?;
         drop(model.forward_t(&x, false)?);
@@ -215,6 +245,7 @@ pub fn child(a: Args) -> Result<()> {
         let w = UnetrWeights::init(&cfg, &dev)?;
         let y = Tensor::rand(0f32, cfg.out_channels as f32, (1, 1, d, h, ww), &dev)?.floor()?;
         let vars = w.trainable_vars(unetr_model::Trainable::All);
+        param_bytes = vars.iter().map(|(_, v)| v.elem_count() as u64 * 4).sum();
         let o = unetr_train::config::OptimConfig {
             checkpointing: serde_json::from_value(serde_json::json!(a.checkpointing)).context("--checkpointing: none, vit, decoder or all")?,
             ..Default::default()
@@ -232,6 +263,7 @@ pub fn child(a: Args) -> Result<()> {
             forward_s.push(t.elapsed().as_secs_f64());
         }
         (ops, ops_wall_s) = profiled(&mut step)?;
+        memory_timeline = live_timeline(&mut step)?;
     } else {
         let model = UnetrWeights::init(&cfg, &dev)?.inference_model()?;
         drop(model.forward_t(&x, false)?); // warm-up
@@ -251,13 +283,15 @@ pub fn child(a: Args) -> Result<()> {
             gemm_gflops,
             ops,
             ops_wall_s,
-            ops_self_total_s: 0.0
+            ops_self_total_s: 0.0,
+            memory_timeline,
+            param_bytes,
         })?
     );
     Ok(())
 }
 
-fn stats(v: &[f64]) -> (f64, f64) {
+pub(crate) fn stats(v: &[f64]) -> (f64, f64) {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
     (s[0], s[s.len() / 2])
@@ -274,7 +308,7 @@ fn last_json<T: for<'de> Deserialize<'de>>(out: &[u8]) -> Result<T> {
 }
 
 /// Runs one measuring process of ours and one of PyTorch's for `mode` (forward or train).
-fn measure(
+pub(crate) fn measure(
     a: &Args,
     cfg: &UnetrConfig,
     mode: &str,

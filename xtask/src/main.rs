@@ -3,6 +3,7 @@
 mod ablation;
 mod bench_hd95;
 mod bench_loader;
+mod bench_train_memory;
 mod bench_model;
 mod bench_ops;
 mod colin27;
@@ -81,6 +82,9 @@ enum BenchCmd {
     Loader(bench_loader::Args),
     /// HD95 on a 512x512x200 volume, ours against MONAI's HausdorffDistanceMetric.
     Hd95(bench_hd95::Args),
+    /// One training step under each activation checkpointing mode against PyTorch's: time, peak memory and
+    /// the live-bytes timeline as a plot.
+    TrainMemory(bench_train_memory::Args),
 }
 
 pub fn repo_root() -> PathBuf {
@@ -133,6 +137,10 @@ fn run(cli: Cli) -> Result<()> {
             what: Some(BenchCmd::Hd95(args)),
             ..
         } => bench_hd95::run(args),
+        Cmd::Bench {
+            what: Some(BenchCmd::TrainMemory(args)),
+            ..
+        } => bench_train_memory::run(args),
         Cmd::Bench { what: None, model } => bench_model::run(model),
         Cmd::BenchChild(a) => bench_model::child(a),
         Cmd::Fixtures => {
