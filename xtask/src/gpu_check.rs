@@ -1,7 +1,10 @@
 //! `cargo xtask gpu-check`: one command for a GPU machine. Checks every op on the device against the CPU
 //! (forward and input gradients, per-dtype tolerances), the model forward against the CPU, a few training
 //! steps, a short run of the trainer itself on the device, then times forward, training step and the fused
-//! attention against the unfused path, and writes one report (markdown + JSON) under --out.
+//! attention against the unfused path, and writes one report (markdown + JSON) under --out. The
+//! convolutions are checked and timed under both device implementations (cuDNN and our direct kernels);
+//! `unetr infer`'s path (`Predictor`) runs on the device against the CPU; with the `nccl` feature a one-rank
+//! NCCL group all-reduces a buffer.
 //!
 //! `--dry-run` runs the same logic with the CPU standing in for the device (small sizes), so the command's
 //! logic is exercised on machines without a GPU; a build without `--features cuda` can only dry-run.
@@ -90,6 +93,58 @@ fn check_op(name: &str, dev: &Device, dt: DType, shapes: &[&[usize]], f: &dyn Fn
     Ok(())
 }
 
+/// The device's convolution implementations, each checked against the CPU and timed.
+const CONV_BACKENDS: [&str; 2] = ["cudnn", "direct"];
+
+/// Makes the device's convolutions run on `name` (in the dry run, and without `cuda`, there is one path:
+/// the label only names the pass).
+fn use_conv_backend(name: &str) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    {
+        use unetr_ops::cuda::{set_conv_backend, ConvBackend};
+        set_conv_backend(if name == "cudnn" { ConvBackend::Cudnn } else { ConvBackend::Direct })?;
+    }
+    let _ = name;
+    Ok(())
+}
+
+/// `unetr infer`'s path on the device against the CPU: the trained checkpoint segments the first validation
+/// case of the trainer's phantoms; returns the fraction of voxels with the same label.
+fn infer_agreement(run: &std::path::Path, dev: &Device) -> Result<f64> {
+    use unetr_data::MemoryLimit;
+    use unetr_infer::predictor::{Predictor, Probabilities, Tta};
+    let limit = MemoryLimit::default();
+    let dl = unetr_data::datalist::Datalist::from_json(&run.join("phantom/dataset.json"), limit)?;
+    let item = dl.validation.first().or(dl.training.first()).ok_or_else(|| anyhow::anyhow!("the trainer's phantom datalist is empty"))?;
+    let seg = |d: &Device| -> Result<Vec<f32>> { Ok(Predictor::from_checkpoint(&run.join("best"), d, limit)?.segment(item, Tta::Off, Probabilities::Skip)?.labels.data) };
+    let (a, b) = (seg(dev)?, seg(&Device::Cpu)?);
+    if a.len() != b.len() || a.is_empty() {
+        bail!("infer on the device gave {} voxels, on the CPU {}", a.len(), b.len());
+    }
+    Ok(a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64)
+}
+
+/// A one-rank NCCL group on `dev` all-reduces a buffer (the sum over one rank is the buffer itself).
+#[cfg(feature = "nccl")]
+fn nccl_one_rank(dev: &Device, out: &std::path::Path) -> Result<String> {
+    use unetr_train::distributed::{launch::Launch, nccl::{NcclComm, Rendezvous}, Communicator};
+    let l = Launch { rank: 0, world: 1, local_rank: 0, master: None, launcher: "gpu-check" };
+    let comm = NcclComm::new(&l, dev, &Rendezvous::File(out.join("nccl.id")), std::time::Duration::from_secs(60))?;
+    let want: Vec<f32> = (0..(1 << 20)).map(|i| (i % 977) as f32 * 0.5).collect();
+    let mut buf = want.clone();
+    comm.all_reduce_sum(&mut buf)?;
+    comm.barrier()?;
+    if buf != want {
+        bail!("NCCL all-reduce over one rank changed the buffer");
+    }
+    Ok("ok: 2^20 floats all-reduced, unchanged".into())
+}
+
+#[cfg(not(feature = "nccl"))]
+fn nccl_one_rank(_dev: &Device, _out: &std::path::Path) -> Result<String> {
+    Ok("skipped: built without the `nccl` feature".into())
+}
+
 fn median_ms(dev: &Device, repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
     dev.synchronize()?;
@@ -115,12 +170,25 @@ pub fn run(a: Args) -> Result<()> {
     // Sizes: the model's shapes at full size on a GPU, reduced for the dry run.
     let (s, attn_l) = if dev.is_cpu() { (8, 27) } else { (24, 216) };
     let mut checks = Vec::new();
+    let (p1, p2) = (Conv3dParams::new(1, 1), Conv3dParams::new(2, 0));
+    let mut conv_ms = Vec::new();
+    for backend in CONV_BACKENDS {
+        use_conv_backend(backend)?;
+        for &dt in &dtypes {
+            check_op(&format!("conv3d 3x3x3 ({backend})"), &dev, dt, &[&[1, 8, s, s, s], &[16, 8, 3, 3, 3]], &|t| conv3d(&t[0], &t[1], None, p1), &mut checks)?;
+            check_op(&format!("conv3d k2 s2 ({backend})"), &dev, dt, &[&[1, 4, s, s, s], &[8, 4, 2, 2, 2]], &|t| conv3d(&t[0], &t[1], None, p2), &mut checks)?;
+            check_op(&format!("conv_transpose3d k2 s2 ({backend})"), &dev, dt, &[&[1, 8, s / 2, s / 2, s / 2], &[8, 4, 2, 2, 2]], &|t| conv_transpose3d(&t[0], &t[1], None, p2, [0; 3]), &mut checks)?;
+        }
+        // UNETR's most expensive conv: 16 -> 16 channels, 3x3x3, at the full 96^3 (16^3 in the dry run).
+        let c = if dev.is_cpu() { 16 } else { 96 };
+        let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, 16, c, c, c), &dev)?)?;
+        let w = candle_core::Var::from_tensor(&Tensor::randn(0f32, 0.1, (16, 16, 3, 3, 3), &dev)?)?;
+        let fwd = median_ms(&dev, a.repeats, || Ok(drop(conv3d(x.as_tensor(), w.as_tensor(), None, p1)?)))?;
+        let both = median_ms(&dev, a.repeats, || Ok(drop(conv3d(x.as_tensor(), w.as_tensor(), None, p1)?.sum_all()?.backward()?)))?;
+        conv_ms.push((backend, c, fwd, both));
+    }
+    use_conv_backend(CONV_BACKENDS[0])?;
     for &dt in &dtypes {
-        let p1 = Conv3dParams::new(1, 1);
-        check_op("conv3d 3x3x3", &dev, dt, &[&[1, 8, s, s, s], &[16, 8, 3, 3, 3]], &|t| conv3d(&t[0], &t[1], None, p1), &mut checks)?;
-        let p2 = Conv3dParams::new(2, 0);
-        check_op("conv3d k2 s2", &dev, dt, &[&[1, 4, s, s, s], &[8, 4, 2, 2, 2]], &|t| conv3d(&t[0], &t[1], None, p2), &mut checks)?;
-        check_op("conv_transpose3d k2 s2", &dev, dt, &[&[1, 8, s / 2, s / 2, s / 2], &[8, 4, 2, 2, 2]], &|t| conv_transpose3d(&t[0], &t[1], None, p2, [0; 3]), &mut checks)?;
         check_op("instance_norm + leaky_relu", &dev, dt, &[&[2, 8, s, s, s]], &|t| instance_norm_leaky_relu(&t[0], 1e-5, 0.01), &mut checks)?;
         check_op("leaky_relu", &dev, dt, &[&[2, 8, s, s]], &|t| leaky_relu(&t[0], 0.01), &mut checks)?;
         check_op("add_leaky_relu", &dev, dt, &[&[2, 8, s, s], &[2, 8, s, s]], &|t| add_leaky_relu(&t[0], &t[1], 0.01), &mut checks)?;
@@ -174,6 +242,9 @@ pub fn run(a: Args) -> Result<()> {
     let _ = std::fs::remove_dir_all(&tcfg.output.dir);
     let ts = unetr_train::train(&tcfg, unetr_train::RunMode::Fresh)?;
     let trainer_ok = ts.losses.iter().all(|l| l.is_finite()) && ts.final_dice.is_finite();
+    let agreement = infer_agreement(&tcfg.output.dir, &dev)?;
+    let infer_ok = agreement >= 0.999;
+    let nccl = nccl_one_rank(&dev, &a.out)?;
     // Benchmarks.
     let fwd_ms = median_ms(&dev, a.repeats, || Ok(drop(w_dev.model.forward_t(&xd, false)?)))?;
     let xb = xd.to_dtype(bf)?;
@@ -206,6 +277,16 @@ pub fn run(a: Args) -> Result<()> {
         tcfg.device, ts.losses, ts.final_dice, ts.seconds, if trainer_ok { "ok" } else { "FAIL" }
     );
     r += &format!(
+        "Inference (`Predictor` as `unetr infer` runs it, the trainer's best checkpoint on its first validation phantom): {:.4} of the voxels labelled as on the CPU ({})\n\nNCCL, one rank: {nccl}\n\n",
+        agreement,
+        if infer_ok { "ok" } else { "FAIL" }
+    );
+    r += &format!("| conv 16 -> 16, 3x3x3, f32{} | size | forward ms | forward + backward ms |\n|---|---:|---:|---:|\n", if dev.is_cpu() { " (dry run: every row is the CPU)" } else { "" });
+    for (b, c, f, fb) in &conv_ms {
+        r += &format!("| {b} | {c}^3 | {f:.2} | {fb:.2} |\n");
+    }
+    r += "\n";
+    r += &format!(
         "| benchmark (median of {}) | ms |\n|---|---:|\n| UNETR forward {:?}, f32 | {:.2} |\n| UNETR forward, bf16 compute, f32 weights | {:.2} |\n| training step (forward + DiceCE + backward + AdamW), f32 | {:.2} |\n| training step, bf16 mixed precision | {:.2} |\n| attention fwd+bwd, fused, [1, 12, {attn_l}, 64] | {:.3} |\n| attention fwd+bwd, unfused (matmul + softmax + matmul) | {:.3} |\n",
         a.repeats, size, fwd_ms, fwd_bf16_ms, step_ms, step_bf16_ms, fused_ms, unfused_ms
     );
@@ -217,15 +298,18 @@ pub fn run(a: Args) -> Result<()> {
         "device": if dev.is_cpu() { "cpu".to_string() } else { format!("{:?}", dev.location()) },
         "checks": checks.iter().map(|c| serde_json::json!({"name": c.name, "dtype": format!("{:?}", c.dtype), "err": c.err, "tol": c.tol})).collect::<Vec<_>>(),
         "losses": losses, "trainer_losses": ts.losses, "trainer_dice": ts.final_dice, "forward_ms": fwd_ms, "forward_bf16_ms": fwd_bf16_ms, "train_step_ms": step_ms, "train_step_bf16_ms": step_bf16_ms, "attention_fused_ms": fused_ms, "attention_unfused_ms": unfused_ms,
+        "infer_agreement": agreement, "nccl": nccl,
+        "conv_ms": conv_ms.iter().map(|(b, c, f, fb)| serde_json::json!({"backend": b, "size": c, "forward": f, "forward_backward": fb})).collect::<Vec<_>>(),
     });
     std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&j)?)?;
     println!("{r}\nreport: {}", out.join("report.md").display());
-    if !failed.is_empty() || !train_ok || !trainer_ok {
+    if !failed.is_empty() || !train_ok || !trainer_ok || !infer_ok {
         bail!(
-            "{} check(s) failed{}{}",
+            "{} check(s) failed{}{}{}",
             failed.len(),
             if train_ok { "" } else { ", and the training steps" },
-            if trainer_ok { "" } else { ", and the trainer run" }
+            if trainer_ok { "" } else { ", and the trainer run" },
+            if infer_ok { "" } else { ", and inference on the device" }
         );
     }
     Ok(())

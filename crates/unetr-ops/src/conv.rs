@@ -36,8 +36,9 @@ impl Conv3dParams {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+/// The three convolution kinds: the forward and its two adjoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
     Fwd,
     BwdInput,
     BwdWeight,
@@ -171,13 +172,8 @@ impl CustomOp2 for ConvOp {
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (g, shape) = self.geom(l1, l2)?;
-        let kind = match self.kind {
-            Kind::Fwd => "fwd",
-            Kind::BwdInput => "bwd_input",
-            Kind::BwdWeight => "bwd_weight",
-        };
         Ok((
-            crate::cuda::conv(kind, s1, l1, s2, l2, &g, shape.elem_count())?,
+            crate::cuda::conv(self.kind, s1, l1, s2, l2, &g, shape.elem_count())?,
             shape,
         ))
     }

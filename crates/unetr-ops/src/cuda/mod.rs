@@ -6,7 +6,13 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
+
+pub use crate::conv::Kind as ConvKind;
+
+#[cfg(feature = "cudnn")]
+pub mod cudnn;
 
 pub use crate::CUDA_KERNELS as SOURCE;
 const MODULE: &str = "unetr_ops";
@@ -99,14 +105,59 @@ impl Geom {
     }
 }
 
-/// `kind`: "fwd" (x, w), "bwd_input" (dy, w) or "bwd_weight" (x, dy); `out_len` elements.
-pub fn conv(kind: &str, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout, g: &crate::kernels::conv3d::ConvGeom, out_len: usize) -> Result<CudaStorage> {
+/// Which implementation runs the convolutions on a CUDA device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvBackend {
+    /// cuDNN's N-d convolution (feature `cudnn`, on by default in the binaries' `cuda` builds).
+    Cudnn,
+    /// Our direct kernels (`kernels.cu`): the fallback, and a second reference in `gpu-check`.
+    Direct,
+}
+
+static CONV_BACKEND: AtomicU8 = AtomicU8::new(if cfg!(feature = "cudnn") { 0 } else { 1 });
+
+/// Chooses the convolution implementation for every later call (all threads). Asking for cuDNN in a build
+/// without the `cudnn` feature is an error.
+pub fn set_conv_backend(b: ConvBackend) -> Result<()> {
+    if b == ConvBackend::Cudnn && !cfg!(feature = "cudnn") {
+        return Err(candle_core::Error::Msg("cuDNN convolutions need a build with the `cudnn` feature".into()));
+    }
+    CONV_BACKEND.store(if b == ConvBackend::Cudnn { 0 } else { 1 }, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The convolution implementation in use.
+pub fn conv_backend() -> ConvBackend {
+    if CONV_BACKEND.load(Ordering::Relaxed) == 0 {
+        ConvBackend::Cudnn
+    } else {
+        ConvBackend::Direct
+    }
+}
+
+/// Convolution `kind` on (x, w) for the forward, (dy, w) for the input gradient or (x, dy) for the weight
+/// gradient; `out_len` elements. cuDNN where chosen and able to take the geometry, else the direct kernels.
+pub fn conv(kind: ConvKind, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout, g: &crate::kernels::conv3d::ConvGeom, out_len: usize) -> Result<CudaStorage> {
+    #[cfg(feature = "cudnn")]
+    if conv_backend() == ConvBackend::Cudnn && cudnn::supports(g) {
+        return cudnn::conv(kind, s1, l1, s2, l2, g, out_len);
+    }
+    conv_direct(kind, s1, l1, s2, l2, g, out_len)
+}
+
+/// [`conv`] by our direct kernels.
+pub fn conv_direct(kind: ConvKind, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout, g: &crate::kernels::conv3d::ConvGeom, out_len: usize) -> Result<CudaStorage> {
     const OP: &str = "conv3d (cuda)";
     let dev = s1.device().clone();
     let sfx = suffix(OP, s1.dtype())?;
-    let f = func(&dev, &format!("conv3d_{kind}_{sfx}"))?;
+    let name = match kind {
+        ConvKind::Fwd => "fwd",
+        ConvKind::BwdInput => "bwd_input",
+        ConvKind::BwdWeight => "bwd_weight",
+    };
+    let f = func(&dev, &format!("conv3d_{name}_{sfx}"))?;
     let geom = Geom::of(g);
-    let cfg = if kind == "bwd_weight" { blocks(out_len) } else { grid(out_len) };
+    let cfg = if kind == ConvKind::BwdWeight { blocks(out_len) } else { grid(out_len) };
     with_dtype!(OP, s1.dtype(), T => {
         let (a, b) = (view::<T>(OP, s1, l1)?, view::<T>(OP, s2, l2)?);
         // SAFETY: every element is written by the kernel.
