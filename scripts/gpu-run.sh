@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The device command (prepared by scripts/prepare-gpu-run.sh): finds the CUDA 13 libraries PyTorch ships,
 # runs `xtask gpu-check` (every CUDA op and the model against the CPU, training steps, timings) and the
-# PyTorch + MONAI side on the same GPU, and leaves both reports under $OUT (default runs/gpu).
+# PyTorch + MONAI side on the same GPU (cuDNN and NCCL come from the same wheels), and leaves both reports under $OUT (default runs/gpu).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
-libs=$(find / \( -name 'libcublas.so.13*' -o -name 'libcurand.so.10*' -o -name 'libcudart.so.13*' -o -name 'libnvrtc.so.13*' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | tr '\n' ':')
+libs=$(find / \( -name 'libcublas.so.13*' -o -name 'libcurand.so.10*' -o -name 'libcudart.so.13*' -o -name 'libnvrtc.so.13*' -o -name 'libcudnn.so.9*' -o -name 'libnccl.so.2*' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | tr '\n' ':')
 export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt"
 # GPU_CHECK_ARGS=--dry-run PYTORCH_ARGS="--device cpu --size 32,32,32" rehearses this script on a CPU machine.

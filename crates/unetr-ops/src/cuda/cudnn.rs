@@ -8,7 +8,8 @@ use super::{view, ConvKind};
 use crate::kernels::conv3d::ConvGeom;
 use candle_core::cuda_backend::cudarc::cudnn::{sys, ConvBackwardData, ConvBackwardFilter, ConvForward, Cudnn, CudnnDataType};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
-use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::{CudaDType, DeviceId};
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -39,7 +40,7 @@ fn handle(dev: &CudaDevice) -> Result<Arc<Cudnn>> {
         if let Some(c) = h.borrow().get(&dev.id()) {
             return Ok(c.clone());
         }
-        let c = Cudnn::new(dev.cuda_stream()).w()?;
+        let c = Cudnn::new(dev.cuda_stream())?;
         h.borrow_mut().insert(dev.id(), c.clone());
         Ok(c)
     })
@@ -87,18 +88,18 @@ where
     const OP: &str = "conv3d (cudnn)";
     let cudnn = handle(dev)?;
     let i = |v: [usize; 3]| v.map(|x| x as i32);
-    let mut cd = cudnn.create_convnd::<C>(&i(g.padding), &i(g.stride), &[1, 1, 1], sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION).w()?;
+    let mut cd = cudnn.create_convnd::<C>(&i(g.padding), &i(g.stride), &[1, 1, 1], sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION)?;
     if let Some(m) = math {
-        cd.set_math_type(m).w()?;
+        cd.set_math_type(m)?;
     }
     let [id, ih, iw] = g.input;
     let [od, oh, ow] = g.output;
     let [kd, kh, kw] = g.kernel;
     let (xd, xs) = packed([g.n, g.ci, id, ih, iw]);
     let (yd, ys) = packed([g.n, g.co, od, oh, ow]);
-    let x = cudnn.create_nd_tensor::<T>(&xd, &xs).w()?;
-    let y = cudnn.create_nd_tensor::<T>(&yd, &ys).w()?;
-    let w = cudnn.create_nd_filter::<T>(sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW, &[g.co, g.ci, kd, kh, kw].map(|v| v as i32)).w()?;
+    let x = cudnn.create_nd_tensor::<T>(&xd, &xs)?;
+    let y = cudnn.create_nd_tensor::<T>(&yd, &ys)?;
+    let w = cudnn.create_nd_filter::<T>(sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW, &[g.co, g.ci, kd, kh, kw].map(|v| v as i32))?;
     let (a, b) = (view::<T>(OP, s1, l1)?, view::<T>(OP, s2, l2)?);
     // SAFETY: with beta = 0 cuDNN writes every element of the output without reading it.
     let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(out_len)? };
@@ -111,33 +112,33 @@ where
             let op = ConvForward { conv: &cd, x: &x, w: &w, y: &y };
             let algo = match cached {
                 Some(Algo::Fwd(a)) => a,
-                _ => op.pick_algorithm().w()?,
+                _ => op.pick_algorithm()?,
             };
-            let mut ws = workspace(op.get_workspace_size(algo).w()?)?;
+            let mut ws = workspace(op.get_workspace_size(algo)?)?;
             // SAFETY: the descriptors describe `a` (x), `b` (w) and `out` (y): dtypes and packed layouts.
-            unsafe { op.launch(algo, ws.as_mut(), scale, &a, &b, &mut out) }.w()?;
+            unsafe { op.launch(algo, ws.as_mut(), scale, &a, &b, &mut out) }?;
             Algo::Fwd(algo)
         }
         ConvKind::BwdInput => {
             let op = ConvBackwardData { conv: &cd, dx: &x, w: &w, dy: &y };
             let algo = match cached {
                 Some(Algo::Data(a)) => a,
-                _ => op.pick_algorithm().w()?,
+                _ => op.pick_algorithm()?,
             };
-            let mut ws = workspace(op.get_workspace_size(algo).w()?)?;
+            let mut ws = workspace(op.get_workspace_size(algo)?)?;
             // SAFETY: as above, with `a` = dy, `b` = w, `out` = dx.
-            unsafe { op.launch(algo, ws.as_mut(), scale, &mut out, &b, &a) }.w()?;
+            unsafe { op.launch(algo, ws.as_mut(), scale, &mut out, &b, &a) }?;
             Algo::Data(algo)
         }
         ConvKind::BwdWeight => {
             let op = ConvBackwardFilter { conv: &cd, x: &x, dw: &w, dy: &y };
             let algo = match cached {
                 Some(Algo::Filter(a)) => a,
-                _ => op.pick_algorithm().w()?,
+                _ => op.pick_algorithm()?,
             };
-            let mut ws = workspace(op.get_workspace_size(algo).w()?)?;
+            let mut ws = workspace(op.get_workspace_size(algo)?)?;
             // SAFETY: as above, with `a` = x, `b` = dy, `out` = dw.
-            unsafe { op.launch(algo, ws.as_mut(), scale, &a, &mut out, &b) }.w()?;
+            unsafe { op.launch(algo, ws.as_mut(), scale, &a, &mut out, &b) }?;
             Algo::Filter(algo)
         }
     };
