@@ -114,15 +114,19 @@ impl Predictor {
         Ok(compose.apply_deterministic(s)?)
     }
 
-    /// Sliding-window logits [1, K, D, H, W] on the sample's grid.
+    /// Sliding-window logits [1, K, D, H, W] on the sample's grid, in host memory.
     pub fn logits(&self, s: &Sample, tta: Tta) -> Result<Tensor> {
         let k = self.model.cfg.out_channels;
         let padded = [0, 1, 2].map(|a| s.dims[a].max(self.model.cfg.img_size[a]));
         check_bytes(s, "sliding-window output", (k + 1) as u64 * padded.iter().map(|&d| d as u64).product::<u64>() * 4, self.limit)?;
         let d = s.dims;
-        let x = Tensor::from_vec(s.image.clone(), (1, s.channels, d[0], d[1], d[2]), self.model.device())?;
+        // The volume and the stitched logits stay in host memory and only each batch of windows visits the
+        // model's device (MONAI's `sw_device` = the model's, `device` = "cpu"), so a whole CT's logits need
+        // not fit in GPU memory.
+        let x = Tensor::from_vec(s.image.clone(), (1, s.channels, d[0], d[1], d[2]), &candle_core::Device::Cpu)?;
         let sw = self.sliding_window();
-        let run = |x: &Tensor| sliding_window_inference(x, &sw, |b| self.model.forward_t(b, false).map_err(candle_core::Error::wrap));
+        let dev = self.model.device();
+        let run = |x: &Tensor| sliding_window_inference(x, &sw, |b| self.model.forward_t(&b.to_device(dev)?, false).map_err(candle_core::Error::wrap));
         let mut logits = run(&x)?;
         if tta == Tta::Flips {
             for axis in 2..5 {
