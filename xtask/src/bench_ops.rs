@@ -75,6 +75,23 @@ pub fn unetr_cases() -> Vec<Case> {
 pub struct Timing {
     pub fwd_ms: f64,
     pub bwd_ms: f64,
+    /// Ours: the most live bytes above what the pass leaves behind (its inputs and results), in MB: the
+    /// pass's own transient buffers.
+    #[serde(default)]
+    pub fwd_transient_mb: f64,
+    #[serde(default)]
+    pub bwd_transient_mb: f64,
+}
+
+/// Runs `f` once and returns its transient memory: the peak of live bytes during it minus the live bytes
+/// after it (what it returned is kept alive by `f` until measured), in MB.
+fn transient_mb(f: impl FnOnce() -> Result<Box<dyn std::any::Any>>) -> Result<f64> {
+    crate::GLOBAL.reset_peak();
+    let kept = f()?;
+    let after = crate::GLOBAL.live();
+    let peak = crate::GLOBAL.peak();
+    drop(kept);
+    Ok(peak.saturating_sub(after) as f64 / 1e6)
 }
 
 fn median_ms(repeats: usize, mut f: impl FnMut()) -> f64 {
@@ -116,7 +133,9 @@ fn time_ours(c: &Case, repeats: usize) -> Result<Timing> {
     let fwd_ms = median_ms(repeats, || drop(run(&x, w.as_ref()).expect("forward")));
     let y = run(xv.as_tensor(), wv.as_ref().map(|v| v.as_tensor()))?;
     let bwd_ms = median_ms(repeats, || drop(y.backward().expect("backward")));
-    Ok(Timing { fwd_ms, bwd_ms })
+    let fwd_transient_mb = transient_mb(|| Ok(Box::new(run(&x, w.as_ref())?)))?;
+    let bwd_transient_mb = transient_mb(|| Ok(Box::new(y.backward()?)))?;
+    Ok(Timing { fwd_ms, bwd_ms, fwd_transient_mb, bwd_transient_mb })
 }
 
 pub fn machine() -> String {
@@ -135,7 +154,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut ours = BTreeMap::new();
     for c in &cases {
         let t = time_ours(c, args.repeats)?;
-        eprintln!("ours   {:<28} fwd {:8.2} ms  bwd {:8.2} ms", c.name, t.fwd_ms, t.bwd_ms);
+        eprintln!("ours   {:<28} fwd {:8.2} ms  bwd {:8.2} ms  transient fwd {:7.1} MB bwd {:7.1} MB", c.name, t.fwd_ms, t.bwd_ms, t.fwd_transient_mb, t.bwd_transient_mb);
         ours.insert(c.name.clone(), t);
     }
     let torch: Option<BTreeMap<String, Timing>> = if args.no_pytorch {
@@ -176,8 +195,8 @@ fn render(cases: &[Case], ours: &BTreeMap<String, Timing>, torch: Option<&BTreeM
         machine(),
         if torch.is_some() { "same run, `benches/ops_pytorch.py`, torch.set_num_threads = ours" } else { "skipped" }
     );
-    s += "| op | x/model | ours fwd ms | torch fwd ms | fwd ratio | ours bwd ms | torch bwd ms | bwd ratio |\n";
-    s += "|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    s += "| op | x/model | ours fwd ms | torch fwd ms | fwd ratio | ours bwd ms | torch bwd ms | bwd ratio | ours transient MB fwd / bwd |\n";
+    s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     let (mut of, mut ob, mut tf, mut tb) = (0.0, 0.0, 0.0, 0.0);
     let (mut wo, mut wt) = (0.0, 0.0);
     for c in cases {
@@ -186,7 +205,7 @@ fn render(cases: &[Case], ours: &BTreeMap<String, Timing>, torch: Option<&BTreeM
         let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
         let ratio = |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.2}", a / b));
         s += &format!(
-            "| {} | {} | {:.2} | {} | {} | {:.2} | {} | {} |\n",
+            "| {} | {} | {:.2} | {} | {} | {:.2} | {} | {} | {:.0} / {:.0} |\n",
             c.name,
             c.count,
             o.fwd_ms,
@@ -195,6 +214,8 @@ fn render(cases: &[Case], ours: &BTreeMap<String, Timing>, torch: Option<&BTreeM
             o.bwd_ms,
             cell(t.map(|t| t.bwd_ms)),
             ratio(o.bwd_ms, t.map(|t| t.bwd_ms)),
+            o.fwd_transient_mb,
+            o.bwd_transient_mb,
         );
         of += o.fwd_ms;
         ob += o.bwd_ms;
@@ -206,7 +227,7 @@ fn render(cases: &[Case], ours: &BTreeMap<String, Timing>, torch: Option<&BTreeM
         }
     }
     let r = |a: f64, b: f64| if b > 0.0 { format!("{:.2}", a / b) } else { "-".into() };
-    s += &format!("| **total (each shape once)** | | {of:.1} | {tf:.1} | {} | {ob:.1} | {tb:.1} | {} |\n", r(of, tf), r(ob, tb));
-    s += &format!("| **total fwd+bwd weighted by x/model** | | | | | {wo:.1} | {wt:.1} | {} |\n", r(wo, wt));
+    s += &format!("| **total (each shape once)** | | {of:.1} | {tf:.1} | {} | {ob:.1} | {tb:.1} | {} | |\n", r(of, tf), r(ob, tb));
+    s += &format!("| **total fwd+bwd weighted by x/model** | | | | | {wo:.1} | {wt:.1} | {} | |\n", r(wo, wt));
     s
 }

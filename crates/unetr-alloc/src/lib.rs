@@ -75,6 +75,10 @@ impl<A> Pooled<A> {
     pub fn peak(&self) -> usize {
         self.peak.load(Relaxed)
     }
+    /// Restarts the [`peak`](Self::peak) from the current live bytes (to measure one phase's peak).
+    pub fn reset_peak(&self) {
+        self.peak.store(self.live(), Relaxed);
+    }
     /// Bytes of large blocks mapped afresh or grown so far (each page of them faulted in when first
     /// written): what the pool could not serve from pages it had.
     pub fn fresh(&self) -> usize {

@@ -70,19 +70,32 @@ fn decoder_gradients_match_finite_differences() {
         for (name, v) in &vars {
             let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{kind:?}: no gradient for {name}")).flatten_all().unwrap().to_vec1::<f64>().unwrap();
             let w0 = v.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            for &i in &[0, w0.len() / 2, w0.len() - 1] {
-                let eps = 1e-5;
+            let mut candidates: Vec<usize> = (0..8).map(|j| j * (w0.len() - 1) / 7).collect();
+            candidates.dedup();
+            let mut here = 0;
+            for i in candidates {
+                if here == 3 {
+                    break;
+                }
                 let at = |d: f64| {
                     let mut w = w0.clone();
                     w[i] += d;
                     v.set(&Tensor::from_vec(w, v.shape(), &Device::Cpu).unwrap()).unwrap();
                     loss(&m).to_scalar::<f64>().unwrap()
                 };
-                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                let fd_at = |eps: f64| (at(eps) - at(-eps)) / (2.0 * eps);
+                let (fd, fd_fine) = (fd_at(1e-5), fd_at(1e-6));
                 v.set(&Tensor::from_vec(w0.clone(), v.shape(), &Device::Cpu).unwrap()).unwrap();
+                // A ReLU pre-activation within the step of zero makes the difference quotient depend on the
+                // step (the loss has a kink there, where no derivative exists): such an entry proves nothing.
+                if (fd - fd_fine).abs() > 1e-6 * (1.0 + fd.abs()) {
+                    continue;
+                }
                 assert!((fd - g[i]).abs() <= 1e-5 * (1.0 + fd.abs()), "{kind:?} {name}[{i}]: finite difference {fd}, backward {}", g[i]);
-                checked += 1;
+                here += 1;
             }
+            assert!(here >= 1, "{kind:?} {name}: every probed entry sits at a kink");
+            checked += here;
         }
         assert!(checked >= 9, "{kind:?}: {checked} entries checked");
     }
