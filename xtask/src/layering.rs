@@ -3,8 +3,9 @@
 #[cfg(test)]
 mod tests {
     /// (crate, the crates of ours it may depend on).
-    const ALLOWED: [(&str, &[&str]); 9] = [
+    const ALLOWED: [(&str, &[&str]); 10] = [
         ("unetr-ops", &[]),
+        ("unetr-testkit", &[]),
         ("unetr-alloc", &[]),
         ("unetr-vit", &["unetr-ops"]),
         ("unetr-decoder", &["unetr-ops"]),

@@ -376,22 +376,6 @@ fn chromium() -> Option<PathBuf> {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].iter().map(PathBuf::from).find(|p| p.is_file())
 }
 
-/// As the tests of other crates: a missing tool skips, except under CI=true unless CI could not install it.
-fn skip_or_fail(tool: &str, why: &str) {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    let unavailable = std::env::var("UNETR_CI_UNAVAILABLE").unwrap_or_default();
-    if ci && !unavailable.split(',').any(|t| t.trim() == tool) {
-        panic!("{tool} is missing under CI=true, and CI did not report it uninstallable: {why}");
-    }
-    eprintln!("note: {tool} missing ({why}): skipped");
-    if let Ok(log) = std::env::var("UNETR_SKIP_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = writeln!(f, "{}: {tool} missing ({why})", module_path!());
-        }
-    }
-}
-
 /// The http(s) URLs of a Chromium net log, except the browser's own (Google's update and account hosts).
 fn page_requests(netlog: &str) -> Vec<String> {
     let own = ["google.com", "gstatic.com", "googleapis.com", "googleusercontent.com"];
@@ -436,7 +420,7 @@ fn the_html_report_is_self_contained_and_renders_in_chromium() {
     let eval_html = std::fs::read_to_string(&eval_report).unwrap();
     assert!(eval_html.contains("Per case") && eval_html.contains("Best and worst cases"), "eval report");
     let Some(chrome) = chromium() else {
-        return skip_or_fail("chromium", "apt-get install chromium");
+        return unetr_testkit::skip_or_fail(module_path!(), "chromium", "apt-get install chromium");
     };
     // A control page with a failing script and an outside image: the detector must see both.
     let control = d.join("control.html");

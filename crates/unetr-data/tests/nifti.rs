@@ -170,30 +170,12 @@ fn bad_files_give_clear_errors() {
 }
 
 
-/// A check that needs `tool` skips when it is missing, noting why in `$UNETR_SKIP_LOG` (CI prints the list
-/// at the end). Under `CI=true` a missing tool fails the test instead, unless CI could not install it
-/// (`.ci/run` lists those in `UNETR_CI_UNAVAILABLE`): a skip there must never hide a forgotten install.
-fn skip_or_fail(tool: &str, why: &str) {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    let unavailable = std::env::var("UNETR_CI_UNAVAILABLE").unwrap_or_default();
-    if ci && !unavailable.split(',').any(|t| t.trim() == tool) {
-        panic!("{tool} is missing under CI=true, and CI did not report it uninstallable: {why}");
-    }
-    eprintln!("note: {tool} missing ({why}): skipped");
-    if let Ok(log) = std::env::var("UNETR_SKIP_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = writeln!(f, "{}: {tool} missing ({why})", module_path!());
-        }
-    }
-}
-
 /// Colin27 T1 and the AAL atlas (Debian mricron-data); see `skip_or_fail` when not installed.
 #[test]
 fn mricron_volumes_load_inspect_and_round_trip() {
     let dir = Path::new("/usr/share/mricron/templates");
     if !dir.join("ch2.nii.gz").exists() {
-        return skip_or_fail("mricron-data", "apt-get install mricron-data");
+        return unetr_testkit::skip_or_fail(module_path!(), "mricron-data", "apt-get install mricron-data");
     }
     for name in ["ch2.nii.gz", "aal.nii.gz", "ch2bet.nii.gz"] {
         let v = read_nifti(&dir.join(name), &ReadOptions::default()).unwrap();

@@ -23,30 +23,12 @@ fn find_nvrtc() -> Option<PathBuf> {
     c.into_iter().find(|p| p.is_file())
 }
 
-/// A check that needs `tool` skips when it is missing, noting why in `$UNETR_SKIP_LOG` (CI prints the list
-/// at the end). Under `CI=true` a missing tool fails the test instead, unless CI could not install it
-/// (`.ci/run` lists those in `UNETR_CI_UNAVAILABLE`): a skip there must never hide a forgotten install.
-fn skip_or_fail(tool: &str, why: &str) {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    let unavailable = std::env::var("UNETR_CI_UNAVAILABLE").unwrap_or_default();
-    if ci && !unavailable.split(',').any(|t| t.trim() == tool) {
-        panic!("{tool} is missing under CI=true, and CI did not report it uninstallable: {why}");
-    }
-    eprintln!("note: {tool} missing ({why}): skipped");
-    if let Ok(log) = std::env::var("UNETR_SKIP_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = writeln!(f, "{}: {tool} missing ({why})", module_path!());
-        }
-    }
-}
-
 type Prog = *mut std::ffi::c_void;
 
 #[test]
 fn cuda_kernels_compile_to_ptx_with_nvrtc() {
     let Some(path) = find_nvrtc() else {
-        return skip_or_fail("nvrtc", "set UNETR_NVRTC or pip install nvidia-cuda-nvrtc");
+        return unetr_testkit::skip_or_fail(module_path!(), "nvrtc", "set UNETR_NVRTC or pip install nvidia-cuda-nvrtc");
     };
     // SAFETY: NVRTC's C API, called with the signatures of nvrtc.h.
     unsafe {

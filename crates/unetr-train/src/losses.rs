@@ -120,20 +120,27 @@ pub fn region_targets(labels: &Tensor, sets: &[Vec<u32>]) -> Result<Tensor> {
 pub fn sigmoid_dice_loss(logits: &Tensor, targets: &Tensor, o: &DiceCeOptions) -> Result<Tensor> {
     let p = candle_nn::ops::sigmoid(logits)?;
     let y = targets.to_dtype(p.dtype())?;
+    soft_dice(&p, &y, o, o.weight.as_deref())
+}
+
+/// The soft Dice loss of probabilities `p` against targets `y` ([B, K, ...]): one term per sample (or over
+/// the batch with `batch`) and channel, each times its channel's weight when given, then the mean.
+fn soft_dice(p: &Tensor, y: &Tensor, o: &DiceCeOptions, weight: Option<&[f64]>) -> Result<Tensor> {
     let flat = |t: &Tensor| -> Result<Tensor> {
         let t = t.flatten_from(2)?;
         if o.batch {
+            // [B, K, N] -> [1, K, B * N]
             let (b, kk, n) = t.dims3()?;
             t.transpose(0, 1)?.contiguous()?.reshape((1, kk, b * n))
         } else {
             Ok(t)
         }
     };
-    let (p, y) = (flat(&p)?, flat(&y)?);
+    let (p, y) = (flat(p)?, flat(y)?);
     let inter = (&p * &y)?.sum(D::Minus1)?;
     let den = if o.squared_pred { (p.sqr()?.sum(D::Minus1)? + y.sqr()?.sum(D::Minus1)?)? } else { (p.sum(D::Minus1)? + y.sum(D::Minus1)?)? };
     let f = (1.0 - ((inter * 2.0)? + o.smooth_nr)?.div(&(den + o.smooth_dr)?)?)?;
-    let f = match &o.weight {
+    let f = match weight {
         Some(w) => f.broadcast_mul(&class_weights(w, f.dim(1)?, &f)?.squeeze(2)?)?,
         None => f,
     };
@@ -156,28 +163,8 @@ pub fn dice_loss(logits: &Tensor, labels: &Tensor, o: &DiceCeOptions) -> Result<
     let y = one_hot(labels, k)?;
     let skip_bg = !o.include_background && k > 1;
     let (p, y) = if skip_bg { (p.narrow(1, 1, k - 1)?, y.narrow(1, 1, k - 1)?) } else { (p, y) };
-    let flat = |t: &Tensor| -> Result<Tensor> {
-        let t = t.flatten_from(2)?;
-        if o.batch {
-            // [B, K, N] -> [1, K, B * N]
-            let (b, kk, n) = t.dims3()?;
-            t.transpose(0, 1)?.contiguous()?.reshape((1, kk, b * n))
-        } else {
-            Ok(t)
-        }
-    };
-    let (p, y) = (flat(&p)?, flat(&y)?);
-    let inter = (&p * &y)?.sum(D::Minus1)?;
-    let den = if o.squared_pred { (p.sqr()?.sum(D::Minus1)? + y.sqr()?.sum(D::Minus1)?)? } else { (p.sum(D::Minus1)? + y.sum(D::Minus1)?)? };
-    let f = (1.0 - ((inter * 2.0)? + o.smooth_nr)?.div(&(den + o.smooth_dr)?)?)?;
-    let f = match &o.weight {
-        Some(w) => {
-            let w = if skip_bg { &w[1.min(w.len())..] } else { &w[..] };
-            f.broadcast_mul(&class_weights(w, f.dim(1)?, &f)?.squeeze(2)?)?
-        }
-        None => f,
-    };
-    f.mean_all()
+    let weight = o.weight.as_deref().map(|w| if skip_bg { &w[1.min(w.len())..] } else { w });
+    soft_dice(&p, &y, o, weight)
 }
 
 /// Cross-entropy of logits against integer labels (`nn.CrossEntropyLoss(weight)`): mean over voxels, or
