@@ -1,9 +1,9 @@
 //! `unetr eval`: Dice and HD95 per case and class of a checkpoint on a datalist split.
 
-use crate::commands::{progress, window_overrides, WindowArgs};
+use crate::commands::{progress, window_overrides, DeviceArgs, WindowArgs};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
-use unetr_data::{Datalist, MemoryLimit};
+use unetr_data::Datalist;
 use unetr_infer::evaluate::{evaluate, Evaluation};
 use unetr_infer::metrics::Background;
 use unetr_infer::outputs::case_ids;
@@ -36,12 +36,8 @@ pub struct Args {
     /// Count the background class in the means.
     #[arg(long)]
     pub include_background: bool,
-    /// "cpu", "cuda" or "cuda:N".
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Largest allocation a file may cause, e.g. "8GiB".
-    #[arg(long, default_value_t = MemoryLimit::default())]
-    pub memory_limit: MemoryLimit,
+    #[command(flatten)]
+    pub run: DeviceArgs,
     /// Replace existing --json / --csv files.
     #[arg(long)]
     pub overwrite: bool,
@@ -78,7 +74,7 @@ fn cases_csv(e: &Evaluation) -> String {
 
 pub fn run(a: Args) -> Result<()> {
     a.window.check()?;
-    let dl = Datalist::from_json(&a.datalist, a.memory_limit)?;
+    let dl = Datalist::from_json(&a.datalist, a.run.memory_limit)?;
     let list = match a.split.as_str() {
         "training" => dl.training.clone(),
         "validation" => dl.validation.clone(),
@@ -99,8 +95,8 @@ pub fn run(a: Args) -> Result<()> {
     });
     let inputs: Vec<PathBuf> = list.iter().flat_map(|it| it.image.iter().chain(&it.label).cloned()).chain([a.datalist.clone()]).collect();
     plan.check(&inputs, if a.overwrite { Overwrite::Allow } else { Overwrite::Refuse })?;
-    let device = parse_device(&a.device)?;
-    let mut p = Predictor::from_checkpoint(&a.checkpoint, &device, a.memory_limit)?;
+    let device = parse_device(&a.run.device)?;
+    let mut p = Predictor::from_checkpoint(&a.checkpoint, &device, a.run.memory_limit)?;
     window_overrides(&mut p, &a.window)?;
     let k = p.model.cfg.out_channels;
     let class_names: Vec<String> = if dl.labels.is_empty() { (0..k).map(|c| format!("class {c}")).collect() } else { dl.labels.iter().map(|l| l.1.clone()).collect() };

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use unetr_data::MemoryLimit;
+use crate::commands::DeviceArgs;
 use unetr_infer::{parse_device, OutputPlan, Overwrite};
 use unetr_model::{read_tensor, write_safetensors, UnetrConfig, UnetrWeights};
 
@@ -26,12 +26,8 @@ pub struct Args {
     /// Run the forward pass this many times and report each time (the output is the last one's).
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
-    /// "cpu", "cuda" or "cuda:N".
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Largest allocation a file may cause, e.g. "8GiB".
-    #[arg(long, default_value_t = MemoryLimit::default())]
-    pub memory_limit: MemoryLimit,
+    #[command(flatten)]
+    pub run: DeviceArgs,
     /// Replace an existing --output file.
     #[arg(long)]
     pub overwrite: bool,
@@ -44,16 +40,16 @@ pub fn run(a: Args) -> Result<()> {
     let mut plan = OutputPlan::new();
     plan.add(a.output.clone());
     plan.check(&[a.config.clone(), a.weights.clone(), a.input.clone()], if a.overwrite { Overwrite::Allow } else { Overwrite::Refuse })?;
-    let dev = parse_device(&a.device)?;
+    let dev = parse_device(&a.run.device)?;
     let len = std::fs::metadata(&a.config).with_context(|| format!("{}: cannot read", a.config.display()))?.len();
     if len > 1 << 20 {
         bail!("{}: {len} bytes, not a UNETR config", a.config.display());
     }
     let text = std::fs::read_to_string(&a.config).with_context(|| format!("{}: cannot read", a.config.display()))?;
     let cfg = UnetrConfig::from_json(&text).with_context(|| format!("{}", a.config.display()))?;
-    let limit = a.memory_limit.bytes();
+    let limit = a.run.memory_limit.bytes();
     if std::fs::metadata(&a.input).map(|m| m.len()).unwrap_or(0) > limit {
-        bail!("{}: over the memory limit of {}", a.input.display(), a.memory_limit);
+        bail!("{}: over the memory limit of {}", a.input.display(), a.run.memory_limit);
     }
     let model = UnetrWeights::load(&cfg, &a.weights, &dev, limit)?.inference_model()?;
     let x = read_tensor(&a.input, "input", &dev)?;

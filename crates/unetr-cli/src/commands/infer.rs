@@ -1,6 +1,6 @@
 //! `unetr infer`: segment volumes with a trained checkpoint; label maps on each input's grid.
 
-use crate::commands::{progress, window_overrides, WindowArgs};
+use crate::commands::{progress, window_overrides, DeviceArgs, WindowArgs};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 use unetr_data::{Datalist, Item, MemoryLimit};
@@ -30,12 +30,8 @@ pub struct Args {
     /// KeepLargestConnectedComponent, as the paper's BTCV submission).
     #[arg(long)]
     pub largest_component: bool,
-    /// "cpu", "cuda" or "cuda:N" (CUDA needs a build with --features cuda).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Largest allocation a file may cause, e.g. "8GiB".
-    #[arg(long, default_value_t = MemoryLimit::default())]
-    pub memory_limit: MemoryLimit,
+    #[command(flatten)]
+    pub run: DeviceArgs,
     /// Replace existing outputs.
     #[arg(long)]
     pub overwrite: bool,
@@ -67,7 +63,7 @@ pub fn items(input: &Path, limit: MemoryLimit) -> Result<Vec<Item>> {
 
 pub fn run(a: Args) -> Result<()> {
     a.window.check()?;
-    let list = items(&a.input, a.memory_limit)?;
+    let list = items(&a.input, a.run.memory_limit)?;
     let missing: Vec<String> = list.iter().flat_map(|it| &it.image).filter(|p| !p.is_file()).map(|p| p.display().to_string()).collect();
     if !missing.is_empty() {
         bail!("{} input file(s) do not exist: {}", missing.len(), missing.join(", "));
@@ -90,8 +86,8 @@ pub fn run(a: Args) -> Result<()> {
     }
     let inputs: Vec<PathBuf> = list.iter().flat_map(|it| it.image.iter().cloned()).chain([a.input.clone()]).collect();
     plan.check(&inputs, if a.overwrite { Overwrite::Allow } else { Overwrite::Refuse })?;
-    let device = parse_device(&a.device)?;
-    let mut p = Predictor::from_checkpoint(&a.checkpoint, &device, a.memory_limit)?;
+    let device = parse_device(&a.run.device)?;
+    let mut p = Predictor::from_checkpoint(&a.checkpoint, &device, a.run.memory_limit)?;
     window_overrides(&mut p, &a.window)?;
     let tta = if a.tta { Tta::Flips } else { Tta::Off };
     let keep = if a.probabilities { Probabilities::Keep } else { Probabilities::Skip };

@@ -10,7 +10,19 @@ pub mod train;
 use anyhow::{bail, Result};
 use std::io::IsTerminal;
 use unetr_infer::inferers::Blend;
+use unetr_data::MemoryLimit;
 use unetr_infer::Predictor;
+
+/// Where a command runs and how much a file may make it allocate.
+#[derive(clap::Args, Debug)]
+pub struct DeviceArgs {
+    /// "cpu", "cuda" or "cuda:N" (CUDA needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Largest allocation a file may cause, e.g. "8GiB".
+    #[arg(long, default_value_t = MemoryLimit::default())]
+    pub memory_limit: MemoryLimit,
+}
 
 /// Sliding-window options (default: the checkpoint's validation settings).
 #[derive(clap::Args, Debug, Default)]
