@@ -89,6 +89,26 @@ const LAYOUTS: [([usize; 3], [f64; 3]); 4] = [
     ([1, 0, 2], [1.0, -1.0, 1.0]),  // ALS: axes permuted
 ];
 
+/// Case `index`'s stored grid: its dims and affine, voxel axis a running along world axis
+/// `layout.0[a]` with sign `layout.1[a]` (the layouts cycle with the index), centred on the world origin.
+fn stored_grid(cfg: &PhantomConfig, index: usize) -> ([usize; 3], Affine) {
+    let layout = LAYOUTS[index % LAYOUTS.len()];
+    let dims = [0, 1, 2].map(|a| cfg.size[layout.0[a]]);
+    let mut affine: Affine = [[0.0; 4]; 3];
+    for a in 0..3 {
+        let w = layout.0[a];
+        affine[w][a] = layout.1[a] * cfg.spacing[w];
+        affine[w][3] += -layout.1[a] * cfg.spacing[w] * (cfg.size[w] as f64 - 1.0) / 2.0;
+    }
+    (dims, affine)
+}
+
+/// A standard normal draw by Box-Muller from the case's generator (keeps the whole volume deterministic).
+fn gaussian(rng: &mut ChaCha8Rng) -> f64 {
+    let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
 /// One case: (image, label), both in the case's stored orientation; the image has 4 channels for the
 /// brain-tumour kind.
 pub fn generate_case(cfg: &PhantomConfig, index: usize) -> (Volume, Volume) {
@@ -120,14 +140,7 @@ fn brats_case(cfg: &PhantomConfig, index: usize) -> (Volume, Volume) {
     let table: [[f64; 4]; 5] = [[0.0; 4], [300.0, 500.0, 480.0, 350.0], [700.0, 430.0, 470.0, 750.0], [500.0, 450.0, 950.0, 650.0], [420.0, 250.0, 380.0, 820.0]];
     let jitter = [0, 1, 2, 3].map(|_| 1.0 + j(0.1));
     let bias = (j(3.0), j(3.0), 0.06 + j(0.04).abs());
-    let layout = LAYOUTS[index % LAYOUTS.len()];
-    let dims = [0, 1, 2].map(|a| cfg.size[layout.0[a]]);
-    let mut affine: Affine = [[0.0; 4]; 3];
-    for a in 0..3 {
-        let w = layout.0[a];
-        affine[w][a] = layout.1[a] * cfg.spacing[w];
-        affine[w][3] += -layout.1[a] * cfg.spacing[w] * (cfg.size[w] as f64 - 1.0) / 2.0;
-    }
+    let (dims, affine) = stored_grid(cfg, index);
     let n: usize = dims.iter().product();
     let (mut img, mut lab) = (vec![0f32; 4 * n], vec![0f32; n]);
     let noise = cfg.noise_hu;
@@ -150,8 +163,7 @@ fn brats_case(cfg: &PhantomConfig, index: usize) -> (Volume, Volume) {
                 let field = 1.0 + bias.2 * (p[0] / 30.0 + bias.0).sin() * (p[1] / 25.0 + bias.1).cos();
                 let idx = (i * dims[1] + jj) * dims[2] + k;
                 for m in 0..4 {
-                    let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
-                    let g = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                    let g = gaussian(&mut rng);
                     let base = table[row][m] * jitter[m];
                     img[m * n + idx] = if row == 0 { 0.0 } else { (base * field + noise * g).max(1.0) as f32 };
                 }
@@ -186,16 +198,8 @@ fn ct_case(cfg: &PhantomConfig, index: usize) -> (Volume, Volume) {
     let spine = ([j(2.0), -24.0 + j(2.0)], 4.5 + j(1.0));
     let hu = [20.0 + j(10.0), 60.0 + j(8.0), 60.0 + j(8.0), 150.0 + j(15.0), 450.0 + j(50.0)];
     let bias = (j(3.0), j(3.0), 0.08 + j(0.05).abs());
-    let layout = LAYOUTS[index % LAYOUTS.len()];
     let noise = cfg.noise_hu;
-    // Stored grid: voxel axis a runs along world axis layout.0[a] with sign layout.1[a].
-    let dims = [0, 1, 2].map(|a| cfg.size[layout.0[a]]);
-    let mut affine: Affine = [[0.0; 4]; 3];
-    for a in 0..3 {
-        let w = layout.0[a];
-        affine[w][a] = layout.1[a] * cfg.spacing[w];
-        affine[w][3] += -layout.1[a] * cfg.spacing[w] * (cfg.size[w] as f64 - 1.0) / 2.0;
-    }
+    let (dims, affine) = stored_grid(cfg, index);
     let n = dims.iter().product();
     let (mut img, mut lab) = (vec![0f32; n], vec![0f32; n]);
     for i in 0..dims[0] {
@@ -217,9 +221,7 @@ fn ct_case(cfg: &PhantomConfig, index: usize) -> (Volume, Volume) {
                 let in_body = body.inside(p) || class > 0;
                 let base = if class > 0 { hu[class] } else if in_body { hu[0] } else { -1000.0 };
                 let field = 1.0 + bias.2 * (p[0] / 30.0 + bias.0).sin() * (p[1] / 25.0 + bias.1).cos();
-                // Box-Muller from the case RNG keeps the whole volume deterministic.
-                let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
-                let g = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                let g = gaussian(&mut rng);
                 let idx = (i * dims[1] + jj) * dims[2] + k;
                 img[idx] = (base * if in_body { field } else { 1.0 } + noise * g) as f32;
                 lab[idx] = class as f32;
@@ -231,8 +233,6 @@ fn ct_case(cfg: &PhantomConfig, index: usize) -> (Volume, Volume) {
     (Volume { data: img, header: h.clone() }, Volume { data: lab, header: h })
 }
 
-/// Writes `cfg.cases` cases as imagesTr/labelsTr NIfTI files plus `dataset.json` into `dir`.
-/// The last `validation` + `test` cases form the validation and test splits. Returns the json's path.
 /// The record of how a phantom folder was generated (compared before a folder is reused).
 pub const RECORD: &str = "phantom_config.json";
 
@@ -241,6 +241,8 @@ pub fn recorded_config(dir: &Path) -> Option<PhantomConfig> {
     serde_json::from_str(&std::fs::read_to_string(dir.join(RECORD)).ok()?).ok()
 }
 
+/// Writes `cfg.cases` cases as imagesTr/labelsTr NIfTI files plus `dataset.json` into `dir`.
+/// The last `validation` + `test` cases form the validation and test splits. Returns the json's path.
 pub fn write_dataset(cfg: &PhantomConfig, dir: &Path) -> Result<PathBuf> {
     if cfg.cases < cfg.validation + cfg.test + 1 {
         return Err(ferr(dir, format!("{} cases cannot hold {} validation + {} test + training cases", cfg.cases, cfg.validation, cfg.test)));

@@ -107,17 +107,7 @@ impl LabelMode {
     pub fn label_map(&self, scores: &[f32], k: usize) -> Vec<f32> {
         let n = scores.len() / k.max(1);
         match self {
-            Self::Classes => (0..n)
-                .map(|i| {
-                    let mut best = 0;
-                    for c in 1..k {
-                        if scores[c * n + i] > scores[best * n + i] {
-                            best = c;
-                        }
-                    }
-                    best as f32
-                })
-                .collect(),
+            Self::Classes => argmax_channels(scores, k),
             Self::Regions { regions } => {
                 let vals = self.write_values();
                 let mut order: Vec<usize> = (0..regions.len()).collect();
@@ -135,6 +125,22 @@ impl LabelMode {
             }
         }
     }
+}
+
+/// Per voxel, the channel with the largest value ([K, N] channel-first -> N labels; the first on ties).
+pub fn argmax_channels(p: &[f32], k: usize) -> Vec<f32> {
+    let n = p.len() / k.max(1);
+    (0..n)
+        .map(|i| {
+            let mut best = 0;
+            for c in 1..k {
+                if p[c * n + i] > p[best * n + i] {
+                    best = c;
+                }
+            }
+            best as f32
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -161,3 +167,4 @@ mod tests {
         assert_eq!(LabelMode::Classes.label_map(&[0.1, 0.9, 0.5, 0.2], 2), [1.0, 0.0]);
     }
 }
+

@@ -173,7 +173,7 @@ impl Predictor {
             (Some(pv), true) => {
                 let mut v = s.invert(&p.labels, 1, 0.0);
                 v.data = match self.labels {
-                    LabelMode::Classes => argmax_channels(&pv.data, k),
+                    LabelMode::Classes => crate::labels::argmax_channels(&pv.data, k),
                     // Probabilities above 0.5 are logits above 0.
                     _ => self.labels.label_map(&pv.data.iter().map(|x| x - 0.5).collect::<Vec<_>>(), k),
                 };
@@ -190,22 +190,6 @@ impl Predictor {
         let p = self.predict(&s, tta)?;
         self.invert(&s, &p, probabilities)
     }
-}
-
-/// Per voxel, the channel with the largest value ([K, N] channel-first -> N labels).
-fn argmax_channels(p: &[f32], k: usize) -> Vec<f32> {
-    let n = p.len() / k.max(1);
-    (0..n)
-        .map(|i| {
-            let mut best = 0;
-            for c in 1..k {
-                if p[c * n + i] > p[best * n + i] {
-                    best = c;
-                }
-            }
-            best as f32
-        })
-        .collect()
 }
 
 fn check_bytes(s: &Sample, what: &str, bytes: u64, limit: MemoryLimit) -> Result<()> {
