@@ -4,7 +4,9 @@
 //! same sizes again and again. General-purpose allocators either return such blocks to the OS at once (glibc
 //! above 32 MB: every op then pays for fresh, zeroed pages, 30% of a training step) or keep them without a
 //! bound (mimalloc with purging off: the process's resident memory ends up ~40% above what it ever held live).
-//! [`Pooled`] takes the middle road for blocks of at least [`LARGE`] bytes: they are mapped directly and,
+//! [`Pooled`] takes the middle road for blocks of at least [`LARGE`] bytes (or a higher threshold, see
+//! [`Pooling`]: splitting and moving pages costs system calls that small blocks do not repay when many sizes
+//! come and go, as in training on small crops): they are mapped directly and,
 //! when freed, kept in a pool for reuse (same size first, else a slightly larger block shrunk with
 //! `mremap`, else, when a new block would not fit under the bound, the pooled block closest in size
 //! resized), and the pool is trimmed, oldest first, so that live plus pooled bytes never exceed the
@@ -18,7 +20,7 @@
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::{AcqRel, Acquire, Relaxed}};
+use std::sync::atomic::{AtomicUsize, Ordering::{AcqRel, Acquire, Relaxed}};
 use std::sync::Mutex;
 
 /// Blocks of at least this many bytes are pooled (smaller ones go to the wrapped allocator). 256 KiB: the
@@ -26,9 +28,10 @@ use std::sync::Mutex;
 /// peak RSS was 16 MB larger (measured at 96^3, 0.553 -> 0.537 GB).
 pub const LARGE: usize = 1 << 18;
 const PAGE: usize = 4096;
-/// `mode` bits.
-const POOL: u8 = 1;
-const STARTED: u8 = 2;
+/// `mode`'s low bit: a block of at least [`LARGE`] bytes was requested, so the pooling choice is fixed.
+const STARTED: usize = 1;
+/// `mode`'s threshold when pooling is off (no block is that large).
+const OFF: usize = usize::MAX & !STARTED;
 /// Pool slots; more freed blocks than this evict the oldest.
 const SLOTS: usize = 1024;
 
@@ -38,11 +41,20 @@ pub struct Pooled<A> {
     live: AtomicUsize,
     peak: AtomicUsize,
     fresh: AtomicUsize,
-    /// [`POOL`]: large blocks are pooled (else everything goes to the inner allocator); [`STARTED`]: a
-    /// large-size block was requested, so the choice is fixed. One atomic, so that a switch and a first
-    /// allocation on another thread cannot interleave (a block must be freed by whoever made it).
-    mode: AtomicU8,
+    /// The smallest pooled block size (a multiple of the page size; [`OFF`]: everything goes to the inner
+    /// allocator), or'ed with [`STARTED`]. One atomic, so that a switch and a first allocation on another
+    /// thread cannot interleave (a block must be freed by whoever made it).
+    mode: AtomicUsize,
     pool: Mutex<Pool>,
+}
+
+/// Which blocks [`Pooled`] pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// None: the inner allocator serves every block.
+    Off,
+    /// Blocks of at least this many bytes (at least [`LARGE`]).
+    From(usize),
 }
 
 /// Freed large blocks, oldest first: (address, mapped length).
@@ -59,7 +71,7 @@ impl<A> Pooled<A> {
             live: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             fresh: AtomicUsize::new(0),
-            mode: AtomicU8::new(POOL),
+            mode: AtomicUsize::new(LARGE),
             pool: Mutex::new(Pool {
                 blocks: [(0, 0); SLOTS],
                 n: 0,
@@ -88,17 +100,18 @@ impl<A> Pooled<A> {
     pub fn pooled(&self) -> usize {
         self.pool.lock().map(|p| p.bytes).unwrap_or(0)
     }
-    /// Switch the pooling of large blocks on (the default) or off (the inner allocator then serves
-    /// everything; the counters keep counting). Only before the first large block was allocated, since a
-    /// block must be freed by whoever made it; returns whether the switch took effect. Training is
-    /// served better by a general allocator that keeps everything (measured: a pool bounded at the live
-    /// peak maps 1.6 GB afresh per training step at 96^3, unbounded it ends 14% above mimalloc's RSS).
-    pub fn set_pooling(&self, on: bool) -> bool {
-        let want = if on { POOL } else { 0 };
+    /// Which blocks are pooled (default: from [`LARGE`] bytes; off: the inner allocator serves
+    /// everything, the counters keep counting). Only before the first block of [`LARGE`] bytes or more was
+    /// allocated, since a block must be freed by whoever made it; returns whether the setting took effect.
+    pub fn set_pooling(&self, pooling: Pooling) -> bool {
+        let want = match pooling {
+            Pooling::Off => OFF,
+            Pooling::From(n) => pages(n.max(LARGE)),
+        };
         let mut cur = self.mode.load(Acquire);
         loop {
             if cur & STARTED != 0 {
-                return (cur & POOL) == want;
+                return (cur & !STARTED) == want;
             }
             match self.mode.compare_exchange_weak(cur, want, AcqRel, Acquire) {
                 Ok(_) => return true,
@@ -114,15 +127,16 @@ impl<A> Pooled<A> {
 }
 
 impl<A> Pooled<A> {
-    /// Whether this layout is served by the pool. The first large-size request fixes the pooling choice
-    /// (whichever the mode was at that instant), so that every block is freed the way it was made.
+    /// Whether this layout is served by the pool. The first request of [`LARGE`] bytes or more (the
+    /// smallest threshold there can be) fixes the pooling choice, whichever it was at that instant, so that
+    /// every block is freed the way it was made.
     fn is_large(&self, l: &Layout) -> bool {
         if !(cfg!(target_os = "linux") && l.size() >= LARGE && l.align() <= PAGE) {
             return false;
         }
         let m = self.mode.load(Acquire);
         let m = if m & STARTED != 0 { m } else { self.mode.fetch_or(STARTED, AcqRel) };
-        m & POOL != 0
+        l.size() >= m & !STARTED
     }
 }
 
@@ -449,7 +463,7 @@ mod tests {
     #[test]
     fn pooling_switch() {
         let a = Pooled::new(System);
-        assert!(a.set_pooling(false));
+        assert!(a.set_pooling(Pooling::Off));
         unsafe {
             let p = a.alloc(l(2 << 20));
             assert_eq!((a.fresh(), a.live()), (0, 2 << 20));
@@ -460,7 +474,7 @@ mod tests {
         unsafe {
             let p = b.alloc(l(2 << 20));
             assert!(
-                !b.set_pooling(false),
+                !b.set_pooling(Pooling::Off),
                 "a pooled block exists: the switch must be refused"
             );
             b.dealloc(p, l(2 << 20));
@@ -487,16 +501,16 @@ mod tests {
                 }
             });
             go.wait();
-            let switched = a.set_pooling(false);
+            let switched = a.set_pooling(Pooling::Off);
             t.join().unwrap();
             assert_eq!(a.pooled() == 0, switched, "round {round}: switched {switched}, pooled {}", a.pooled());
             assert_eq!(a.live(), 0);
         }
         let c = Pooled::new(System);
-        assert!(c.set_pooling(false));
+        assert!(c.set_pooling(Pooling::Off));
         unsafe {
             let p = c.alloc(l(1 << 20));
-            assert!(!c.set_pooling(true), "an inner block exists: pooling may not start");
+            assert!(!c.set_pooling(Pooling::From(LARGE)), "an inner block exists: pooling may not start");
             c.dealloc(p, l(1 << 20));
         }
     }
@@ -533,6 +547,25 @@ mod tests {
             a.dealloc(r, l(6 << 20));
             a.dealloc(s, l(9 << 20));
             assert_eq!(a.live(), 0);
+        }
+    }
+
+    /// With a higher threshold, blocks below it go to the inner allocator and blocks above it are pooled;
+    /// the threshold is fixed by the first block of LARGE bytes or more.
+    #[test]
+    fn pooling_from_a_threshold() {
+        let a = Pooled::new(System);
+        assert!(a.set_pooling(Pooling::From(4 << 20)));
+        unsafe {
+            let p = a.alloc(l(2 << 20));
+            assert_eq!((a.fresh(), a.live()), (0, 2 << 20));
+            assert!(!a.set_pooling(Pooling::From(LARGE)), "a block was made: the threshold is fixed");
+            assert!(a.set_pooling(Pooling::From(4 << 20)), "the same setting again is no change");
+            let q = a.alloc(l(4 << 20));
+            assert_eq!(a.fresh(), 4 << 20);
+            a.dealloc(p, l(2 << 20));
+            a.dealloc(q, l(4 << 20));
+            assert_eq!((a.pooled(), a.live()), (4 << 20, 0));
         }
     }
 }

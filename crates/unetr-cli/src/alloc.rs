@@ -1,11 +1,13 @@
 //! The process's allocator, for the `unetr` binary and xtask alike.
 //!
 //! UNETR's activations are 50-100 MB each. glibc maps every allocation above 32 MB afresh and unmaps it
-//! on free, so each op would pay for zeroing new pages; mimalloc keeps and reuses freed memory. In
-//! inference, blocks of 256 KiB and more (activations, weights) are pooled by `unetr_alloc` with a bound at
-//! the live peak, so the resident memory stays at what a forward pass holds live; training steps allocate
-//! many sizes in an order a bounded pool serves poorly, so there mimalloc serves everything and keeps
-//! freed pages mapped for reuse.
+//! on free, so each op would pay for zeroing new pages; mimalloc keeps freed memory without a bound when
+//! purging is off (resident memory then ends well above what was ever live) and pays glibc's price when it
+//! is on. Large blocks (activations, weights, gradients) are therefore pooled by `unetr_alloc` with a bound
+//! at the live peak: the resident memory stays at what a pass or step holds live, and repeated ones reuse
+//! pages instead of faulting new ones. Inference pools from 256 KiB; training from 8 MiB, since a training
+//! run on small crops allocates many sizes of a few MB in turn, which the pool serves slower than
+//! mimalloc. mimalloc serves the rest.
 
 #[global_allocator]
 pub static GLOBAL: unetr_alloc::Pooled<mimalloc::MiMalloc> = unetr_alloc::Pooled::new(mimalloc::MiMalloc);
@@ -21,7 +23,8 @@ pub enum Profile {
 /// switch only takes effect before the first large allocation (it reports whether it did).
 pub fn configure(profile: Profile) -> bool {
     let inference = profile == Profile::Inference;
-    let switched = GLOBAL.set_pooling(inference);
+    let pooling = if inference { unetr_alloc::Pooling::From(unetr_alloc::LARGE) } else { unetr_alloc::Pooling::From(8 << 20) };
+    let switched = GLOBAL.set_pooling(pooling);
     // SAFETY: plain option setters of the allocator, called before any worker thread exists.
     unsafe {
         // mimalloc's option numbers (the -sys crate exports no names for these two; same in v2 and v3).

@@ -74,11 +74,11 @@ impl<'a> Segment<'a> {
                 (self.run)(&ins)?
             }
         };
-        // d/d out of sum(out * g) is g exactly: one backward over the segment's graph with the given seeds.
+        // One backward over the segment's graph, each output seeded with its gradient.
         let mut seed: Option<Tensor> = None;
         for (o, g) in outs.iter().zip(out_grads) {
             if let Some(g) = g {
-                let l = (o * g.to_dtype(o.dtype())?)?.sum_all()?;
+                let l = unetr_ops::seed(o, g)?;
                 seed = Some(match seed {
                     None => l,
                     Some(s) => (s + l)?,

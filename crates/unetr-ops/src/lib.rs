@@ -8,6 +8,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod autograd;
 pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -21,6 +22,7 @@ mod storage;
 
 pub use activation::{add, add_leaky_relu, add_leaky_relu_, gelu, leaky_relu, softmax_last_dim};
 pub use attention::attention;
+pub use autograd::seed;
 pub use conv::{conv3d, conv3d_, conv3d_cat_, conv_transpose3d, Conv3dParams};
 pub use dtype::cast_to;
 pub use error::OpsError;
