@@ -6,6 +6,7 @@
 mod blocks;
 mod layers;
 pub mod setr;
+pub mod tape;
 pub mod upsample;
 
 pub use blocks::{ConvBlock, UnetBasicBlock, UnetOutBlock, UnetResBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock};

@@ -10,6 +10,8 @@
 
 use crate::error::Result;
 use crate::unetr::{Decoder, Unetr};
+use unetr_decoder::tape::{ResTape, UpTape};
+use unetr_decoder::{ConvBlock, UnetResBlock, UnetrBasicBlock, UnetrUpBlock};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -104,6 +106,105 @@ impl<'a> Segment<'a> {
     }
 }
 
+/// A block that runs the hand-written training pass (`unetr_decoder::tape`) instead of candle's graph.
+#[derive(Clone, Copy)]
+enum TapedBlock<'a> {
+    Res(&'a UnetResBlock),
+    Up(&'a UnetrUpBlock),
+}
+
+enum Tape {
+    Res(ResTape),
+    Up(UpTape),
+}
+
+impl TapedBlock<'_> {
+    fn forward(self, ins: &[Tensor]) -> candle_core::Result<(Tensor, Tape)> {
+        Ok(match self {
+            Self::Res(b) => {
+                let (o, t) = b.forward_taped(&ins[0])?;
+                (o, Tape::Res(t))
+            }
+            Self::Up(b) => {
+                let (o, t) = b.forward_taped(&ins[0], &ins[1])?;
+                (o, Tape::Up(t))
+            }
+        })
+    }
+}
+
+/// A taped segment: its tape, or (recomputing) its inputs.
+struct Taped<'a> {
+    block: TapedBlock<'a>,
+    inputs: Vec<Tensor>,
+    tape: Option<Tape>,
+}
+
+impl Taped<'_> {
+    fn backward(self, out_grads: &[Option<Tensor>], grads: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
+        let n = self.inputs.len().max(match self.block {
+            TapedBlock::Res(_) => 1,
+            TapedBlock::Up(_) => 2,
+        });
+        let Some(Some(g)) = out_grads.first().cloned() else { return Ok(vec![None; n]) };
+        let tape = match self.tape {
+            Some(t) => t,
+            None => self.block.forward(&self.inputs)?.1,
+        };
+        drop(self.inputs);
+        Ok(match (tape, self.block) {
+            (Tape::Res(t), TapedBlock::Res(b)) => vec![Some(t.backward(b, g, grads)?)],
+            (Tape::Up(t), TapedBlock::Up(b)) => {
+                let (gx, gskip) = t.backward(b, g, grads)?;
+                vec![Some(gx), Some(gskip)]
+            }
+            _ => return Err(candle_core::Error::Msg("a segment's tape does not match its block".into()).into()),
+        })
+    }
+}
+
+/// A segment on candle's graph or on a tape.
+enum Seg<'a> {
+    Graph(Segment<'a>),
+    Taped(Taped<'a>),
+}
+
+impl Seg<'_> {
+    fn backward(self, out_grads: &[Option<Tensor>], params: &[Var], grads: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
+        match self {
+            Self::Graph(s) => s.backward(out_grads, params, grads),
+            Self::Taped(t) => t.backward(out_grads, grads),
+        }
+    }
+}
+
+/// A segment for `block` on `inputs`: taped where the block allows it, else on candle's graph (`run`).
+fn segment<'a>(block: Option<TapedBlock<'a>>, inputs: &[&Tensor], run: Run<'a>, recompute: bool) -> Result<(Seg<'a>, Vec<Tensor>)> {
+    let Some(block) = block else {
+        let (s, o) = Segment::new(inputs, run, recompute, None)?;
+        return Ok((Seg::Graph(s), o));
+    };
+    let ins: Vec<Tensor> = inputs.iter().map(|t| t.detach()).collect();
+    let (out, tape) = block.forward(&ins)?;
+    let (inputs, tape) = if recompute { (ins, None) } else { (Vec::new(), Some(tape)) };
+    Ok((Seg::Taped(Taped { block, inputs, tape }), vec![out]))
+}
+
+/// encoder1's segment (taped when its layer is a residual block the tape applies to).
+fn basic<'a>(b: &'a UnetrBasicBlock, x: &Tensor, recompute: bool) -> Result<(Seg<'a>, Vec<Tensor>)> {
+    let taped = match &b.layer {
+        ConvBlock::Res(r) if r.tape_applies(x) => Some(TapedBlock::Res(r)),
+        _ => None,
+    };
+    segment(taped, &[x], one(|t| b.forward_t(t, true)), recompute)
+}
+
+/// An up block's segment on (x, skip) (taped where the tape applies).
+fn up_block<'a>(b: &'a UnetrUpBlock, x: &Tensor, skip: &Tensor, recompute: bool) -> Result<(Seg<'a>, Vec<Tensor>)> {
+    let taped = b.tape_applies(x).then_some(TapedBlock::Up(b));
+    segment(taped, &[x, skip], up(b), recompute)
+}
+
 /// A segment of one input and one output.
 fn one<'a>(f: impl Fn(&Tensor) -> candle_core::Result<Tensor> + 'a) -> Run<'a> {
     Box::new(move |i: &[Tensor]| Ok(vec![f(&i[0])?]))
@@ -158,16 +259,16 @@ impl Unetr {
         )?;
         let dck = ck.decoder();
         let (enc4, e4) = Segment::new(&[&v[2]], one(|t| d.encoder4.forward_t(t, true)), dck, None)?;
-        let (dec5, o5) = Segment::new(&[&v[3], &e4[0]], up(&d.decoder5), dck, None)?;
+        let (dec5, o5) = up_block(&d.decoder5, &v[3], &e4[0], dck)?;
         drop(e4);
         let (enc3, e3) = Segment::new(&[&v[1]], one(|t| d.encoder3.forward_t(t, true)), dck, None)?;
-        let (dec4, o4) = Segment::new(&[&o5[0], &e3[0]], up(&d.decoder4), dck, None)?;
+        let (dec4, o4) = up_block(&d.decoder4, &o5[0], &e3[0], dck)?;
         drop((o5, e3));
         let (enc2, e2) = Segment::new(&[&v[0]], one(|t| d.encoder2.forward_t(t, true)), dck, None)?;
-        let (dec3, o3) = Segment::new(&[&o4[0], &e2[0]], up(&d.decoder3), dck, None)?;
+        let (dec3, o3) = up_block(&d.decoder3, &o4[0], &e2[0], dck)?;
         drop((o4, e2, v));
-        let (enc1, e1) = Segment::new(&[x], one(|t| d.encoder1.forward_t(t, true)), dck, None)?;
-        let (dec2, o2) = Segment::new(&[&o3[0], &e1[0]], up(&d.decoder2), dck, None)?;
+        let (enc1, e1) = basic(&d.encoder1, x, dck)?;
+        let (dec2, o2) = up_block(&d.decoder2, &o3[0], &e1[0], dck)?;
         drop((o3, e1));
         let (head, logits) = Segment::new(&[&o2[0]], one(|t| d.out.forward(t)), dck, None)?;
         drop(o2);

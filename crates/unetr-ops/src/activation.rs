@@ -27,6 +27,15 @@ impl CustomOp1 for LeakyRelu {
     }
 }
 
+/// The gradient of `leaky_relu(x, slope)` from its output `y` (y > 0 exactly where x > 0, for slope > 0)
+/// and the output's gradient `dy`: for a backward written by hand that keeps the output, not the input.
+pub fn leaky_relu_backward_from_output(y: &Tensor, dy: &Tensor, slope: f64) -> Result<Tensor> {
+    if y.dims() != dy.dims() || !(slope > 0.0) {
+        return Err(crate::error::shape_err("leaky_relu_backward_from_output", format!("output and gradient of one shape, slope > 0 (slope {slope})"), &[y.dims(), dy.dims()]));
+    }
+    y.gt(0.0)?.where_cond(dy, &(dy * slope)?)
+}
+
 /// `F.leaky_relu(x, slope)`.
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
     check_float("leaky_relu", x.dtype())?;

@@ -412,6 +412,47 @@ pub fn conv_transpose3d(
     add_bias(apply(Kind::BwdInput, sp, x, w)?, bias)
 }
 
+/// The gradients (dx, dw) of `conv3d(x, w, None, p)` given its output's gradient `dy`, computed directly
+/// (no autograd graph): for a backward written by hand, which frees each saved tensor once used.
+pub fn conv3d_backward(x: &Tensor, w: &Tensor, dy: &Tensor, p: Conv3dParams) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "conv3d_backward";
+    check_pair(OP, x, w, None, 0)?;
+    let (xd, wd, gd) = (x.dims(), w.dims(), dy.dims());
+    let kernel = [wd[2], wd[3], wd[4]];
+    let input = [xd[2], xd[3], xd[4]];
+    let output = ConvGeom::out_size(input, kernel, p.stride, p.padding);
+    if gd.len() != 5 || xd[1] != wd[1] || gd[..2] != [xd[0], wd[0]] || output != Some([gd[2], gd[3], gd[4]]) || dy.dtype() != x.dtype() {
+        return Err(shape_err(OP, "input, weight and output gradient do not fit one convolution", &[xd, wd, gd]));
+    }
+    if via_f32(x) {
+        let (dx, dw) = conv3d_backward(&up(x)?, &up(w)?, &up(dy)?, p)?;
+        return Ok((dx.to_dtype(x.dtype())?, dw.to_dtype(x.dtype())?));
+    }
+    let sp = Spatial { input, kernel, stride: p.stride, padding: p.padding, output: [gd[2], gd[3], gd[4]] };
+    Ok((apply(Kind::BwdInput, sp, dy, w)?, apply(Kind::BwdWeight, sp, x, dy)?))
+}
+
+/// The gradients (dx, dw) of `conv_transpose3d(x, w, None, p, [0; 3])` given its output's gradient `dy`,
+/// computed directly (see [`conv3d_backward`]).
+pub fn conv_transpose3d_backward(x: &Tensor, w: &Tensor, dy: &Tensor, p: Conv3dParams) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "conv_transpose3d_backward";
+    check_pair(OP, x, w, None, 0)?;
+    let (xd, wd, gd) = (x.dims(), w.dims(), dy.dims());
+    let kernel = [wd[2], wd[3], wd[4]];
+    let full = if gd.len() == 5 { [gd[2], gd[3], gd[4]] } else { [0; 3] };
+    let output = ConvGeom::out_size(full, kernel, p.stride, p.padding);
+    if gd.len() != 5 || xd[1] != wd[0] || gd[..2] != [xd[0], wd[1]] || output != Some([xd[2], xd[3], xd[4]]) || dy.dtype() != x.dtype() {
+        return Err(shape_err(OP, "input, weight and output gradient do not fit one transposed convolution", &[xd, wd, gd]));
+    }
+    if via_f32(x) {
+        let (dx, dw) = conv_transpose3d_backward(&up(x)?, &up(w)?, &up(dy)?, p)?;
+        return Ok((dx.to_dtype(x.dtype())?, dw.to_dtype(x.dtype())?));
+    }
+    // The transposed convolution is the input-adjoint of the convolution from `full` to x's size.
+    let sp = Spatial { input: full, kernel, stride: p.stride, padding: p.padding, output: [xd[2], xd[3], xd[4]] };
+    Ok((apply(Kind::Fwd, sp, dy, w)?, apply(Kind::BwdWeight, sp, dy, x)?))
+}
+
 /// The in-place forwards (`conv3d_`, `conv3d_cat_`): `a` (and `b`) are overwritten, see those.
 struct ConvInplace {
     /// The second input block and output (`conv3d_cat_`), the 1x1x1 weight for it.

@@ -262,6 +262,21 @@ pub fn instance_norm_leaky_relu(x: &Tensor, eps: f64, slope: f64) -> Result<Tens
     )
 }
 
+/// The gradient of [`instance_norm`] without affine (`slope: None`) or of [`instance_norm_leaky_relu`]
+/// (`Some(slope)`) with respect to `x`, given the output's gradient `dy`, computed directly (no autograd
+/// graph): for a backward written by hand.
+pub fn instance_norm_backward(x: &Tensor, dy: &Tensor, eps: f64, slope: Option<f64>) -> Result<Tensor> {
+    if x.dims() != dy.dims() || x.dtype() != dy.dtype() {
+        return Err(shape_err("instance_norm_backward", "gradient shape or dtype differs from the input's", &[x.dims(), dy.dims()]));
+    }
+    let op = NormOp { kind: Kind::Instance, eps, slope };
+    op.groups(x.dims())?;
+    if via_f32(x) {
+        return instance_norm_backward(&x.to_dtype(candle_core::DType::F32)?, &dy.to_dtype(candle_core::DType::F32)?, eps, slope)?.to_dtype(x.dtype());
+    }
+    x.contiguous()?.apply_op2(&dy.contiguous()?, NormBwd(op))
+}
+
 /// Running statistics of a batch norm after one training step.
 #[derive(Debug, Clone)]
 pub struct RunningStats {

@@ -1,0 +1,159 @@
+//! Training forward and backward of the residual and up blocks written by hand: the forward keeps only
+//! what the backward reads (a tape), and the backward frees each kept tensor as soon as it was used, as
+//! PyTorch's autograd does. candle's graph keeps every intermediate (the normalised tensors, the
+//! up-sampled half of the concatenation) until a whole backward ends and seeds each gradient with a zero
+//! tensor; at 96^3 that is what sets a training step's peak memory.
+//!
+//! Used for blocks with instance norms, no conv biases and weights in the input's dtype (UNETR's blocks
+//! in f32 or f64 training); [`UnetResBlock::tape_applies`] says when. The gradients equal the graph's
+//! (test: `taped_blocks_match_the_graph` in this crate's tests).
+
+use crate::blocks::{ConvBlock, UnetResBlock, UnetrUpBlock};
+use crate::layers::{ConvLayer, NormLayer, LEAKY_SLOPE};
+use candle_core::backprop::GradStore;
+use candle_core::{Result, Tensor};
+use unetr_ops::Conv3dParams;
+
+const EPS: f64 = 1e-5;
+
+/// Adds `g` to the gradient of `param` in `grads`.
+pub fn accumulate(grads: &mut GradStore, param: &Tensor, g: Tensor) -> Result<()> {
+    let sum = match grads.get(param) {
+        Some(prev) => (prev + g)?,
+        None => g,
+    };
+    grads.insert(param, sum);
+    Ok(())
+}
+
+/// What [`UnetResBlock`]'s backward reads: the input, the raw outputs of the three convolutions, norm1's
+/// activated output and the block's output.
+pub struct ResTape {
+    x: Tensor,
+    c1: Tensor,
+    h1: Tensor,
+    c2: Tensor,
+    /// conv3's raw output (the projected residual), when the channel count changes.
+    r: Option<Tensor>,
+    out: Tensor,
+}
+
+fn conv_ok(c: &ConvLayer, dt: candle_core::DType) -> bool {
+    c.bias.is_none() && c.weight.dtype() == dt
+}
+
+impl UnetResBlock {
+    /// Whether the hand-written training pass applies to input `x` (see the module docs).
+    pub fn tape_applies(&self, x: &Tensor) -> bool {
+        let dt = x.dtype();
+        matches!((&self.norm1, &self.norm2), (NormLayer::Instance, NormLayer::Instance))
+            && conv_ok(&self.conv1, dt)
+            && conv_ok(&self.conv2, dt)
+            && self.conv3.as_ref().is_none_or(|(c, n)| conv_ok(c, dt) && matches!(n, NormLayer::Instance))
+    }
+
+    /// The training forward on detached tensors; returns the output and the tape for [`ResTape::backward`].
+    pub fn forward_taped(&self, x: &Tensor) -> Result<(Tensor, ResTape)> {
+        // Detached weights: no op of this pass may record a graph (it would keep what the tape drops).
+        let x = &x.detach();
+        let conv = |c: &ConvLayer, t: &Tensor| unetr_ops::conv3d(t, &c.weight.detach(), None, c.params);
+        let r = self.conv3.as_ref().map(|(c, _)| conv(c, x)).transpose()?;
+        let c1 = conv(&self.conv1, x)?;
+        let h1 = unetr_ops::instance_norm_leaky_relu(&c1, EPS, LEAKY_SLOPE)?;
+        let c2 = conv(&self.conv2, &h1)?;
+        let n2 = unetr_ops::instance_norm(&c2, None, None, EPS)?;
+        let out = match &r {
+            Some(r) => unetr_ops::add_leaky_relu(&n2, &unetr_ops::instance_norm(r, None, None, EPS)?, LEAKY_SLOPE)?,
+            None => unetr_ops::add_leaky_relu(&n2, x, LEAKY_SLOPE)?,
+        };
+        Ok((out.clone(), ResTape { x: x.clone(), c1, h1, c2, r, out }))
+    }
+}
+
+impl ResTape {
+    /// The gradient of the block's input given its output's `g`; the weights' gradients go into `grads`.
+    /// Each kept tensor is dropped once read.
+    /// Weights are read detached (no op here records a graph); their gradients are keyed by the weights.
+    pub fn backward(self, b: &UnetResBlock, g: Tensor, grads: &mut GradStore) -> Result<Tensor> {
+        let g = g.detach();
+        let ResTape { x, c1, h1, c2, r, out } = self;
+        let gs = unetr_ops::leaky_relu_backward_from_output(&out, &g, LEAKY_SLOPE)?;
+        drop((out, g));
+        let gc2 = unetr_ops::instance_norm_backward(&c2, &gs, EPS, None)?;
+        drop(c2);
+        // The residual branch's gradient: through norm3 (conv3 below) or, for an identity, straight to x.
+        let residual = match r {
+            Some(r) => Residual::Projected(unetr_ops::instance_norm_backward(&r, &gs, EPS, None)?),
+            None => Residual::Identity(gs),
+        };
+        let (gh1, dw2) = unetr_ops::conv3d_backward(&h1, &b.conv2.weight.detach(), &gc2, b.conv2.params)?;
+        drop((h1, gc2));
+        accumulate(grads, &b.conv2.weight, dw2)?;
+        let gc1 = unetr_ops::instance_norm_backward(&c1, &gh1, EPS, Some(LEAKY_SLOPE))?;
+        drop((c1, gh1));
+        let (gx, dw1) = unetr_ops::conv3d_backward(&x, &b.conv1.weight.detach(), &gc1, b.conv1.params)?;
+        drop(gc1);
+        accumulate(grads, &b.conv1.weight, dw1)?;
+        match (residual, &b.conv3) {
+            (Residual::Projected(gr), Some((c3, _))) => {
+                let (gx3, dw3) = unetr_ops::conv3d_backward(&x, &c3.weight.detach(), &gr, c3.params)?;
+                accumulate(grads, &c3.weight, dw3)?;
+                gx + gx3
+            }
+            (Residual::Identity(gs), None) => gx + gs,
+            _ => candle_core::bail!("residual block tape does not match the block"),
+        }
+    }
+}
+
+/// The gradient reaching the residual join's second operand.
+enum Residual {
+    /// conv3's output's gradient (through norm3).
+    Projected(Tensor),
+    /// The input's own (identity residual).
+    Identity(Tensor),
+}
+
+/// What [`UnetrUpBlock`]'s backward reads: the up-sampled input and the residual block's tape.
+pub struct UpTape {
+    x: Tensor,
+    res: ResTape,
+}
+
+impl UnetrUpBlock {
+    /// Whether the hand-written training pass applies (a residual conv block, see
+    /// [`UnetResBlock::tape_applies`], and a transposed conv in the input's dtype).
+    pub fn tape_applies(&self, x: &Tensor) -> bool {
+        matches!(&self.conv_block, ConvBlock::Res(b) if b.tape_applies(x)) && self.transp_conv.weight.dtype() == x.dtype()
+    }
+
+    /// The training forward on detached `x` and `skip`; returns the output and the tape.
+    pub fn forward_taped(&self, x: &Tensor, skip: &Tensor) -> Result<(Tensor, UpTape)> {
+        let ConvBlock::Res(b) = &self.conv_block else { candle_core::bail!("taped up block without a residual block") };
+        let x = &x.detach();
+        let u = unetr_ops::conv_transpose3d(x, &self.transp_conv.weight.detach(), None, self.params(), [0; 3])?;
+        let cat = Tensor::cat(&[&u, &skip.detach()], 1)?;
+        drop(u);
+        let (out, res) = b.forward_taped(&cat)?;
+        Ok((out, UpTape { x: x.clone(), res }))
+    }
+
+    fn params(&self) -> Conv3dParams {
+        Conv3dParams { stride: self.transp_conv.stride, padding: [0; 3] }
+    }
+}
+
+impl UpTape {
+    /// The gradients of (x, skip) given the output's `g`; the weights' gradients go into `grads`.
+    pub fn backward(self, b: &UnetrUpBlock, g: Tensor, grads: &mut GradStore) -> Result<(Tensor, Tensor)> {
+        let ConvBlock::Res(rb) = &b.conv_block else { candle_core::bail!("taped up block without a residual block") };
+        let gcat = self.res.backward(rb, g, grads)?;
+        let cu = b.transp_conv.weight.dim(1)?;
+        let gu = gcat.narrow(1, 0, cu)?.contiguous()?;
+        let gskip = gcat.narrow(1, cu, gcat.dim(1)? - cu)?.contiguous()?;
+        drop(gcat);
+        let (gx, dw) = unetr_ops::conv_transpose3d_backward(&self.x, &b.transp_conv.weight.detach(), &gu, b.params())?;
+        accumulate(grads, &b.transp_conv.weight, dw)?;
+        Ok((gx, gskip))
+    }
+}
