@@ -1,6 +1,6 @@
 //! MONAI's UNETR blocks. Every struct's fields carry the name of its key in MONAI's state dict.
 
-use crate::layers::{inplace_ok, Act, ConvLayer, NormKind, NormLayer, Pass, TransConvLayer, LEAKY_SLOPE};
+use crate::layers::{inplace_ok, Act, ConvLayer, NormKind, NormLayer, Pass, TransConvLayer, LEAKY_SLOPE, NORM_EPS};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use unetr_ops::cast_to;
@@ -68,7 +68,7 @@ impl UnetResBlock {
                     &out,
                     &x,
                     &cast_to(&conv3.weight, x.dtype())?,
-                    1e-5,
+                    NORM_EPS,
                     LEAKY_SLOPE,
                 )?;
                 return Ok(out);
@@ -110,7 +110,7 @@ impl UnetResBlock {
                 &out,
                 &residual,
                 self.conv3.is_some(),
-                1e-5,
+                NORM_EPS,
                 LEAKY_SLOPE,
             )?;
             return Ok(out);

@@ -6,6 +6,8 @@ use unetr_ops::{cast_to, Conv3dParams};
 
 /// LeakyReLU slope of MONAI's blocks.
 pub const LEAKY_SLOPE: f64 = 0.01;
+/// Epsilon of MONAI's norms (`InstanceNorm3d`, `BatchNorm3d`: PyTorch's default).
+pub const NORM_EPS: f64 = 1e-5;
 
 /// PyTorch's default conv init: kaiming_uniform(a = sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 fn uniform_init(fan_in: usize) -> Init {
@@ -131,7 +133,7 @@ impl BatchNorm3d {
             bias,
             running_mean,
             running_var,
-            eps: 1e-5,
+            eps: NORM_EPS,
             momentum: 0.1,
         })
     }
@@ -174,7 +176,7 @@ impl NormLayer {
     }
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match self {
-            NormLayer::Instance => unetr_ops::instance_norm(x, None, None, 1e-5),
+            NormLayer::Instance => unetr_ops::instance_norm(x, None, None, NORM_EPS),
             NormLayer::Batch(bn) => bn.forward_t(x, train),
         }
     }
@@ -184,8 +186,8 @@ impl NormLayer {
         let train = pass == Pass::Train;
         if matches!(self, NormLayer::Instance) && inplace_ok(&x, pass) {
             match act {
-                Act::LeakyRelu => unetr_ops::instance_norm_leaky_relu_(&x, 1e-5, LEAKY_SLOPE)?,
-                Act::Identity => unetr_ops::instance_norm_(&x, 1e-5)?,
+                Act::LeakyRelu => unetr_ops::instance_norm_leaky_relu_(&x, NORM_EPS, LEAKY_SLOPE)?,
+                Act::Identity => unetr_ops::instance_norm_(&x, NORM_EPS)?,
             }
             return Ok(x);
         }
@@ -197,7 +199,7 @@ impl NormLayer {
     /// leaky_relu(norm(x)): one fused pass for instance norm.
     pub fn forward_lrelu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match self {
-            NormLayer::Instance => unetr_ops::instance_norm_leaky_relu(x, 1e-5, LEAKY_SLOPE),
+            NormLayer::Instance => unetr_ops::instance_norm_leaky_relu(x, NORM_EPS, LEAKY_SLOPE),
             NormLayer::Batch(bn) => unetr_ops::leaky_relu(&bn.forward_t(x, train)?, LEAKY_SLOPE),
         }
     }

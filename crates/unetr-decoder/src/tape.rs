@@ -9,12 +9,10 @@
 //! (test: `taped_blocks_match_the_graph` in this crate's tests).
 
 use crate::blocks::{ConvBlock, UnetResBlock, UnetrUpBlock};
-use crate::layers::{ConvLayer, NormLayer, LEAKY_SLOPE};
+use crate::layers::{ConvLayer, NormLayer, LEAKY_SLOPE, NORM_EPS as EPS};
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor};
 use unetr_ops::Conv3dParams;
-
-const EPS: f64 = 1e-5;
 
 /// Adds `g` to the gradient of `param` in `grads`.
 pub fn accumulate(grads: &mut GradStore, param: &Tensor, g: Tensor) -> Result<()> {

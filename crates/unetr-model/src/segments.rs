@@ -10,7 +10,7 @@
 
 use crate::error::Result;
 use crate::unetr::{Decoder, Unetr};
-use unetr_decoder::tape::{ResTape, UpTape};
+use unetr_decoder::tape::{accumulate, ResTape, UpTape};
 use unetr_decoder::{ConvBlock, UnetResBlock, UnetrBasicBlock, UnetrUpBlock};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
@@ -92,12 +92,7 @@ impl<'a> Segment<'a> {
         drop((outs, seed));
         for p in params {
             if let Some(pg) = g.get(p.as_tensor()) {
-                let pg = pg.detach();
-                let sum = match grads.get(p.as_tensor()) {
-                    Some(prev) => (prev + pg)?,
-                    None => pg,
-                };
-                grads.insert(p.as_tensor(), sum);
+                accumulate(grads, p.as_tensor(), pg.detach())?;
             }
         }
         // Detached: a gradient computed by an op's backward may still carry that op's graph (and through
@@ -119,6 +114,13 @@ enum Tape {
 }
 
 impl TapedBlock<'_> {
+    /// Its number of inputs.
+    fn arity(self) -> usize {
+        match self {
+            Self::Res(_) => 1,
+            Self::Up(_) => 2,
+        }
+    }
     fn forward(self, ins: &[Tensor]) -> candle_core::Result<(Tensor, Tape)> {
         Ok(match self {
             Self::Res(b) => {
@@ -142,11 +144,7 @@ struct Taped<'a> {
 
 impl Taped<'_> {
     fn backward(self, out_grads: &[Option<Tensor>], grads: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
-        let n = self.inputs.len().max(match self.block {
-            TapedBlock::Res(_) => 1,
-            TapedBlock::Up(_) => 2,
-        });
-        let Some(Some(g)) = out_grads.first().cloned() else { return Ok(vec![None; n]) };
+        let Some(Some(g)) = out_grads.first().cloned() else { return Ok(vec![None; self.block.arity()]) };
         let tape = match self.tape {
             Some(t) => t,
             None => self.block.forward(&self.inputs)?.1,

@@ -185,28 +185,22 @@ impl CustomOp2 for ConvOp {
         _res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let sp = self.sp;
-        let (ga, gb) = crate::profile::timed("conv3d_backward", || -> Result<(Tensor, Tensor)> {
-            Ok(match self.kind {
-                // y = F(x, w): dx = B_in(dy, w), dw = B_w(x, dy)
-                Kind::Fwd => (
-                    apply(Kind::BwdInput, sp, g, b)?,
-                    apply(Kind::BwdWeight, sp, a, g)?,
-                ),
-                // dx = B_in(dy, w): d(dy) = F(g, w), dw = B_w(g, dy)
-                Kind::BwdInput => (
-                    apply(Kind::Fwd, sp, g, b)?,
-                    apply(Kind::BwdWeight, sp, g, a)?,
-                ),
-                // dw = B_w(x, dy): dx = B_in(dy, g), d(dy) = F(x, g)
-                Kind::BwdWeight => (
-                    apply(Kind::BwdInput, sp, b, g)?,
-                    apply(Kind::Fwd, sp, a, g)?,
-                ),
-            })
-        })?;
+        let (ga, gb) = crate::profile::timed("conv3d_backward", || adjoint_grads(self.kind, self.sp, a, b, g))?;
         Ok((Some(ga), Some(gb)))
     }
+}
+
+/// The gradients of both operands of the convolution kind `kind` on (a, b), given its output's gradient
+/// `g`: each of the three linear maps' adjoints expressed through the other two.
+fn adjoint_grads(kind: Kind, sp: Spatial, a: &Tensor, b: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+    Ok(match kind {
+        // y = F(x, w): dx = B_in(dy, w), dw = B_w(x, dy)
+        Kind::Fwd => (apply(Kind::BwdInput, sp, g, b)?, apply(Kind::BwdWeight, sp, a, g)?),
+        // dx = B_in(dy, w): d(dy) = F(g, w), dw = B_w(g, dy)
+        Kind::BwdInput => (apply(Kind::Fwd, sp, g, b)?, apply(Kind::BwdWeight, sp, g, a)?),
+        // dw = B_w(x, dy): dx = B_in(dy, g), d(dy) = F(x, g)
+        Kind::BwdWeight => (apply(Kind::BwdInput, sp, b, g)?, apply(Kind::Fwd, sp, a, g)?),
+    })
 }
 
 fn check_pair(
@@ -417,19 +411,11 @@ pub fn conv_transpose3d(
 pub fn conv3d_backward(x: &Tensor, w: &Tensor, dy: &Tensor, p: Conv3dParams) -> Result<(Tensor, Tensor)> {
     const OP: &str = "conv3d_backward";
     check_pair(OP, x, w, None, 0)?;
-    let (xd, wd, gd) = (x.dims(), w.dims(), dy.dims());
-    let kernel = [wd[2], wd[3], wd[4]];
-    let input = [xd[2], xd[3], xd[4]];
-    let output = ConvGeom::out_size(input, kernel, p.stride, p.padding);
-    if gd.len() != 5 || xd[1] != wd[1] || gd[..2] != [xd[0], wd[0]] || output != Some([gd[2], gd[3], gd[4]]) || dy.dtype() != x.dtype() {
-        return Err(shape_err(OP, "input, weight and output gradient do not fit one convolution", &[xd, wd, gd]));
-    }
-    if via_f32(x) {
-        let (dx, dw) = conv3d_backward(&up(x)?, &up(w)?, &up(dy)?, p)?;
-        return Ok((dx.to_dtype(x.dtype())?, dw.to_dtype(x.dtype())?));
-    }
-    let sp = Spatial { input, kernel, stride: p.stride, padding: p.padding, output: [gd[2], gd[3], gd[4]] };
-    Ok((apply(Kind::BwdInput, sp, dy, w)?, apply(Kind::BwdWeight, sp, x, dy)?))
+    let (input, kernel) = (spatial(x.dims()), spatial(w.dims()));
+    let output = ConvGeom::out_size(input, kernel, p.stride, p.padding)
+        .ok_or_else(|| shape_err(OP, "kernel does not fit the padded input", &[x.dims(), w.dims()]))?;
+    // The ops' own geometry checks refuse a `dy` that does not fit.
+    backward_of(Kind::Fwd, Spatial { input, kernel, stride: p.stride, padding: p.padding, output }, x, w, dy)
 }
 
 /// The gradients (dx, dw) of `conv_transpose3d(x, w, None, p, [0; 3])` given its output's gradient `dy`,
@@ -437,20 +423,33 @@ pub fn conv3d_backward(x: &Tensor, w: &Tensor, dy: &Tensor, p: Conv3dParams) -> 
 pub fn conv_transpose3d_backward(x: &Tensor, w: &Tensor, dy: &Tensor, p: Conv3dParams) -> Result<(Tensor, Tensor)> {
     const OP: &str = "conv_transpose3d_backward";
     check_pair(OP, x, w, None, 0)?;
-    let (xd, wd, gd) = (x.dims(), w.dims(), dy.dims());
-    let kernel = [wd[2], wd[3], wd[4]];
-    let full = if gd.len() == 5 { [gd[2], gd[3], gd[4]] } else { [0; 3] };
-    let output = ConvGeom::out_size(full, kernel, p.stride, p.padding);
-    if gd.len() != 5 || xd[1] != wd[0] || gd[..2] != [xd[0], wd[1]] || output != Some([xd[2], xd[3], xd[4]]) || dy.dtype() != x.dtype() {
-        return Err(shape_err(OP, "input, weight and output gradient do not fit one transposed convolution", &[xd, wd, gd]));
+    if dy.rank() != 5 {
+        return Err(shape_err(OP, "output gradient must have rank 5", &[dy.dims()]));
+    }
+    // The transposed convolution is the input-adjoint of the convolution from dy's size to x's.
+    let (input, kernel, output) = (spatial(dy.dims()), spatial(w.dims()), spatial(x.dims()));
+    if ConvGeom::out_size(input, kernel, p.stride, p.padding) != Some(output) {
+        return Err(shape_err(OP, "output gradient does not fit the transposed convolution of the input", &[x.dims(), w.dims(), dy.dims()]));
+    }
+    backward_of(Kind::BwdInput, Spatial { input, kernel, stride: p.stride, padding: p.padding, output }, x, w, dy)
+}
+
+/// The spatial sizes of a rank-5 shape (checked by the caller).
+fn spatial(d: &[usize]) -> [usize; 3] {
+    [d[2], d[3], d[4]]
+}
+
+/// [`adjoint_grads`] of the op `kind` on (x, w) for a hand-written backward (half precision via f32, as the
+/// forwards).
+fn backward_of(kind: Kind, sp: Spatial, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    if dy.dtype() != x.dtype() {
+        return Err(OpsError::DTypeMismatch { op: "conv3d_backward", a: x.dtype(), b: dy.dtype() }.into());
     }
     if via_f32(x) {
-        let (dx, dw) = conv_transpose3d_backward(&up(x)?, &up(w)?, &up(dy)?, p)?;
+        let (dx, dw) = backward_of(kind, sp, &up(x)?, &up(w)?, &up(dy)?)?;
         return Ok((dx.to_dtype(x.dtype())?, dw.to_dtype(x.dtype())?));
     }
-    // The transposed convolution is the input-adjoint of the convolution from `full` to x's size.
-    let sp = Spatial { input: full, kernel, stride: p.stride, padding: p.padding, output: [xd[2], xd[3], xd[4]] };
-    Ok((apply(Kind::Fwd, sp, dy, w)?, apply(Kind::BwdWeight, sp, dy, x)?))
+    adjoint_grads(kind, sp, x, w, dy)
 }
 
 /// The in-place forwards (`conv3d_`, `conv3d_cat_`): `a` (and `b`) are overwritten, see those.

@@ -386,3 +386,25 @@ fn conv_bias_in_place_matches_broadcast_add() {
     let e = max_diff(&y, &want);
     assert!(e < 1e-6, "max-abs {e}");
 }
+
+/// The hand-written backward functions refuse operands that do not fit one convolution.
+#[test]
+fn backward_functions_reject_bad_input() {
+    let p = Conv3dParams::new(1, 1);
+    let (x, w) = (t(&[1, 2, 4, 4, 4]), t(&[3, 2, 3, 3, 3]));
+    assert!(conv3d_backward(&x, &w, &t(&[1, 3, 4, 4, 4]), p).is_ok());
+    err_contains(conv3d_backward(&x, &w, &t(&[1, 3, 4, 4, 5]), p), &["conv3d_bwd"]);
+    err_contains(conv3d_backward(&x, &w, &t(&[1, 2, 4, 4, 4]), p), &["conv3d_bwd"]);
+    err_contains(conv3d_backward(&x, &w, &t(&[1, 3, 4, 4]), p), &["rank 5"]);
+    let dy64 = Tensor::ones((1, 3, 4, 4, 4), DType::F64, &Device::Cpu).unwrap();
+    err_contains(conv3d_backward(&x, &w, &dy64, p), &["conv3d_backward"]);
+    // Transposed, kernel = stride 2: x [1, 2, 2, 2, 2] -> y [1, 3, 4, 4, 4].
+    let (tp, tw) = (Conv3dParams { stride: [2; 3], padding: [0; 3] }, t(&[2, 3, 2, 2, 2]));
+    let tx = t(&[1, 2, 2, 2, 2]);
+    assert!(conv_transpose3d_backward(&tx, &tw, &t(&[1, 3, 4, 4, 4]), tp).is_ok());
+    err_contains(conv_transpose3d_backward(&tx, &tw, &t(&[1, 3, 4, 4, 6]), tp), &["conv_transpose3d_backward", "does not fit"]);
+    err_contains(conv_transpose3d_backward(&tx, &tw, &t(&[1, 2, 4, 4, 4]), tp), &["conv3d"]);
+    err_contains(conv_transpose3d_backward(&tx, &tw, &t(&[3, 4, 4, 4]), tp), &["rank 5"]);
+    err_contains(instance_norm_backward(&x, &t(&[1, 2, 4, 4, 3]), 1e-5, None), &["instance_norm_backward"]);
+    err_contains(leaky_relu_backward_from_output(&x, &x, 0.0), &["slope"]);
+}
