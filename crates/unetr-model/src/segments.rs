@@ -1,7 +1,9 @@
 //! Training with a backward pass block by block. candle keeps a forward's whole autograd graph, every
 //! activation in it, until one `backward` over all of it ends; PyTorch frees each saved tensor as soon as
-//! its backward used it. Here the forward runs as a chain of segments (the ViT, each encoder and decoder
-//! block of UNETR, the head), each on its own graph from detached inputs; the backward then runs segment by
+//! its backward used it. Here the forward runs as a chain of segments (the ViT's patch embedding, each of
+//! its transformer layers and its final norm, each encoder and decoder block of UNETR, the head), each on
+//! its own graph from detached inputs (the residual blocks on a hand-written tape instead of a graph, see
+//! `unetr_decoder::tape`); the backward then runs segment by
 //! segment from the loss down, each segment's graph (its activations) dropped once its backward is done,
 //! and the gradients of its inputs handed to the segments that made them.
 //!
@@ -77,17 +79,8 @@ impl<'a> Segment<'a> {
             }
         };
         // One backward over the segment's graph, each output seeded with its gradient.
-        let mut seed: Option<Tensor> = None;
-        for (o, g) in outs.iter().zip(out_grads) {
-            if let Some(g) = g {
-                let l = unetr_ops::seed(o, g)?;
-                seed = Some(match seed {
-                    None => l,
-                    Some(s) => (s + l)?,
-                });
-            }
-        }
-        let Some(seed) = seed else { return Ok(vec![None; self.inputs.len()]) };
+        let seeds = outs.iter().zip(out_grads).map(|(o, g)| g.as_ref().map(|g| unetr_ops::seed(o, g)).transpose()).collect::<candle_core::Result<Vec<_>>>()?;
+        let Some(seed) = sum_present(seeds.iter())? else { return Ok(vec![None; self.inputs.len()]) };
         let g = seed.backward()?;
         drop((outs, seed));
         for p in params {
@@ -213,6 +206,83 @@ fn up(b: &unetr_decoder::UnetrUpBlock) -> Run<'_> {
     Box::new(move |i: &[Tensor]| Ok(vec![b.forward_t(&i[0], i[1].clone(), true)?]))
 }
 
+/// The ViT as segments: the patch embedding, each transformer layer (those feeding a skip connection also
+/// give their output as a grid) and the final norm (as a grid). Recomputation then holds one layer's graph
+/// at a time.
+struct ViTSegments<'a> {
+    embed: Segment<'a>,
+    /// Each layer's segment and whether it feeds a skip connection (a second output).
+    layers: Vec<(Segment<'a>, bool)>,
+    last: Segment<'a>,
+}
+
+impl<'a> ViTSegments<'a> {
+    /// The segments and the four grids the decoder reads: the three skip levels and the final tokens.
+    fn new(m: &'a Unetr, x: &Tensor, recompute: bool) -> Result<(Self, [Tensor; 4])> {
+        let (cfg, vit) = (&m.cfg, &m.vit);
+        let skips = cfg.skip_layers();
+        let proj = move |t: &Tensor| -> candle_core::Result<Tensor> {
+            let [a, b, c] = cfg.feat_size();
+            t.reshape((t.dim(0)?, a, b, c, cfg.hidden_size))?.permute((0, 4, 1, 2, 3))?.contiguous()
+        };
+        // Each segment with dropout replays its masks from the generator's state before its forward.
+        let replay = || -> Option<Box<dyn Fn() + 'a>> {
+            let (rng, state) = (vit.dropout_rng.clone(), vit.dropout_rng.snapshot());
+            Some(Box::new(move || rng.restore(&state)))
+        };
+        let (embed, mut h) = Segment::new(&[x], one(|t| vit.patch_embedding.forward_t(t, true)), recompute, replay())?;
+        // The skip layers are distinct and ascending (the config asks for 4 layers or more), so the grids
+        // come out in the decoder's order.
+        let mut grids = Vec::with_capacity(4);
+        let mut layers = Vec::with_capacity(vit.blocks.len());
+        for (i, blk) in vit.blocks.iter().enumerate() {
+            let skip = skips.contains(&i);
+            let run: Run<'a> = Box::new(move |ins: &[Tensor]| {
+                let o = blk.forward_t(&ins[0], true)?;
+                Ok(if skip { vec![proj(&o)?, o] } else { vec![o] })
+            });
+            let (seg, mut outs) = Segment::new(&[&h[0]], run, recompute, replay())?;
+            h = outs.split_off(outs.len() - 1);
+            grids.extend(outs);
+            layers.push((seg, skip));
+        }
+        let (last, g) = Segment::new(&[&h[0]], one(move |t| proj(&candle_core::Module::forward(&vit.norm, t)?)), recompute, None)?;
+        grids.extend(g);
+        let grids: [Tensor; 4] = grids.try_into().map_err(|g: Vec<Tensor>| candle_core::Error::Msg(format!("the ViT gave {} grids for the decoder, expected 4", g.len())))?;
+        Ok((Self { embed, layers, last }, grids))
+    }
+
+    /// The backward from the four grids' gradients, last layer first.
+    fn backward(self, [g2, g3, g4, g_last]: [Option<Tensor>; 4], params: &[Var], grads: &mut GradStore) -> Result<()> {
+        let mut skip_grads = vec![g2, g3, g4];
+        let mut g = self.last.backward(&[g_last], params, grads)?.remove(0);
+        for (seg, skip) in self.layers.into_iter().rev() {
+            let outs = if skip { vec![skip_grads.pop().flatten(), g] } else { vec![g] };
+            g = seg.backward(&outs, params, grads)?.remove(0);
+        }
+        self.embed.backward(&[g], params, grads)?;
+        Ok(())
+    }
+}
+
+/// The two input gradients of a two-input segment.
+fn pair(g: Vec<Option<Tensor>>) -> [Option<Tensor>; 2] {
+    let mut g = g.into_iter();
+    [g.next().flatten(), g.next().flatten()]
+}
+
+/// The sum of the tensors present (None if none is).
+fn sum_present<'t>(gs: impl Iterator<Item = &'t Option<Tensor>>) -> Result<Option<Tensor>> {
+    let mut sum: Option<Tensor> = None;
+    for g in gs.flatten() {
+        sum = Some(match sum {
+            None => g.clone(),
+            Some(s) => (s + g)?,
+        });
+    }
+    Ok(sum)
+}
+
 /// What [`Unetr::forward_backward`] returns.
 pub struct StepGrads {
     /// The loss as `loss_fn` returned it (the value to report).
@@ -238,23 +308,11 @@ impl Unetr {
             }
             return Ok(StepGrads { loss, grads });
         };
-        let [s2, s3, s4] = self.cfg.skip_layers();
-        let proj = |t: &Tensor| -> candle_core::Result<Tensor> {
-            let [a, b, c] = self.cfg.feat_size();
-            t.reshape((t.dim(0)?, a, b, c, self.cfg.hidden_size))?.permute((0, 4, 1, 2, 3))?.contiguous()
-        };
-        // The ViT: the three skip levels and the final tokens, as grids.
-        let rng = self.vit.dropout_rng.clone();
-        let state = rng.snapshot();
-        let (vit, v) = Segment::new(
-            &[x],
-            Box::new(move |i: &[Tensor]| {
-                let o = self.vit.forward_t(&i[0], true)?;
-                Ok(vec![proj(&o.hidden_states[s2])?, proj(&o.hidden_states[s3])?, proj(&o.hidden_states[s4])?, proj(&o.last)?])
-            }),
-            ck.vit(),
-            Some(Box::new(move || rng.restore(&state))),
-        )?;
+        let rng = &self.vit.dropout_rng;
+        let (vit, v) = ViTSegments::new(self, x, ck.vit())?;
+        // With recomputation the ViT's backward replays its layers' masks in reverse; the generator is put
+        // back where the forward left it, as if nothing had been recomputed.
+        let after_forward = rng.snapshot();
         let dck = ck.decoder();
         let (enc4, e4) = Segment::new(&[&v[2]], one(|t| d.encoder4.forward_t(t, true)), dck, None)?;
         let (dec5, o5) = up_block(&d.decoder5, &v[3], &e4[0], dck)?;
@@ -278,21 +336,19 @@ impl Unetr {
         let mut grads = GradStore::default();
         let g_logits = lg.get(lv.as_tensor()).map(Tensor::detach);
         drop((lg, scaled, lv));
-        // Backward, segment by segment.
-        let g = head.backward(&[g_logits], params, &mut grads)?;
-        let g = dec2.backward(&g, params, &mut grads)?;
-        let (g_o3, g_e1) = (g[0].clone(), g[1].clone());
+        // Backward, segment by segment; each gradient is moved on, so none outlives its use.
+        let g_o2 = head.backward(&[g_logits], params, &mut grads)?;
+        let [g_o3, g_e1] = pair(dec2.backward(&g_o2, params, &mut grads)?);
+        drop(g_o2);
         enc1.backward(&[g_e1], params, &mut grads)?;
-        let g = dec3.backward(&[g_o3], params, &mut grads)?;
-        let (g_o4, g_e2) = (g[0].clone(), g[1].clone());
+        let [g_o4, g_e2] = pair(dec3.backward(&[g_o3], params, &mut grads)?);
         let gv0 = enc2.backward(&[g_e2], params, &mut grads)?.remove(0);
-        let g = dec4.backward(&[g_o4], params, &mut grads)?;
-        let (g_o5, g_e3) = (g[0].clone(), g[1].clone());
+        let [g_o5, g_e3] = pair(dec4.backward(&[g_o4], params, &mut grads)?);
         let gv1 = enc3.backward(&[g_e3], params, &mut grads)?.remove(0);
-        let g = dec5.backward(&[g_o5], params, &mut grads)?;
-        let (gv3, g_e4) = (g[0].clone(), g[1].clone());
+        let [gv3, g_e4] = pair(dec5.backward(&[g_o5], params, &mut grads)?);
         let gv2 = enc4.backward(&[g_e4], params, &mut grads)?.remove(0);
-        vit.backward(&[gv0, gv1, gv2, gv3], params, &mut grads)?;
+        vit.backward([gv0, gv1, gv2, gv3], params, &mut grads)?;
+        rng.restore(&after_forward);
         Ok(StepGrads { loss, grads })
     }
 }

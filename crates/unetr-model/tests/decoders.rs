@@ -106,9 +106,11 @@ fn decoder_gradients_match_finite_differences() {
 #[test]
 fn blockwise_backward_matches_the_whole_graph() {
     use unetr_model::Checkpointing;
-    for dropout in [0.0, 0.2] {
+    // Depth 5: the last layer feeds no skip level.
+    for (dropout, depth) in [(0.0, 4), (0.2, 4), (0.2, 5)] {
         let mut c = cfg(DecoderKind::Unetr, 16, [32, 16, 16]);
         c.dropout_rate = dropout;
+        c.num_layers = depth;
         let (m, vm) = build(&c, DType::F64);
         let x = Tensor::randn(0f64, 1.0, (2, 1, 32, 16, 16), &Device::Cpu).unwrap();
         let r = Tensor::randn(0f64, 1.0, (2, 3, 32, 16, 16), &Device::Cpu).unwrap();
@@ -117,19 +119,21 @@ fn blockwise_backward_matches_the_whole_graph() {
         m.vit.reseed_dropout(7);
         let whole = (m.forward_t(&x, true).unwrap() * &r).unwrap().sum_all().unwrap();
         let gw = whole.backward().unwrap();
+        let after_forward = m.vit.dropout_rng.snapshot();
         for ck in [Checkpointing::None, Checkpointing::Vit, Checkpointing::Decoder, Checkpointing::All] {
             m.vit.reseed_dropout(7);
             let out = m
                 .forward_backward(&x, |logits| { let l = (logits * &r)?.sum_all()?; Ok((l.clone(), l)) }, &params, ck)
                 .unwrap();
+            assert_eq!(m.vit.dropout_rng.snapshot(), after_forward, "{ck:?}: the dropout generator is not where a forward leaves it");
             let (a, b) = (whole.to_scalar::<f64>().unwrap(), out.loss.to_scalar::<f64>().unwrap());
-            assert!((a - b).abs() <= 1e-9 * a.abs().max(1.0), "{ck:?} dropout {dropout}: loss {a} vs {b}");
+            assert!((a - b).abs() <= 1e-9 * a.abs().max(1.0), "{ck:?} dropout {dropout} depth {depth}: loss {a} vs {b}");
             for (name, p) in &named {
                 let (ga, gb) = (gw.get(p.as_tensor()).unwrap(), out.grads.get(p.as_tensor()).unwrap_or_else(|| panic!("{ck:?}: no gradient for {name}")));
                 let d = (ga - gb).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
                 let s = ga.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
                 let sb = gb.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
-                assert!(d <= 1e-9 * s.max(1.0), "{ck:?} dropout {dropout}: {name}: gradient differs by {d} (scale {s}, ours {sb})");
+                assert!(d <= 1e-9 * s.max(1.0), "{ck:?} dropout {dropout} depth {depth}: {name}: gradient differs by {d} (scale {s}, ours {sb})");
             }
         }
     }
