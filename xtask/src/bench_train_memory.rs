@@ -106,6 +106,11 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
+/// f32 weights, gradients and AdamW's two moments, in GB (0 without rows).
+fn floor_gb(ours: &[Row]) -> f64 {
+    ours.first().map_or(0.0, |r| 4.0 * r.param_bytes as f64 / 1e9)
+}
+
 fn median(v: &[f64]) -> f64 {
     bench_model::stats(v).1
 }
@@ -124,7 +129,7 @@ fn render(a: &Args, ours: &[Row], torch: Option<(&Row, &serde_json::Value)>) -> 
         crate::bench_ops::machine(),
         torch.map_or("skipped".to_string(), |t| format!("torch {}, MONAI {}, {} threads, `benches/model_pytorch.py`", t.1["torch"], t.1["monai"], t.1["threads"]))
     );
-    let floor = ours.first().map_or(0.0, |r| 4.0 * r.param_bytes as f64 / 1e9);
+    let floor = floor_gb(ours);
     let (t_step, t_rss) = torch.map_or((None, None), |t| (Some(median(&t.0.steps)), Some(t.0.peak_rss_gb)));
     let ratio = |x: f64, t: Option<f64>| t.map_or("-".to_string(), |t| format!("{:.2}", x / t));
     s += "| checkpointing | step s (median) | vs PyTorch | recompute cost vs none | peak RSS GB | vs PyTorch | peak live GB | live above the floor GB |\n";
@@ -166,9 +171,9 @@ fn plot(dir: &std::path::Path, ours: &[Row]) -> Result<()> {
             color: class_color(i + 1),
         })
         .collect();
-    if let Some(r) = ours.first() {
+    if !ours.is_empty() {
         let end = ours.iter().flat_map(|r| r.timeline.last()).map(|p| p.0 / 1e3).fold(0.0, f64::max);
-        let floor = 4.0 * r.param_bytes as f64 / 1e9;
+        let floor = floor_gb(ours);
         series.push(Series { name: "weights + gradients + AdamW moments".into(), points: vec![(0.0, floor), (end, floor)], color: class_color(0) });
     }
     let top = ours.iter().map(|r| r.peak_live_gb).fold(0.0, f64::max);
