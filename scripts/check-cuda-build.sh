@@ -24,4 +24,7 @@ else
   CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_OPT_LEVEL=0 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda-check} \
     cargo build --release --features cuda,nccl --workspace
 fi
+# The PTX nvcc built defines every entry point unetr-ops launches (this crate links no CUDA library, so its
+# test runs here).
+CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda-check} cargo test -q --release -p unetr-kernels --features ptx
 echo "cuda build: ok"

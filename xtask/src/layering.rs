@@ -3,8 +3,9 @@
 #[cfg(test)]
 mod tests {
     /// (crate, the crates of ours it may depend on).
-    const ALLOWED: [(&str, &[&str]); 10] = [
-        ("unetr-ops", &[]),
+    const ALLOWED: [(&str, &[&str]); 11] = [
+        ("unetr-kernels", &[]),
+        ("unetr-ops", &["unetr-kernels"]),
         ("unetr-testkit", &[]),
         ("unetr-alloc", &[]),
         ("unetr-vit", &["unetr-ops"]),

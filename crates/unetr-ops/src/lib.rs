@@ -1,7 +1,7 @@
 //! The tensor ops UNETR needs and candle 0.11 lacks, as candle ops with backward:
 //! 3D convolution and transposed convolution, instance/batch/layer norm (optionally fused with
 //! LeakyReLU), LeakyReLU, softmax, linear and multi-head attention. f32 and f64 on the CPU; with the `cuda`
-//! feature also f32, f64 and bf16 on CUDA devices (kernels compiled at run time by NVRTC); NCDHW layout.
+//! feature also f32, f64 and bf16 on CUDA devices (the kernels of unetr-kernels, built to PTX by nvcc); NCDHW layout.
 //!
 //! Every function checks ranks, shapes and dtypes first and returns a `candle_core::Error` wrapping an
 //! [`OpsError`] that names the op and the shapes, instead of panicking.
@@ -33,10 +33,6 @@ pub use norm::{
     layer_norm, RunningStats,
 };
 pub use storage::inplace_ok;
-
-/// The CUDA C source of the GPU kernels (compiled by NVRTC at run time with the `cuda` feature; available
-/// without it so that a CPU-only test can compile it to PTX).
-pub const CUDA_KERNELS: &str = include_str!("cuda/kernels.cu");
 
 /// The tensor library this crate's API is written in (so users need no separate, matching dependency).
 pub use candle_core;

@@ -1,35 +1,20 @@
-//! CUDA forward passes of the custom ops (feature `cuda`): kernels in `kernels.cu`, compiled once per
-//! process by NVRTC and loaded into candle's CUDA device. Each op's backward is expressed through ops that
-//! also run here, as on the CPU.
+//! CUDA forward passes of the custom ops (feature `cuda`): the kernels of unetr-kernels (PTX built by nvcc at
+//! build time), loaded into candle's CUDA device on first use. Each op's backward is expressed through ops
+//! that also run here, as on the CPU.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 pub use crate::conv::Kind as ConvKind;
 
 #[cfg(feature = "cudnn")]
 pub mod cudnn;
 
-pub use crate::CUDA_KERNELS as SOURCE;
-const MODULE: &str = "unetr_ops";
 const THREADS: u32 = 256;
-
-/// The PTX of [`SOURCE`], compiled on first use.
-fn ptx() -> Result<&'static str> {
-    static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    PTX.get_or_init(|| {
-        candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(SOURCE)
-            .map(|p| p.to_src())
-            .map_err(|e| format!("NVRTC could not compile unetr-ops' CUDA kernels: {e}"))
-    })
-    .as_ref()
-    .map(|s| s.as_str())
-    .map_err(|e| candle_core::Error::Msg(e.clone()))
-}
 
 /// Kernel-name suffix of a dtype.
 pub fn suffix(op: &'static str, dt: DType) -> Result<&'static str> {
@@ -41,9 +26,10 @@ pub fn suffix(op: &'static str, dt: DType) -> Result<&'static str> {
     }
 }
 
-/// The kernel `name` with the stream it runs on (candle's device stream).
+/// The kernel entry point `name` (`<kernel>_<dtype>`) with the stream it runs on (candle's device stream).
 pub fn func(dev: &CudaDevice, name: &str) -> Result<(CudaFunction, Arc<CudaStream>)> {
-    Ok(((*dev.get_or_load_custom_func(name, MODULE, ptx()?)?).clone(), dev.cuda_stream()))
+    let module = unetr_kernels::module_of(name).ok_or_else(|| candle_core::Error::Msg(format!("internal: no CUDA kernel {name} in unetr-kernels")))?;
+    Ok(((*dev.get_or_load_custom_func(name, module.name, module.ptx())?).clone(), dev.cuda_stream()))
 }
 
 fn view<'a, T: CudaDType + DeviceRepr>(op: &'static str, s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
@@ -82,7 +68,7 @@ macro_rules! with_dtype {
     };
 }
 
-/// Mirrors `Geom` in kernels.cu.
+/// Mirrors `Geom` in unetr-kernels' conv3d.cu.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Geom {
@@ -110,7 +96,7 @@ impl Geom {
 pub enum ConvBackend {
     /// cuDNN's N-d convolution (feature `cudnn`, on by default in the binaries' `cuda` builds).
     Cudnn,
-    /// Our direct kernels (`kernels.cu`): the fallback, and a second reference in `gpu-check`.
+    /// Our direct kernels (unetr-kernels' `conv3d.cu`): the fallback, and a second reference in `gpu-check`.
     Direct,
 }
 

@@ -1,6 +1,6 @@
-//! Compiles the CUDA kernels (`unetr_ops::CUDA_KERNELS`) to PTX with NVRTC on a machine without a GPU,
-//! catching syntax and type errors before a GPU is ever lent, and checks that every entry point the Rust
-//! side launches exists for every dtype.
+//! Compiles every kernel module to PTX with NVRTC on a machine without a GPU or nvcc, catching syntax and type
+//! errors before a GPU is ever lent, and checks that every entry point the Rust side launches exists for every
+//! dtype. (Builds with the `ptx` feature compile the same sources with nvcc; tests/ptx.rs checks those.)
 //!
 //! libnvrtc comes from the PyPI wheel `nvidia-cuda-nvrtc` (no GPU or driver needed). The test looks in
 //! `$UNETR_NVRTC` (the .so file), then the CUDA toolchain of ../shared/tools/cuda-toolchain.sh, then
@@ -46,32 +46,41 @@ fn cuda_kernels_compile_to_ptx_with_nvrtc() {
         let get_log: libloading::Symbol<unsafe extern "C" fn(Prog, *mut c_char) -> c_int> = lib.get(b"nvrtcGetProgramLog").unwrap();
         let ptx_size: libloading::Symbol<unsafe extern "C" fn(Prog, *mut usize) -> c_int> = lib.get(b"nvrtcGetPTXSize").unwrap();
         let get_ptx: libloading::Symbol<unsafe extern "C" fn(Prog, *mut c_char) -> c_int> = lib.get(b"nvrtcGetPTX").unwrap();
-        let src = CString::new(unetr_ops::CUDA_KERNELS).unwrap();
-        let name = CString::new("kernels.cu").unwrap();
-        // The lent GPUs are sm_90 (H100/H200); also the default architecture the run-time compile uses.
-        for arch in [None, Some("--gpu-architecture=compute_90")] {
-            let mut prog: Prog = std::ptr::null_mut();
-            assert_eq!(create(&mut prog, src.as_ptr(), name.as_ptr(), 0, std::ptr::null(), std::ptr::null()), 0);
-            let opts: Vec<CString> = arch.into_iter().map(|a| CString::new(a).unwrap()).collect();
-            let ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
-            let rc = compile(prog, ptrs.len() as c_int, ptrs.as_ptr());
-            let mut n = 0;
-            log_size(prog, &mut n);
-            let mut log = vec![0u8; n.max(1)];
-            get_log(prog, log.as_mut_ptr() as *mut c_char);
-            let log = String::from_utf8_lossy(&log).trim_end_matches('\0').to_string();
-            assert_eq!(rc, 0, "NVRTC ({arch:?}) failed:\n{log}");
-            let mut n = 0;
-            ptx_size(prog, &mut n);
-            let mut ptx = vec![0u8; n];
-            get_ptx(prog, ptx.as_mut_ptr() as *mut c_char);
-            let ptx = String::from_utf8_lossy(&ptx);
-            for k in ["conv3d_fwd", "conv3d_bwd_input", "conv3d_bwd_weight", "norm_fwd", "norm_bwd", "leaky_relu", "softmax", "attn_fwd", "attn_bwd_q", "attn_bwd_kv"] {
-                for dt in ["f32", "f64", "bf16"] {
-                    assert!(ptx.contains(&format!(".entry {k}_{dt}(")), "PTX ({arch:?}) lacks {k}_{dt}");
+        let header = (CString::new(unetr_kernels::COMMON.1).unwrap(), CString::new(unetr_kernels::COMMON.0).unwrap());
+        for module in unetr_kernels::MODULES {
+            let src = CString::new(module.source).unwrap();
+            let name = CString::new(module.file).unwrap();
+            // The lent GPUs are sm_90 (H100/H200); also NVRTC's default architecture.
+            for arch in [None, Some("--gpu-architecture=compute_90")] {
+                let mut prog: Prog = std::ptr::null_mut();
+                assert_eq!(create(&mut prog, src.as_ptr(), name.as_ptr(), 1, &header.0.as_ptr(), &header.1.as_ptr()), 0);
+                let opts: Vec<CString> = arch.into_iter().map(|a| CString::new(a).unwrap()).collect();
+                let ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
+                let rc = compile(prog, ptrs.len() as c_int, ptrs.as_ptr());
+                let mut n = 0;
+                log_size(prog, &mut n);
+                let mut log = vec![0u8; n.max(1)];
+                get_log(prog, log.as_mut_ptr() as *mut c_char);
+                let log = String::from_utf8_lossy(&log).trim_end_matches('\0').to_string();
+                assert_eq!(rc, 0, "NVRTC ({arch:?}) failed on {}:\n{log}", module.file);
+                let mut n = 0;
+                ptx_size(prog, &mut n);
+                let mut ptx = vec![0u8; n];
+                get_ptx(prog, ptx.as_mut_ptr() as *mut c_char);
+                let ptx = String::from_utf8_lossy(&ptx);
+                let entries: Vec<String> = module.entry_points().collect();
+                for e in &entries {
+                    assert!(ptx.contains(&format!(".entry {e}(")), "PTX of {} ({arch:?}) lacks {e}", module.file);
                 }
+                eprintln!(
+                    "NVRTC {} on {} ({arch:?}): {} bytes of PTX, {} entry points; warnings: {}",
+                    path.display(),
+                    module.file,
+                    ptx.len(),
+                    entries.len(),
+                    if log.is_empty() { "none" } else { &log }
+                );
             }
-            eprintln!("NVRTC {} ({arch:?}): {} bytes of PTX, 30 entry points; warnings: {}", path.display(), ptx.len(), if log.is_empty() { "none" } else { &log });
         }
     }
 }
