@@ -2,9 +2,11 @@
 """PyTorch + MONAI side of `cargo xtask bench`: UNETR forward (or training step: forward + DiceCE + backward +
 AdamW) latency and peak memory, in its own process.
 
-Usage: model_pytorch.py --size D,H,W --repeats N [--in-channels 1 --out-channels 14 --feature-size 16]
+Usage: model_pytorch.py --size D,H,W --repeats N [--in-channels 1 --out-channels 14 --feature-size 16] [--device cuda:N]
 Prints one JSON line: {"forward_s": [...] (seconds per forward or per training step), "peak_rss_kb": ..., "torch": ..., "monai": ..., "threads": ...,
-"ops": torch.profiler's self CPU time per op for one pass (profile: a forward; train: a training step), "ops_wall_s": that pass's wall time}.
+"ops": torch.profiler's self CPU time per op for one pass (profile: a forward; train: a training step), "ops_wall_s": that pass's wall time,
+"peak_device_bytes": torch.cuda.max_memory_allocated() on a CUDA device, else 0}.
+On a CUDA device every timed pass ends with torch.cuda.synchronize(), and the CPU profiles are skipped.
 """
 import argparse
 import json
@@ -21,7 +23,16 @@ ap.add_argument("--in-channels", type=int, default=1)
 ap.add_argument("--out-channels", type=int, default=14)
 ap.add_argument("--feature-size", type=int, default=16)
 ap.add_argument("--mode", choices=["forward", "train", "profile", "sliding"], default="forward")
+ap.add_argument("--device", default="cpu")
 args = ap.parse_args()
+dev = torch.device(args.device)
+if dev.type == "cuda" and args.mode == "profile":
+    raise SystemExit("the per-module and per-op profile measures the CPU only")
+
+
+def sync():
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 torch.set_num_threads(int(os.environ.get("RAYON_NUM_THREADS", os.cpu_count() or 1)))
 import monai  # noqa: E402
@@ -29,15 +40,17 @@ from monai.networks.nets import UNETR  # noqa: E402
 
 size = [int(s) for s in args.size.split(",")]
 net = UNETR(in_channels=args.in_channels, out_channels=args.out_channels, img_size=size,
-            feature_size=args.feature_size).eval()
-x = torch.randn(1, args.in_channels, *size)
+            feature_size=args.feature_size).eval().to(dev)
+x = torch.randn(1, args.in_channels, *size, device=dev)
 times = []
 if args.mode == "forward":
     with torch.inference_mode():
         net(x)  # warm-up
+        sync()
         for _ in range(args.repeats):
             t = time.perf_counter()
             net(x)
+            sync()
             times.append(time.perf_counter() - t)
 elif args.mode == "profile":
     # Wall time per top-level module (forward hooks), median over the repeats.
@@ -59,15 +72,16 @@ elif args.mode == "profile":
     modules = {n: sorted(v)[len(v) // 2] for n, v in acc.items()}
 elif args.mode == "sliding":
     from monai.inferers import sliding_window_inference
-    big = torch.randn(1, args.in_channels, 256, 256, 160)
+    big = torch.randn(1, args.in_channels, 256, 256, 160, device=dev)
     with torch.inference_mode():
         t = time.perf_counter()
         sliding_window_inference(big, size, 4, net, overlap=0.5, mode="gaussian")
+        sync()
         times.append(time.perf_counter() - t)
 else:
     from monai.losses import DiceCELoss
     net.train()
-    y = torch.randint(0, args.out_channels, (1, 1, *size)).float()
+    y = torch.randint(0, args.out_channels, (1, 1, *size), device=dev).float()
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, smooth_nr=0.0, smooth_dr=1e-6)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-5)
 
@@ -75,6 +89,7 @@ else:
         opt.zero_grad(set_to_none=True)
         loss_fn(net(x), y).backward()
         opt.step()
+        sync()
 
     step()  # warm-up
     for _ in range(args.repeats):
@@ -98,7 +113,7 @@ ops, ops_wall_s, ops_self_total_s = [], 0.0, 0.0
 if args.mode == "profile":
     with torch.inference_mode():
         ops, ops_wall_s, ops_self_total_s = op_table(lambda: net(x))
-elif args.mode == "train":
+elif args.mode == "train" and dev.type == "cpu":
     ops, ops_wall_s, ops_self_total_s = op_table(step)
 
 print(json.dumps({
@@ -106,5 +121,6 @@ print(json.dumps({
     "forward_s": times,
     "modules": locals().get("modules", {}),
     "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    "peak_device_bytes": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0,
     "torch": torch.__version__, "monai": monai.__version__, "threads": torch.get_num_threads(),
 }))

@@ -1,8 +1,9 @@
-//! `cargo xtask bench`: UNETR's parameters and FLOPs against the paper, and CPU forward latency and
-//! peak memory against PyTorch + MONAI in the same run, each side in its own process.
+//! `cargo xtask bench`: UNETR's parameters and FLOPs against the paper, and forward / training-step latency
+//! and peak memory against PyTorch + MONAI in the same run, each side in its own process, on the CPU or a
+//! CUDA device (`--device`: then the peak is device memory, as `torch.cuda.max_memory_allocated`).
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use std::process::Command;
 use std::time::Instant;
@@ -51,12 +52,28 @@ pub struct Args {
     /// Training step: activation checkpointing (none, vit, decoder, all).
     #[arg(long, default_value = "none")]
     checkpointing: String,
+    /// Where both sides run: cpu, cuda or cuda:N (CUDA needs `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 impl Args {
     /// Whether this (measuring) process times training steps.
     pub fn is_train(&self) -> bool {
         self.mode == "train"
+    }
+
+    fn on_cpu(&self) -> bool {
+        self.device.trim() == "cpu"
+    }
+
+    /// The device name, refused before anything runs when malformed or when this build has no CUDA.
+    pub fn check_device(&self) -> Result<()> {
+        unetr_infer::device::check_device_name(&self.device)?;
+        if !self.on_cpu() && !cfg!(feature = "cuda") {
+            bail!("--device {}: this build has no CUDA support (cargo run --release -p xtask --features cuda -- bench ...; see docs/cuda.md)", self.device);
+        }
+        Ok(())
     }
 }
 
@@ -90,6 +107,10 @@ pub struct Measured {
     /// Bytes of the trainable parameters (f32), so the floor of a step is four times this.
     #[serde(default)]
     pub param_bytes: u64,
+    /// On a CUDA device: the most device memory tensors held at once (ours: the memory pool's high-water
+    /// mark; PyTorch: `torch.cuda.max_memory_allocated`).
+    #[serde(default)]
+    pub peak_device_bytes: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -185,7 +206,10 @@ fn peak_rss_kb() -> u64 {
 /// The measuring process (`xtask bench-child`): forward passes of a randomly initialised model.
 pub fn child(a: Args) -> Result<()> {
     let cfg = config(&a)?;
-    let dev = Device::Cpu;
+    let dev = unetr_infer::device::parse_device(&a.device)?;
+    if !dev.is_cpu() && matches!(a.mode.as_str(), "profile") {
+        bail!("the per-module and per-op profile measures the CPU only");
+    }
     let [d, h, ww] = cfg.img_size;
     let x = Tensor::randn(0f32, 1.0, (1, cfg.in_channels, d, h, ww), &dev)?.to_dtype(DType::F32)?;
     let mut forward_s = Vec::new();
@@ -238,6 +262,7 @@ pub fn child(a: Args) -> Result<()> {
         drop(sliding_window_inference(&big, &sw, |b| {
             model.forward_t(b, false).map_err(candle_core::Error::wrap)
         })?);
+        dev.synchronize()?;
         forward_s.push(t.elapsed().as_secs_f64());
     } else if a.mode == "train" {
         // The trainer's step: forward + DiceCE (research settings) + block-wise backward + AdamW (lr 1e-4,
@@ -254,7 +279,7 @@ pub fn child(a: Args) -> Result<()> {
         let comm = unetr_train::distributed::SingleProcess;
         let mut step = || -> Result<()> {
             ts.run(&w.model, [Ok((x.clone(), y.clone()))], 1e-4, &comm)?;
-            Ok(())
+            Ok(dev.synchronize()?)
         };
         step()?; // warm-up
         for _ in 0..a.repeats.max(1) {
@@ -262,14 +287,19 @@ pub fn child(a: Args) -> Result<()> {
             step()?;
             forward_s.push(t.elapsed().as_secs_f64());
         }
-        (ops, ops_wall_s) = profiled(&mut step)?;
-        memory_timeline = live_timeline(&mut step)?;
+        // Host-side tools: our op profiler times CPU kernels, the timeline samples the host heap.
+        if dev.is_cpu() {
+            (ops, ops_wall_s) = profiled(&mut step)?;
+            memory_timeline = live_timeline(&mut step)?;
+        }
     } else {
         let model = UnetrWeights::init(&cfg, &dev)?.inference_model()?;
         drop(model.forward_t(&x, false)?); // warm-up
+        dev.synchronize()?;
         for _ in 0..a.repeats.max(1) {
             let t = Instant::now();
             drop(model.forward_t(&x, false)?);
+            dev.synchronize()?;
             forward_s.push(t.elapsed().as_secs_f64());
         }
     }
@@ -286,6 +316,7 @@ pub fn child(a: Args) -> Result<()> {
             ops_self_total_s: 0.0,
             memory_timeline,
             param_bytes,
+            peak_device_bytes: unetr_ops::device_memory::peak_bytes(&dev)?.unwrap_or(0),
         })?
     );
     Ok(())
@@ -317,7 +348,7 @@ pub(crate) fn measure(
     eprintln!("measuring ours ({mode}, {size}) ...");
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe);
-    child.args(["bench-child", "--config", &a.config, "--size", &size, "--repeats", &a.repeats.to_string(), "--mode", mode, "--checkpointing", &a.checkpointing]);
+    child.args(["bench-child", "--config", &a.config, "--size", &size, "--repeats", &a.repeats.to_string(), "--mode", mode, "--checkpointing", &a.checkpointing, "--device", &a.device]);
     if let Some(d) = &a.decoder {
         child.args(["--decoder", d]);
     }
@@ -359,6 +390,8 @@ pub(crate) fn measure(
         cfg.feature_size.to_string(),
         "--mode".into(),
         mode.to_string(),
+        "--device".into(),
+        a.device.clone(),
     ];
     let out = Command::new(py).arg(script).args(&args).output()?;
     if !out.status.success() {
@@ -395,6 +428,7 @@ fn measure_rounds(a: &Args, cfg: &UnetrConfig) -> Result<(Side, Vec<f64>)> {
                         merge(&mut t, t2);
                         v["forward_s"] = serde_json::json!(t.forward_s);
                         v["peak_rss_kb"] = serde_json::json!(t.peak_rss_kb);
+                        v["peak_device_bytes"] = serde_json::json!(t.peak_device_bytes);
                         Some((t, v))
                     }
                     (t, _) => t,
@@ -411,9 +445,11 @@ fn merge(into: &mut Measured, m: Measured) {
     into.forward_s.extend(m.forward_s);
     into.peak_rss_kb = into.peak_rss_kb.max(m.peak_rss_kb);
     into.peak_live_kb = into.peak_live_kb.max(m.peak_live_kb);
+    into.peak_device_bytes = into.peak_device_bytes.max(m.peak_device_bytes);
 }
 
 pub fn run(a: Args) -> Result<()> {
+    a.check_device()?;
     let cfg = config(&a)?;
     let (fwd, round_ratios) = measure_rounds(&a, &cfg)?;
     let train = if a.no_train {
@@ -421,7 +457,7 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         Some(measure(&a, &cfg, "train")?)
     };
-    let prof = measure(&a, &cfg, "profile")?;
+    let prof = if a.on_cpu() { Some(measure(&a, &cfg, "profile")?) } else { None };
     let sliding = if a.sliding {
         Some(measure(
             &Args {
@@ -435,8 +471,13 @@ pub fn run(a: Args) -> Result<()> {
         None
     };
     let mut report = render(&a, &cfg, &fwd, &round_ratios, train.as_ref());
-    report += &render_profile(&prof, sliding.as_ref(), &cfg);
-    report += &render_ops("forward", &prof);
+    if let Some(prof) = &prof {
+        report += &render_profile(prof, &cfg);
+        report += &render_ops("forward", prof);
+    }
+    if let Some(sl) = &sliding {
+        report += &render_sliding(sl, &cfg);
+    }
     if let Some(t) = &train {
         report += &render_ops("training step", t);
     }
@@ -446,14 +487,15 @@ pub fn run(a: Args) -> Result<()> {
             "config": a.config, "size": cfg.img_size, "params": count_params(&cfg), "macs": count_macs(&cfg),
             "forward": {"ours": fwd.0, "pytorch": fwd.1.as_ref().map(|t| &t.1)},
             "train_step": train.as_ref().map(|t| serde_json::json!({"ours": t.0, "pytorch": t.1.as_ref().map(|t| &t.1)})),
-            "profile": {"ours": prof.0, "pytorch": prof.1.as_ref().map(|t| &t.1)},
+            "device": a.device,
+            "profile": prof.as_ref().map(|p| serde_json::json!({"ours": p.0, "pytorch": p.1.as_ref().map(|t| &t.1)})),
             "sliding": sliding.as_ref().map(|t| serde_json::json!({"ours": t.0, "pytorch": t.1.as_ref().map(|t| &t.1)})),
             "machine": crate::bench_ops::machine(),
         });
         std::fs::write(p, serde_json::to_string_pretty(&j)?)?;
     }
     if a.write_docs {
-        crate::docs::replace_section("model", &report)?;
+        crate::docs::replace_section(if a.on_cpu() { "model" } else { "model-cuda" }, &report)?;
     }
     Ok(())
 }
@@ -512,7 +554,7 @@ fn render_ops(what: &str, p: &Side) -> String {
 }
 
 /// Where the forward time goes, module by module, and the sliding-window figure.
-fn render_profile(p: &Side, sliding: Option<&Side>, cfg: &UnetrConfig) -> String {
+fn render_profile(p: &Side, cfg: &UnetrConfig) -> String {
     let (o, t) = (&p.0, p.1.as_ref().map(|t| &t.0));
     let costs = layer_costs(cfg);
     let mut s = String::from("\n| module (forward) | GMACs | ours ms | PyTorch ms | ratio | ours GFLOP/s |\n|---|---:|---:|---:|---:|---:|\n");
@@ -544,19 +586,26 @@ fn render_profile(p: &Side, sliding: Option<&Side>, cfg: &UnetrConfig) -> String
         total / med,
         100.0 * total / med / o.gemm_gflops
     );
-    if let Some((so, st)) = sliding {
-        let ours = so.forward_s[0];
-        let theirs = st.as_ref().map(|t| t.0.forward_s[0]);
-        s += &format!(
-            "\nSliding-window inference, 256x256x160 volume, roi {:?}, overlap 0.5, sw_batch 4, gaussian: ours {ours:.1} s, PyTorch + MONAI {} (ratio {}); peak RSS ours {:.2} GB{}.\n",
-            cfg.img_size,
-            theirs.map_or("-".into(), |v| format!("{v:.1} s")),
-            theirs.map_or("-".into(), |v| format!("{:.2}", ours / v)),
-            so.peak_rss_kb as f64 / 1e6,
-            st.as_ref().map_or(String::new(), |t| format!(", PyTorch {:.2} GB", t.0.peak_rss_kb as f64 / 1e6))
-        );
-    }
     s
+}
+
+/// The sliding-window figure (peak RSS on the CPU, peak device memory on a GPU).
+fn render_sliding((so, st): &Side, cfg: &UnetrConfig) -> String {
+    let ours = so.forward_s[0];
+    let theirs = st.as_ref().map(|t| t.0.forward_s[0]);
+    let (what, mem): (&str, fn(&Measured) -> f64) = if so.peak_device_bytes > 0 {
+        ("peak device memory", |m| m.peak_device_bytes as f64 / 1e9)
+    } else {
+        ("peak RSS", |m| m.peak_rss_kb as f64 / 1e6)
+    };
+    format!(
+        "\nSliding-window inference, 256x256x160 volume, roi {:?}, overlap 0.5, sw_batch 4, gaussian: ours {ours:.1} s, PyTorch + MONAI {} (ratio {}); {what} ours {:.2} GB{}.\n",
+        cfg.img_size,
+        theirs.map_or("-".into(), |v| format!("{v:.1} s")),
+        theirs.map_or("-".into(), |v| format!("{:.2}", ours / v)),
+        mem(so),
+        st.as_ref().map_or(String::new(), |t| format!(", PyTorch {:.2} GB", mem(&t.0)))
+    )
 }
 
 fn render(a: &Args, cfg: &UnetrConfig, fwd: &Side, round_ratios: &[f64], train: Option<&Side>) -> String {
@@ -572,10 +621,11 @@ fn render(a: &Args, cfg: &UnetrConfig, fwd: &Side, round_ratios: &[f64], train: 
     let mut s = String::new();
     let size = cfg.img_size.map(|v| v.to_string()).join(",");
     s += &format!(
-        "Command: `cargo xtask bench --config {} --size {size} --repeats {} --rounds {}{}{}`  \nMachine: {}  \nPyTorch: {}\n\n",
+        "Command: `cargo xtask bench --config {} --size {size} --repeats {} --rounds {}{}{}{}`  \nMachine: {}  \nPyTorch: {}\n\n",
         a.config,
         a.repeats,
         a.rounds,
+        if a.on_cpu() { String::new() } else { format!(" --device {}", a.device) },
         if a.sliding { " --sliding" } else { "" },
         a.json.as_ref().map_or(String::new(), |p| format!(" --json {}", p.display())),
         crate::bench_ops::machine(),
@@ -645,6 +695,7 @@ fn render(a: &Args, cfg: &UnetrConfig, fwd: &Side, round_ratios: &[f64], train: 
         cell(tm, &|v| format!("{v:.2}")),
         ratio(om, tm)
     );
+    s += &device_memory_row("inference", ours, torch.map(|t| &t.0), &cell, &ratio);
     if let Some((o, tr)) = train {
         let (omin, omed) = stats(&o.forward_s);
         let t = tr
@@ -666,7 +717,44 @@ fn render(a: &Args, cfg: &UnetrConfig, fwd: &Side, round_ratios: &[f64], train: 
             cell(tm, &|v| format!("{v:.2}")),
             ratio(om, tm)
         );
+        s += &device_memory_row("training", o, tr.as_ref().map(|t| &t.0), &cell, &ratio);
         s += "\nTraining step: forward + DiceCE (squared_pred, smooth_dr 1e-6) + backward + AdamW (lr 1e-4, wd 1e-5), batch 1.\n";
     }
     s
+}
+
+/// The peak-device-memory row of a GPU run (empty on the CPU).
+fn device_memory_row(what: &str, ours: &Measured, torch: Option<&Measured>, cell: &dyn Fn(Option<f64>, &dyn Fn(f64) -> String) -> String, ratio: &dyn Fn(f64, Option<f64>) -> String) -> String {
+    if ours.peak_device_bytes == 0 {
+        return String::new();
+    }
+    let (om, tm) = (ours.peak_device_bytes as f64 / 1e9, torch.map(|t| t.peak_device_bytes as f64 / 1e9));
+    format!("| peak device memory, {what} (GB) | {om:.2} | {} | {} |\n", cell(tm, &|v| format!("{v:.2}")), ratio(om, tm))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Args;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: Args,
+    }
+
+    #[test]
+    fn device_names_are_checked_before_anything_runs() {
+        let a = |d: &str| Cli::parse_from(["bench", "--device", d]).a;
+        assert!(a("cpu").check_device().is_ok());
+        let e = a("gpu0").check_device().unwrap_err().to_string();
+        assert!(e.contains("gpu0") && e.contains("cuda:N"), "{e}");
+        let e = a("cuda:1").check_device();
+        if cfg!(feature = "cuda") {
+            assert!(e.is_ok());
+        } else {
+            let e = e.unwrap_err().to_string();
+            assert!(e.contains("--device cuda:1") && e.contains("no CUDA support"), "{e}");
+        }
+    }
 }

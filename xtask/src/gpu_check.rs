@@ -135,9 +135,15 @@ fn nccl_one_rank(dev: &Device, out: &std::path::Path) -> Result<String> {
     comm.all_reduce_sum(&mut buf)?;
     comm.barrier()?;
     if buf != want {
-        bail!("NCCL all-reduce over one rank changed the buffer");
+        bail!("NCCL all-reduce over one rank changed the host buffer");
     }
-    Ok("ok: 2^20 floats all-reduced, unchanged".into())
+    // The gradients' path: a bucket reduced in device memory.
+    let t = Tensor::from_slice(&want, want.len(), dev)?;
+    let got = comm.all_reduce_sum_tensor(&t)?.to_vec1::<f32>()?;
+    if got != want {
+        bail!("NCCL all-reduce over one rank changed the device buffer");
+    }
+    Ok("ok: 2^20 floats all-reduced from host and from device memory, unchanged".into())
 }
 
 #[cfg(not(feature = "nccl"))]
@@ -245,7 +251,8 @@ pub fn run(a: Args) -> Result<()> {
     let agreement = infer_agreement(&tcfg.output.dir, &dev)?;
     let infer_ok = agreement >= 0.999;
     let nccl = nccl_one_rank(&dev, &a.out)?;
-    // Benchmarks.
+    // Benchmarks, with the device memory they need at most (the model and optimizer state included).
+    unetr_ops::device_memory::reset_peak(&dev)?;
     let fwd_ms = median_ms(&dev, a.repeats, || Ok(drop(w_dev.model.forward_t(&xd, false)?)))?;
     let xb = xd.to_dtype(bf)?;
     let fwd_bf16_ms = median_ms(&dev, a.repeats, || Ok(drop(w_dev.model.forward_t(&xb, false)?)))?;
@@ -261,6 +268,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let fused_ms = median_ms(&dev, a.repeats, || attn(true))?;
     let unfused_ms = median_ms(&dev, a.repeats, || attn(false))?;
+    let peak_gb = unetr_ops::device_memory::peak_bytes(&dev)?.map(|b| b as f64 / 1e9);
     // Report.
     let failed: Vec<&Check> = checks.iter().filter(|c| !(c.err <= c.tol)).collect();
     let mut r = format!(
@@ -287,8 +295,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     r += "\n";
     r += &format!(
-        "| benchmark (median of {}) | ms |\n|---|---:|\n| UNETR forward {:?}, f32 | {:.2} |\n| UNETR forward, bf16 compute, f32 weights | {:.2} |\n| training step (forward + DiceCE + backward + AdamW), f32 | {:.2} |\n| training step, bf16 mixed precision | {:.2} |\n| attention fwd+bwd, fused, [1, 12, {attn_l}, 64] | {:.3} |\n| attention fwd+bwd, unfused (matmul + softmax + matmul) | {:.3} |\n",
-        a.repeats, size, fwd_ms, fwd_bf16_ms, step_ms, step_bf16_ms, fused_ms, unfused_ms
+        "| benchmark (median of {}) | ms |\n|---|---:|\n| UNETR forward {:?}, f32 | {:.2} |\n| UNETR forward, bf16 compute, f32 weights | {:.2} |\n| training step (forward + DiceCE + backward + AdamW), f32 | {:.2} |\n| training step, bf16 mixed precision | {:.2} |\n| attention fwd+bwd, fused, [1, 12, {attn_l}, 64] | {:.3} |\n| attention fwd+bwd, unfused (matmul + softmax + matmul) | {:.3} |\n\nPeak device memory over these benchmarks (the memory pool's high-water mark, as `torch.cuda.max_memory_allocated`): {}\n",
+        a.repeats, size, fwd_ms, fwd_bf16_ms, step_ms, step_bf16_ms, fused_ms, unfused_ms,
+        peak_gb.map_or("n/a on the CPU".to_string(), |g| format!("{g:.2} GB"))
     );
     // Relative to the working directory: on a GPU machine the binary runs outside the tree it was built in.
     let out = a.out.clone();
@@ -298,7 +307,7 @@ pub fn run(a: Args) -> Result<()> {
         "device": if dev.is_cpu() { "cpu".to_string() } else { format!("{:?}", dev.location()) },
         "checks": checks.iter().map(|c| serde_json::json!({"name": c.name, "dtype": format!("{:?}", c.dtype), "err": c.err, "tol": c.tol})).collect::<Vec<_>>(),
         "losses": losses, "trainer_losses": ts.losses, "trainer_dice": ts.final_dice, "forward_ms": fwd_ms, "forward_bf16_ms": fwd_bf16_ms, "train_step_ms": step_ms, "train_step_bf16_ms": step_bf16_ms, "attention_fused_ms": fused_ms, "attention_unfused_ms": unfused_ms,
-        "infer_agreement": agreement, "nccl": nccl,
+        "infer_agreement": agreement, "nccl": nccl, "peak_device_gb": peak_gb,
         "conv_ms": conv_ms.iter().map(|(b, c, f, fb)| serde_json::json!({"backend": b, "size": c, "forward": f, "forward_backward": fb})).collect::<Vec<_>>(),
     });
     std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&j)?)?;

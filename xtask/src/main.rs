@@ -87,8 +87,14 @@ enum BenchCmd {
     TrainMemory(bench_train_memory::Args),
 }
 
+/// The checkout xtask was built in; a binary carried to another machine (the GPU run) uses the working
+/// directory instead, which its script sets to the repository root.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the repo").to_path_buf()
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the repo").to_path_buf();
+    if built.join("benches").is_dir() {
+        return built;
+    }
+    std::env::current_dir().unwrap_or(built)
 }
 
 impl Cmd {

@@ -12,6 +12,7 @@ pub mod autograd;
 pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod device_memory;
 pub mod dtype;
 pub mod error;
 pub mod kernels;

@@ -13,6 +13,7 @@ pub use crate::conv::Kind as ConvKind;
 
 #[cfg(feature = "cudnn")]
 pub mod cudnn;
+pub mod memory;
 
 const THREADS: u32 = 256;
 

@@ -25,6 +25,13 @@ pub trait Communicator: Send + Sync {
     fn world_size(&self) -> usize;
     /// Element-wise sum over the ranks, in place (every rank receives the sum).
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()>;
+    /// Element-wise sum over the ranks of an f32 tensor, returned on its device. By default it travels
+    /// through host memory; a communicator that reduces device buffers where they lie overrides this.
+    fn all_reduce_sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
+        let mut buf = t.flatten_all()?.to_vec1::<f32>()?;
+        self.all_reduce_sum(&mut buf)?;
+        Ok(Tensor::from_vec(buf, t.shape(), t.device())?)
+    }
     /// Waits until every rank arrived.
     fn barrier(&self) -> Result<()>;
     /// Makes the other ranks' pending and future calls fail (called by a rank that gives up).
@@ -61,8 +68,8 @@ impl Communicator for SingleProcess {
 pub const BUCKET: usize = 1 << 22;
 
 /// Averages summed gradients over the ranks: each parameter's gradient (zeros where a rank has none) is
-/// packed, in `vars` order, into flat f32 buckets, summed across ranks, divided by the world size and put
-/// back.
+/// packed, in `vars` order, into flat f32 buckets on the parameters' device, summed across ranks (on the
+/// device with NCCL), divided by the world size and put back.
 pub fn all_reduce_gradients(comm: &dyn Communicator, grads: &mut GradStore, vars: &[(String, Var)]) -> Result<()> {
     let w = comm.world_size();
     if w == 1 {
@@ -70,33 +77,37 @@ pub fn all_reduce_gradients(comm: &dyn Communicator, grads: &mut GradStore, vars
     }
     let mut start = 0;
     while start < vars.len() {
-        // One bucket: whole tensors until the bucket is full (a larger tensor goes alone).
-        let mut end = start;
-        let mut len = 0;
-        while end < vars.len() && (end == start || len + vars[end].1.elem_count() <= BUCKET) {
-            len += vars[end].1.elem_count();
-            end += 1;
-        }
-        let mut buf = Vec::with_capacity(len);
-        for (_, v) in &vars[start..end] {
-            match grads.get(v.as_tensor()) {
-                Some(g) => buf.extend(g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
-                None => buf.extend(std::iter::repeat_n(0f32, v.elem_count())),
-            }
-        }
-        comm.all_reduce_sum(&mut buf)?;
-        let scale = 1.0 / w as f32;
+        let end = bucket_end(vars, start);
+        let bucket = Tensor::cat(&vars[start..end].iter().map(|(_, v)| flat_gradient(grads, v)).collect::<Result<Vec<_>>>()?, 0)?;
+        let mean = comm.all_reduce_sum_tensor(&bucket)?.affine(1.0 / w as f64, 0.0)?;
+        drop(bucket);
         let mut off = 0;
         for (_, v) in &vars[start..end] {
             let n = v.elem_count();
-            let g: Vec<f32> = buf[off..off + n].iter().map(|x| x * scale).collect();
-            let t = Tensor::from_vec(g, v.shape(), v.device())?.to_dtype(v.dtype())?;
-            grads.insert(v.as_tensor(), t);
+            grads.insert(v.as_tensor(), mean.narrow(0, off, n)?.reshape(v.shape())?.to_dtype(v.dtype())?);
             off += n;
         }
         start = end;
     }
     Ok(())
+}
+
+/// One bucket from `start`: whole tensors until it holds [`BUCKET`] floats (a larger tensor goes alone).
+fn bucket_end(vars: &[(String, Var)], start: usize) -> usize {
+    let (mut end, mut len) = (start, 0);
+    while end < vars.len() && (end == start || len + vars[end].1.elem_count() <= BUCKET) {
+        len += vars[end].1.elem_count();
+        end += 1;
+    }
+    end
+}
+
+/// A parameter's gradient as a flat f32 vector on its device, zeros where this rank has none.
+fn flat_gradient(grads: &GradStore, v: &Var) -> Result<Tensor> {
+    Ok(match grads.get(v.as_tensor()) {
+        Some(g) => g.to_dtype(DType::F32)?.flatten_all()?,
+        None => Tensor::zeros(v.elem_count(), DType::F32, v.device())?,
+    })
 }
 
 /// The mean of a value over the ranks.

@@ -1,14 +1,15 @@
 //! The NCCL group for multi-GPU runs (feature `nccl`): one process per GPU, started by torchrun, Slurm or
 //! mpirun (`launch`); rank 0 creates NCCL's unique id and hands it to the others through the rendezvous
 //! (TCP at MASTER_ADDR:MASTER_PORT+1, since the launcher's own store holds MASTER_PORT, or a file in a
-//! shared folder). Gradients are staged through host memory for the all-reduce (correct on any device;
-//! a device-resident bucket would save the copies).
+//! shared folder). Gradient buckets are all-reduced where they lie, in device memory, on candle's stream
+//! (so the reduction is ordered after the backward that wrote them and before the update that reads them).
 
 use super::launch::Launch;
 use super::rendezvous;
 use super::Communicator;
 use crate::error::{Result, TrainError};
 use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, Layout, Shape, Tensor};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -109,6 +110,13 @@ impl Communicator for NcclComm {
         stream.synchronize().map_err(|e| nerr("synchronize", e))?;
         Ok(())
     }
+    fn all_reduce_sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
+        if !t.device().is_cuda() || t.dtype() != candle_core::DType::F32 {
+            return Err(TrainError::Config(format!("NCCL all-reduce: an f32 tensor on this rank's GPU, got {:?} on {:?}", t.dtype(), t.device())));
+        }
+        let comm = self.comm.lock().map_err(|_| TrainError::Config("NCCL communicator poisoned".into()))?;
+        Ok(t.contiguous()?.apply_op1_no_bwd(&AllReduceSum(&comm))?)
+    }
     fn barrier(&self) -> Result<()> {
         self.all_reduce_sum(&mut [0.0])
     }
@@ -119,5 +127,28 @@ impl Communicator for NcclComm {
     }
     fn timeout(&self) -> Duration {
         self.timeout
+    }
+}
+
+/// The NCCL sum of a device tensor into a new device buffer, as a candle op (so the result is a tensor on
+/// the same device and stream).
+struct AllReduceSum<'a>(&'a Comm);
+
+impl CustomOp1 for AllReduceSum<'_> {
+    fn name(&self) -> &'static str {
+        "nccl-all-reduce-sum"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("NCCL all-reduce: the tensor is on the CPU, not on this rank's GPU")
+    }
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("NCCL all-reduce: non-contiguous tensor".into()))?;
+        let src = s.as_cuda_slice::<f32>()?.slice(a..b);
+        let dev = s.device().clone();
+        // SAFETY: NCCL writes every element of the receive buffer.
+        let mut out = unsafe { dev.alloc::<f32>(b - a)? };
+        self.0.all_reduce(&src, &mut out, &ReduceOp::Sum).map_err(|e| candle_core::Error::Msg(format!("NCCL all-reduce: {e:?}")))?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), l.shape().clone()))
     }
 }
