@@ -7,7 +7,8 @@
 //! [`Pooled`] takes the middle road for blocks of at least [`LARGE`] bytes (or a higher threshold, see
 //! [`Pooling`]: splitting and moving pages costs system calls that small blocks do not repay when many sizes
 //! come and go, as in training on small crops): they are mapped directly and,
-//! when freed, kept in a pool for reuse (same size first, else a slightly larger block shrunk with
+//! when freed, kept in a pool for reuse (blocks under 8 MB rounded up to one of eight size classes per power
+//! of two, so that sizes meet exactly; same size first, else a slightly larger block shrunk with
 //! `mremap`, else, when a new block would not fit under the bound, the pooled block closest in size
 //! resized), and the pool is trimmed, oldest first, so that live plus pooled bytes never exceed the
 //! highest live total so far. The resident heap thus stays at the live peak, and a steady state
@@ -142,6 +143,21 @@ impl<A> Pooled<A> {
 
 fn pages(n: usize) -> usize {
     n.div_ceil(PAGE) * PAGE
+}
+
+/// Blocks below this are rounded up to a size class, so that the many sizes a run on small crops frees
+/// and asks for again meet exactly instead of being split and joined with system calls.
+const CLASSED: usize = 8 << 20;
+
+/// The bytes a pooled block of `n` requested bytes spans: whole pages; below [`CLASSED`], the next of
+/// eight size classes per power of two (at most an eighth more; the pages beyond the request are mapped
+/// but stay untouched, so not resident).
+fn block(n: usize) -> usize {
+    if n >= CLASSED {
+        return pages(n);
+    }
+    let step = (n.next_power_of_two() / 16).max(PAGE);
+    pages(n.div_ceil(step) * step)
 }
 
 #[cfg(target_os = "linux")]
@@ -297,7 +313,7 @@ impl Pool {
 
 impl<A: GlobalAlloc> Pooled<A> {
     unsafe fn large(&self, l: Layout, zero: bool) -> *mut u8 {
-        let n = pages(l.size());
+        let n = block(l.size());
         let Ok(mut pool) = self.pool.lock() else {
             return std::ptr::null_mut();
         };
@@ -342,7 +358,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Pooled<A> {
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         if self.is_large(&l) {
-            let n = pages(l.size());
+            let n = block(l.size());
             self.live.fetch_sub(n, Relaxed);
             match self.pool.lock() {
                 Ok(mut pool) => pool.put(p as usize, n),
@@ -357,7 +373,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Pooled<A> {
         let nl = Layout::from_size_align_unchecked(new, l.align());
         match (self.is_large(&l), self.is_large(&nl)) {
             (true, true) => {
-                let (old, n) = (pages(l.size()), pages(new));
+                let (old, n) = (block(l.size()), block(new));
                 let q = map::resize(p as usize, old, n);
                 if !q.is_null() {
                     self.live.fetch_sub(old, Relaxed);
@@ -546,6 +562,28 @@ mod tests {
             std::ptr::write_bytes(s, 5, 9 << 20);
             a.dealloc(r, l(6 << 20));
             a.dealloc(s, l(9 << 20));
+            assert_eq!(a.live(), 0);
+        }
+    }
+
+    /// Below CLASSED, nearby sizes share a size class (at most an eighth above the request, whole pages), so
+    /// a block freed at one size serves the next request of a similar size without splitting or mapping.
+    #[test]
+    fn nearby_sizes_share_a_size_class() {
+        for n in [LARGE, LARGE + 1, 1_000_000, 3 << 20, (3 << 20) + 12345, CLASSED - 1] {
+            let b = block(n);
+            assert!(b >= n && b % PAGE == 0 && (b - n) * 8 <= n + 8 * PAGE, "{n} -> {b}");
+        }
+        assert_eq!(block(CLASSED + 1), pages(CLASSED + 1));
+        let a = Pooled::new(System);
+        unsafe {
+            let p = a.alloc(l(3_100_000));
+            a.dealloc(p, l(3_100_000));
+            let f = a.fresh();
+            let q = a.alloc_zeroed(l(3_140_000));
+            assert_eq!((q, a.fresh(), a.pooled()), (p, f, 0));
+            assert!(std::slice::from_raw_parts(q, 3_140_000).iter().all(|&b| b == 0));
+            a.dealloc(q, l(3_140_000));
             assert_eq!(a.live(), 0);
         }
     }

@@ -5,9 +5,10 @@
 //! purging is off (resident memory then ends well above what was ever live) and pays glibc's price when it
 //! is on. Large blocks (activations, weights, gradients) are therefore pooled by `unetr_alloc` with a bound
 //! at the live peak: the resident memory stays at what a pass or step holds live, and repeated ones reuse
-//! pages instead of faulting new ones. Inference pools from 256 KiB; training from 8 MiB, since a training
-//! run on small crops allocates many sizes of a few MB in turn, which the pool serves slower than
-//! mimalloc. mimalloc serves the rest.
+//! pages instead of faulting new ones. Inference pools from 256 KiB; training from 1 MiB: a training run on
+//! small crops frees and asks for many sizes of a few hundred KB in turn, which mimalloc serves faster, while
+//! at 96^3 the blocks of 1-8 MB (the ViT's weight gradients and activations) left in mimalloc kept its
+//! resident memory well above the live peak. mimalloc serves the rest.
 
 #[global_allocator]
 pub static GLOBAL: unetr_alloc::Pooled<mimalloc::MiMalloc> = unetr_alloc::Pooled::new(mimalloc::MiMalloc);
@@ -23,7 +24,7 @@ pub enum Profile {
 /// switch only takes effect before the first large allocation (it reports whether it did).
 pub fn configure(profile: Profile) -> bool {
     let inference = profile == Profile::Inference;
-    let pooling = if inference { unetr_alloc::Pooling::From(unetr_alloc::LARGE) } else { unetr_alloc::Pooling::From(8 << 20) };
+    let pooling = if inference { unetr_alloc::Pooling::From(unetr_alloc::LARGE) } else { unetr_alloc::Pooling::From(1 << 20) };
     let switched = GLOBAL.set_pooling(pooling);
     // SAFETY: plain option setters of the allocator, called before any worker thread exists.
     unsafe {
