@@ -455,7 +455,10 @@ pub fn run(a: Args) -> Result<()> {
     let train = if a.no_train {
         None
     } else {
-        Some(measure(&a, &cfg, "train")?)
+        // The live-bytes timeline is `bench train-memory`'s plot; here it would only bloat the JSON.
+        let mut t = measure(&a, &cfg, "train")?;
+        t.0.memory_timeline.clear();
+        Some(t)
     };
     let prof = if a.on_cpu() { Some(measure(&a, &cfg, "profile")?) } else { None };
     let sliding = if a.sliding {
