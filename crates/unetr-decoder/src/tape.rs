@@ -1,6 +1,6 @@
 //! Training forward and backward of the residual and up blocks written by hand: the forward keeps only
-//! what the backward reads (a tape), and the backward frees each kept tensor as soon as it was used, as
-//! PyTorch's autograd does. candle's graph keeps every intermediate (the normalised tensors, the
+//! what the backward reads, or what that is cheaply recomputed from (a tape), and the backward frees each
+//! kept tensor as soon as it was used, as PyTorch's autograd does. candle's graph keeps every intermediate (the normalised tensors, the
 //! up-sampled half of the concatenation) until a whole backward ends and seeds each gradient with a zero
 //! tensor; at 96^3 that is what sets a training step's peak memory.
 //!
@@ -24,16 +24,25 @@ pub fn accumulate(grads: &mut GradStore, param: &Tensor, g: Tensor) -> Result<()
     Ok(())
 }
 
-/// What [`UnetResBlock`]'s backward reads: the input, the raw outputs of the three convolutions, norm1's
-/// activated output and the block's output.
+/// What [`UnetResBlock`]'s backward reads: the input and the raw outputs of the convolutions. The block's
+/// output and norm1's activated output, which the backward also reads, are recomputed from them where they
+/// are needed (a norm each: cheap next to the convolutions), so a kept tape holds two full-size tensors
+/// fewer while the backward begins.
 pub struct ResTape {
     x: Tensor,
     c1: Tensor,
-    h1: Tensor,
     c2: Tensor,
     /// conv3's raw output (the projected residual), when the channel count changes.
     r: Option<Tensor>,
-    out: Tensor,
+}
+
+/// The block's output from the kept tensors: lrelu(norm2(c2) + (norm3(r) or x)).
+fn res_output(x: &Tensor, c2: &Tensor, r: Option<&Tensor>) -> Result<Tensor> {
+    let n2 = unetr_ops::instance_norm(c2, None, None, EPS)?;
+    match r {
+        Some(r) => unetr_ops::add_leaky_relu(&n2, &unetr_ops::instance_norm(r, None, None, EPS)?, LEAKY_SLOPE),
+        None => unetr_ops::add_leaky_relu(&n2, x, LEAKY_SLOPE),
+    }
 }
 
 fn conv_ok(c: &ConvLayer, dt: candle_core::DType) -> bool {
@@ -59,12 +68,9 @@ impl UnetResBlock {
         let c1 = conv(&self.conv1, x)?;
         let h1 = unetr_ops::instance_norm_leaky_relu(&c1, EPS, LEAKY_SLOPE)?;
         let c2 = conv(&self.conv2, &h1)?;
-        let n2 = unetr_ops::instance_norm(&c2, None, None, EPS)?;
-        let out = match &r {
-            Some(r) => unetr_ops::add_leaky_relu(&n2, &unetr_ops::instance_norm(r, None, None, EPS)?, LEAKY_SLOPE)?,
-            None => unetr_ops::add_leaky_relu(&n2, x, LEAKY_SLOPE)?,
-        };
-        Ok((out.clone(), ResTape { x: x.clone(), c1, h1, c2, r, out }))
+        drop(h1);
+        let out = res_output(x, &c2, r.as_ref())?;
+        Ok((out, ResTape { x: x.clone(), c1, c2, r }))
     }
 }
 
@@ -74,7 +80,9 @@ impl ResTape {
     /// Weights are read detached (no op here records a graph); their gradients are keyed by the weights.
     pub fn backward(self, b: &UnetResBlock, g: Tensor, grads: &mut GradStore) -> Result<Tensor> {
         let g = g.detach();
-        let ResTape { x, c1, h1, c2, r, out } = self;
+        let ResTape { x, c1, c2, r } = self;
+        // The same ops on the same tensors: the output the forward returned, bit for bit.
+        let out = res_output(&x, &c2, r.as_ref())?;
         let gs = unetr_ops::leaky_relu_backward_from_output(&out, &g, LEAKY_SLOPE)?;
         drop((out, g));
         let gc2 = unetr_ops::instance_norm_backward(&c2, &gs, EPS, None)?;
@@ -84,6 +92,7 @@ impl ResTape {
             Some(r) => Residual::Projected(unetr_ops::instance_norm_backward(&r, &gs, EPS, None)?),
             None => Residual::Identity(gs),
         };
+        let h1 = unetr_ops::instance_norm_leaky_relu(&c1, EPS, LEAKY_SLOPE)?;
         let (gh1, dw2) = unetr_ops::conv3d_backward(&h1, &b.conv2.weight.detach(), &gc2, b.conv2.params)?;
         drop((h1, gc2));
         accumulate(grads, &b.conv2.weight, dw2)?;
@@ -92,13 +101,19 @@ impl ResTape {
         let (gx, dw1) = unetr_ops::conv3d_backward(&x, &b.conv1.weight.detach(), &gc1, b.conv1.params)?;
         drop(gc1);
         accumulate(grads, &b.conv1.weight, dw1)?;
+        // The input and the residual's gradient go before the two input gradients are summed: at a full-size
+        // block that sum is where the backward holds the most.
         match (residual, &b.conv3) {
             (Residual::Projected(gr), Some((c3, _))) => {
                 let (gx3, dw3) = unetr_ops::conv3d_backward(&x, &c3.weight.detach(), &gr, c3.params)?;
+                drop((x, gr));
                 accumulate(grads, &c3.weight, dw3)?;
                 gx + gx3
             }
-            (Residual::Identity(gs), None) => gx + gs,
+            (Residual::Identity(gs), None) => {
+                drop(x);
+                gx + gs
+            }
             _ => candle_core::bail!("residual block tape does not match the block"),
         }
     }
