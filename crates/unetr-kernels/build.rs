@@ -17,11 +17,12 @@ fn main() {
     for m in MODULES {
         println!("cargo:rerun-if-changed=src/{m}.cu");
     }
-    for v in ["NVCC", "CUDA_HOME", "CUDA_PATH", "PATH", "UNETR_CUDA_ARCH", "CUDA_COMPUTE_CAP"] {
-        println!("cargo:rerun-if-env-changed={v}");
-    }
     if std::env::var_os("CARGO_FEATURE_PTX").is_none() {
         return;
+    }
+    // Only where nvcc runs: a CPU build must not rebuild its dependents when PATH changes.
+    for v in ["NVCC", "CUDA_HOME", "CUDA_PATH", "PATH", "UNETR_CUDA_ARCH", "CUDA_COMPUTE_CAP"] {
+        println!("cargo:rerun-if-env-changed={v}");
     }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let nvcc = nvcc().unwrap_or_else(|| {

@@ -69,7 +69,7 @@ pub fn run(a: Args) -> Result<()> {
         c.output.seed,
         a.data.as_ref().map_or("the built-in phantoms".to_string(), |d| d.display().to_string()),
         crate::bench_ops::machine(),
-        today(),
+        crate::docs::today(),
     );
     t += "| decoder | patch | params | GFLOPs | s / step |";
     for n in classes.iter().skip(1) {
@@ -95,20 +95,4 @@ pub fn run(a: Args) -> Result<()> {
         std::fs::write(&doc, new)?;
     }
     Ok(())
-}
-
-/// Today's date (UTC) as YYYY-MM-DD.
-pub fn today() -> String {
-    let days = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() / 86400).unwrap_or(0) as i64;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02}")
 }

@@ -60,9 +60,14 @@ impl Module {
     }
 }
 
-/// The module that defines the entry point `name` (`<kernel>_<dtype>`), if any.
+/// The module that defines the entry point `name` (`<kernel>_<dtype>`), if any. Called at every launch, so
+/// it compares names without building any.
 pub fn module_of(name: &str) -> Option<&'static Module> {
-    MODULES.into_iter().find(|m| m.entry_points().any(|e| e == name))
+    let (kernel, dtype) = name.rsplit_once('_')?;
+    if !DTYPES.contains(&dtype) {
+        return None;
+    }
+    MODULES.into_iter().find(|m| m.kernels.contains(&kernel))
 }
 
 #[cfg(test)]
