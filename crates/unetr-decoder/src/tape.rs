@@ -34,6 +34,8 @@ pub struct ResTape {
     c2: Tensor,
     /// conv3's raw output (the projected residual), when the channel count changes.
     r: Option<Tensor>,
+    /// The block's output, when the caller still has it (a forward recomputed just before the backward).
+    out: Option<Tensor>,
 }
 
 /// The block's output from the kept tensors: lrelu(norm2(c2) + (norm3(r) or x)).
@@ -70,19 +72,28 @@ impl UnetResBlock {
         let c2 = conv(&self.conv2, &h1)?;
         drop(h1);
         let out = res_output(x, &c2, r.as_ref())?;
-        Ok((out, ResTape { x: x.clone(), c1, c2, r }))
+        Ok((out, ResTape { x: x.clone(), c1, c2, r, out: None }))
     }
 }
 
 impl ResTape {
+    /// Hands the block's output (as the forward that made this tape returned it) to the backward, which
+    /// otherwise recomputes it.
+    pub fn with_output(self, out: Tensor) -> Self {
+        Self { out: Some(out), ..self }
+    }
+
     /// The gradient of the block's input given its output's `g`; the weights' gradients go into `grads`.
     /// Each kept tensor is dropped once read.
     /// Weights are read detached (no op here records a graph); their gradients are keyed by the weights.
     pub fn backward(self, b: &UnetResBlock, g: Tensor, grads: &mut GradStore) -> Result<Tensor> {
         let g = g.detach();
-        let ResTape { x, c1, c2, r } = self;
-        // The same ops on the same tensors: the output the forward returned, bit for bit.
-        let out = res_output(&x, &c2, r.as_ref())?;
+        let ResTape { x, c1, c2, r, out } = self;
+        // Recomputed: the same ops on the same tensors, so the output the forward returned, bit for bit.
+        let out = match out {
+            Some(o) => o,
+            None => res_output(&x, &c2, r.as_ref())?,
+        };
         let gs = unetr_ops::leaky_relu_backward_from_output(&out, &g, LEAKY_SLOPE)?;
         drop((out, g));
         let gc2 = unetr_ops::instance_norm_backward(&c2, &gs, EPS, None)?;
@@ -157,6 +168,11 @@ impl UnetrUpBlock {
 }
 
 impl UpTape {
+    /// See [`ResTape::with_output`]: the up block's output is its residual block's.
+    pub fn with_output(self, out: Tensor) -> Self {
+        Self { res: self.res.with_output(out), ..self }
+    }
+
     /// The gradients of (x, skip) given the output's `g`; the weights' gradients go into `grads`.
     pub fn backward(self, b: &UnetrUpBlock, g: Tensor, grads: &mut GradStore) -> Result<(Tensor, Tensor)> {
         let ConvBlock::Res(rb) = &b.conv_block else { candle_core::bail!("taped up block without a residual block") };

@@ -106,6 +106,15 @@ enum Tape {
     Up(UpTape),
 }
 
+impl Tape {
+    fn with_output(self, out: Tensor) -> Self {
+        match self {
+            Self::Res(t) => Self::Res(t.with_output(out)),
+            Self::Up(t) => Self::Up(t.with_output(out)),
+        }
+    }
+}
+
 impl TapedBlock<'_> {
     /// Its number of inputs.
     fn arity(self) -> usize {
@@ -140,7 +149,10 @@ impl Taped<'_> {
         let Some(Some(g)) = out_grads.first().cloned() else { return Ok(vec![None; self.block.arity()]) };
         let tape = match self.tape {
             Some(t) => t,
-            None => self.block.forward(&self.inputs)?.1,
+            None => {
+                let (out, t) = self.block.forward(&self.inputs)?;
+                t.with_output(out)
+            }
         };
         drop(self.inputs);
         Ok(match (tape, self.block) {
