@@ -8,7 +8,7 @@
 //! in f32 or f64 training); [`UnetResBlock::tape_applies`] says when. The gradients equal the graph's
 //! (test: `taped_blocks_match_the_graph` in this crate's tests).
 
-use crate::blocks::{ConvBlock, UnetResBlock, UnetrUpBlock};
+use crate::blocks::{ConvBlock, UnetOutBlock, UnetResBlock, UnetrUpBlock};
 use crate::layers::{ConvLayer, NormLayer, LEAKY_SLOPE, NORM_EPS as EPS};
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor};
@@ -38,13 +38,46 @@ pub struct ResTape {
     out: Option<Tensor>,
 }
 
-/// The block's output from the kept tensors: lrelu(norm2(c2) + (norm3(r) or x)).
+/// The block's output from the kept tensors: lrelu(norm2(c2) + (norm3(r) or x)). On the CPU in place over a
+/// copy of `c2` (one new tensor where the norms and the sum would make three; the same values).
 fn res_output(x: &Tensor, c2: &Tensor, r: Option<&Tensor>) -> Result<Tensor> {
+    if c2.device().is_cpu() {
+        let out = c2.copy()?;
+        match r {
+            Some(r) => unetr_ops::instance_norm_add_leaky_relu_(&out, r, true, EPS, LEAKY_SLOPE)?,
+            None => unetr_ops::instance_norm_add_leaky_relu_(&out, x, false, EPS, LEAKY_SLOPE)?,
+        }
+        return Ok(out);
+    }
     let n2 = unetr_ops::instance_norm(c2, None, None, EPS)?;
     match r {
         Some(r) => unetr_ops::add_leaky_relu(&n2, &unetr_ops::instance_norm(r, None, None, EPS)?, LEAKY_SLOPE),
         None => unetr_ops::add_leaky_relu(&n2, x, LEAKY_SLOPE),
     }
+}
+
+/// The gradient of lrelu's input from its output `out` (which this consumes: on the CPU it is overwritten)
+/// and the output's gradient `g`.
+fn leaky_relu_grad(out: Tensor, g: &Tensor) -> Result<Tensor> {
+    if out.device().is_cpu() {
+        unetr_ops::leaky_relu_backward_from_output_(&out, g, LEAKY_SLOPE)?;
+        return Ok(out);
+    }
+    unetr_ops::leaky_relu_backward_from_output(&out, g, LEAKY_SLOPE)
+}
+
+/// `a + b`, on the CPU in place over `a` (which this consumes).
+fn sum_into(a: Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.device().is_cpu() {
+        unetr_ops::add_(&a, b)?;
+        return Ok(a);
+    }
+    a + b
+}
+
+/// `t` without its graph; `t` itself is dropped.
+fn detached(t: Tensor) -> Tensor {
+    t.detach()
 }
 
 fn conv_ok(c: &ConvLayer, dt: candle_core::DType) -> bool {
@@ -66,11 +99,12 @@ impl UnetResBlock {
         // Detached weights: no op of this pass may record a graph (it would keep what the tape drops).
         let x = &x.detach();
         let conv = |c: &ConvLayer, t: &Tensor| unetr_ops::conv3d(t, &c.weight.detach(), None, c.params);
-        let r = self.conv3.as_ref().map(|(c, _)| conv(c, x)).transpose()?;
         let c1 = conv(&self.conv1, x)?;
         let h1 = unetr_ops::instance_norm_leaky_relu(&c1, EPS, LEAKY_SLOPE)?;
         let c2 = conv(&self.conv2, &h1)?;
         drop(h1);
+        // The residual projection after h1 is gone: one full-size tensor fewer at the forward's peak.
+        let r = self.conv3.as_ref().map(|(c, _)| conv(c, x)).transpose()?;
         let out = res_output(x, &c2, r.as_ref())?;
         Ok((out, ResTape { x: x.clone(), c1, c2, r, out: None }))
     }
@@ -78,7 +112,7 @@ impl UnetResBlock {
 
 impl ResTape {
     /// Hands the block's output (as the forward that made this tape returned it) to the backward, which
-    /// otherwise recomputes it.
+    /// otherwise recomputes it. The backward overwrites it: give a tensor nothing else reads.
     pub fn with_output(self, out: Tensor) -> Self {
         Self { out: Some(out), ..self }
     }
@@ -87,20 +121,25 @@ impl ResTape {
     /// Each kept tensor is dropped once read.
     /// Weights are read detached (no op here records a graph); their gradients are keyed by the weights.
     pub fn backward(self, b: &UnetResBlock, g: Tensor, grads: &mut GradStore) -> Result<Tensor> {
-        let g = g.detach();
+        // Detached in a call that takes `g`: a shadowed binding would keep its storage alive to the end.
+        let g = detached(g);
         let ResTape { x, c1, c2, r, out } = self;
         // Recomputed: the same ops on the same tensors, so the output the forward returned, bit for bit.
         let out = match out {
             Some(o) => o,
             None => res_output(&x, &c2, r.as_ref())?,
         };
-        let gs = unetr_ops::leaky_relu_backward_from_output(&out, &g, LEAKY_SLOPE)?;
-        drop((out, g));
+        let gs = leaky_relu_grad(out, &g)?;
+        drop(g);
         let gc2 = unetr_ops::instance_norm_backward(&c2, &gs, EPS, None)?;
         drop(c2);
         // The residual branch's gradient: through norm3 (conv3 below) or, for an identity, straight to x.
         let residual = match r {
-            Some(r) => Residual::Projected(unetr_ops::instance_norm_backward(&r, &gs, EPS, None)?),
+            Some(r) => {
+                let gr = unetr_ops::instance_norm_backward(&r, &gs, EPS, None)?;
+                drop((r, gs));
+                Residual::Projected(gr)
+            }
             None => Residual::Identity(gs),
         };
         let h1 = unetr_ops::instance_norm_leaky_relu(&c1, EPS, LEAKY_SLOPE)?;
@@ -119,11 +158,11 @@ impl ResTape {
                 let (gx3, dw3) = unetr_ops::conv3d_backward(&x, &c3.weight.detach(), &gr, c3.params)?;
                 drop((x, gr));
                 accumulate(grads, &c3.weight, dw3)?;
-                gx + gx3
+                sum_into(gx, &gx3)
             }
             (Residual::Identity(gs), None) => {
                 drop(x);
-                gx + gs
+                sum_into(gx, &gs)
             }
             _ => candle_core::bail!("residual block tape does not match the block"),
         }
@@ -184,5 +223,40 @@ impl UpTape {
         let (gx, dw) = unetr_ops::conv_transpose3d_backward(&self.x, &b.transp_conv.weight.detach(), &gu, b.params())?;
         accumulate(grads, &b.transp_conv.weight, dw)?;
         Ok((gx, gskip))
+    }
+}
+
+/// What [`UnetOutBlock`]'s backward reads: its input (the 1x1x1 conv's backward needs nothing else, so the
+/// tape is what a recomputation would keep).
+pub struct OutTape {
+    x: Tensor,
+}
+
+impl UnetOutBlock {
+    /// Whether the hand-written training pass applies (a weight in the input's dtype).
+    pub fn tape_applies(&self, x: &Tensor) -> bool {
+        self.conv.weight.dtype() == x.dtype() && self.conv.bias.as_ref().is_none_or(|b| b.dtype() == x.dtype())
+    }
+
+    /// The training forward on detached `x`; returns the logits and the tape.
+    pub fn forward_taped(&self, x: &Tensor) -> Result<(Tensor, OutTape)> {
+        let x = x.detach();
+        let c = &self.conv;
+        let out = unetr_ops::conv3d(&x, &c.weight.detach(), c.bias.as_ref().map(Tensor::detach).as_ref(), c.params)?;
+        Ok((out, OutTape { x }))
+    }
+}
+
+impl OutTape {
+    /// The gradient of the input given the logits' `g`; the weight's and bias's gradients go into `grads`.
+    pub fn backward(self, b: &UnetOutBlock, g: Tensor, grads: &mut GradStore) -> Result<Tensor> {
+        let (g, c) = (detached(g), &b.conv);
+        let (gx, dw) = unetr_ops::conv3d_backward(&self.x, &c.weight.detach(), &g, c.params)?;
+        drop(self.x);
+        accumulate(grads, &c.weight, dw)?;
+        if let Some(bias) = &c.bias {
+            accumulate(grads, bias, g.sum(vec![0, 2, 3, 4])?)?;
+        }
+        Ok(gx)
     }
 }

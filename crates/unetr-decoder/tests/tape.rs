@@ -1,10 +1,10 @@
-//! The hand-written training pass of the residual and up blocks (`unetr_decoder::tape`) against candle's
+//! The hand-written training pass of the residual, up and output blocks (`unetr_decoder::tape`) against candle's
 //! graph, in f64: same outputs, same input and weight gradients.
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use unetr_decoder::{NormKind, UnetResBlock, UnetrUpBlock};
+use unetr_decoder::{NormKind, UnetOutBlock, UnetResBlock, UnetrUpBlock};
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
@@ -58,6 +58,16 @@ fn taped_blocks_match_the_graph() -> Result<()> {
     let mut grads = GradStore::default();
     let (gx, gskip) = tape.backward(&b, r.clone(), &mut grads)?;
     compare("up block", &vm, (&out, &[&x, &skip]), (&tout, &[gx, gskip], &grads), &r);
+    // The head: a 1x1x1 conv with a bias.
+    let vm = VarMap::new();
+    let head = UnetOutBlock::new(3, 5, VarBuilder::from_varmap(&vm, DType::F64, &dev))?;
+    let r = Tensor::randn(0f64, 1.0, (2, 5, 6, 4, 8), &dev)?;
+    assert!(head.tape_applies(skip.as_tensor()));
+    let out = head.forward(skip.as_tensor())?;
+    let (tout, tape) = head.forward_taped(skip.as_tensor())?;
+    let mut grads = GradStore::default();
+    let gx = tape.backward(&head, r.clone(), &mut grads)?;
+    compare("out block", &vm, (&out, &[&skip]), (&tout, &[gx], &grads), &r);
     // Batch norms, f32 weights under an f64 input: the graph's pass, not the tape.
     let vm = VarMap::new();
     let bn = UnetResBlock::new(3, 4, 3, NormKind::Batch, VarBuilder::from_varmap(&vm, DType::F64, &dev))?;

@@ -12,8 +12,8 @@
 
 use crate::error::Result;
 use crate::unetr::{Decoder, Unetr};
-use unetr_decoder::tape::{accumulate, ResTape, UpTape};
-use unetr_decoder::{ConvBlock, UnetResBlock, UnetrBasicBlock, UnetrUpBlock};
+use unetr_decoder::tape::{accumulate, OutTape, ResTape, UpTape};
+use unetr_decoder::{ConvBlock, UnetOutBlock, UnetResBlock, UnetrBasicBlock, UnetrUpBlock};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -67,7 +67,8 @@ impl<'a> Segment<'a> {
 
     /// The backward of the segment given its outputs' gradients: parameter gradients are added into
     /// `grads` (for `params`), and the inputs' gradients returned. The segment's graph is dropped.
-    fn backward(self, out_grads: &[Option<Tensor>], params: &[Var], grads: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
+    /// The gradients are taken by value: each is dropped as soon as it was used.
+    fn backward(self, out_grads: Vec<Option<Tensor>>, params: &[Var], grads: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
         let outs = match self.outputs {
             Some(o) => o,
             None => {
@@ -79,7 +80,7 @@ impl<'a> Segment<'a> {
             }
         };
         // One backward over the segment's graph, each output seeded with its gradient.
-        let seeds = outs.iter().zip(out_grads).map(|(o, g)| g.as_ref().map(|g| unetr_ops::seed(o, g)).transpose()).collect::<candle_core::Result<Vec<_>>>()?;
+        let seeds = outs.iter().zip(out_grads).map(|(o, g)| g.map(|g| unetr_ops::seed(o, &g)).transpose()).collect::<candle_core::Result<Vec<_>>>()?;
         let Some(seed) = sum_present(seeds.iter())? else { return Ok(vec![None; self.inputs.len()]) };
         let g = seed.backward()?;
         drop((outs, seed));
@@ -99,11 +100,13 @@ impl<'a> Segment<'a> {
 enum TapedBlock<'a> {
     Res(&'a UnetResBlock),
     Up(&'a UnetrUpBlock),
+    Out(&'a UnetOutBlock),
 }
 
 enum Tape {
     Res(ResTape),
     Up(UpTape),
+    Out(OutTape),
 }
 
 impl Tape {
@@ -111,6 +114,7 @@ impl Tape {
         match self {
             Self::Res(t) => Self::Res(t.with_output(out)),
             Self::Up(t) => Self::Up(t.with_output(out)),
+            Self::Out(t) => Self::Out(t),
         }
     }
 }
@@ -119,7 +123,7 @@ impl TapedBlock<'_> {
     /// Its number of inputs.
     fn arity(self) -> usize {
         match self {
-            Self::Res(_) => 1,
+            Self::Res(_) | Self::Out(_) => 1,
             Self::Up(_) => 2,
         }
     }
@@ -133,6 +137,10 @@ impl TapedBlock<'_> {
                 let (o, t) = b.forward_taped(&ins[0], &ins[1])?;
                 (o, Tape::Up(t))
             }
+            Self::Out(b) => {
+                let (o, t) = b.forward_taped(&ins[0])?;
+                (o, Tape::Out(t))
+            }
         })
     }
 }
@@ -145,8 +153,8 @@ struct Taped<'a> {
 }
 
 impl Taped<'_> {
-    fn backward(self, out_grads: &[Option<Tensor>], grads: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
-        let Some(Some(g)) = out_grads.first().cloned() else { return Ok(vec![None; self.block.arity()]) };
+    fn backward(self, out_grads: Vec<Option<Tensor>>, grads: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
+        let Some(g) = out_grads.into_iter().next().flatten() else { return Ok(vec![None; self.block.arity()]) };
         let tape = match self.tape {
             Some(t) => t,
             None => {
@@ -161,6 +169,7 @@ impl Taped<'_> {
                 let (gx, gskip) = t.backward(b, g, grads)?;
                 vec![Some(gx), Some(gskip)]
             }
+            (Tape::Out(t), TapedBlock::Out(b)) => vec![Some(t.backward(b, g, grads)?)],
             _ => return Err(candle_core::Error::Msg("a segment's tape does not match its block".into()).into()),
         })
     }
@@ -173,7 +182,8 @@ enum Seg<'a> {
 }
 
 impl Seg<'_> {
-    fn backward(self, out_grads: &[Option<Tensor>], params: &[Var], grads: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
+    /// See [`Segment::backward`]: the gradients are taken by value.
+    fn backward(self, out_grads: Vec<Option<Tensor>>, params: &[Var], grads: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
         match self {
             Self::Graph(s) => s.backward(out_grads, params, grads),
             Self::Taped(t) => t.backward(out_grads, grads),
@@ -189,6 +199,8 @@ fn segment<'a>(block: Option<TapedBlock<'a>>, inputs: &[&Tensor], run: Run<'a>, 
     };
     let ins: Vec<Tensor> = inputs.iter().map(|t| t.detach()).collect();
     let (out, tape) = block.forward(&ins)?;
+    // The head's tape is its input: what a recomputation would keep anyway.
+    let recompute = recompute && !matches!(block, TapedBlock::Out(_));
     let (inputs, tape) = if recompute { (ins, None) } else { (Vec::new(), Some(tape)) };
     Ok((Seg::Taped(Taped { block, inputs, tape }), vec![out]))
 }
@@ -206,6 +218,12 @@ fn basic<'a>(b: &'a UnetrBasicBlock, x: &Tensor, recompute: bool) -> Result<(Seg
 fn up_block<'a>(b: &'a UnetrUpBlock, x: &Tensor, skip: &Tensor, recompute: bool) -> Result<(Seg<'a>, Vec<Tensor>)> {
     let taped = b.tape_applies(x).then_some(TapedBlock::Up(b));
     segment(taped, &[x, skip], up(b), recompute)
+}
+
+/// The head's segment (taped when the tape applies).
+fn out_block<'a>(b: &'a UnetOutBlock, x: &Tensor, recompute: bool) -> Result<(Seg<'a>, Vec<Tensor>)> {
+    let taped = b.tape_applies(x).then_some(TapedBlock::Out(b));
+    segment(taped, &[x], one(|t| b.forward(t)), recompute)
 }
 
 /// A segment of one input and one output.
@@ -267,12 +285,12 @@ impl<'a> ViTSegments<'a> {
     /// The backward from the four grids' gradients, last layer first.
     fn backward(self, [g2, g3, g4, g_last]: [Option<Tensor>; 4], params: &[Var], grads: &mut GradStore) -> Result<()> {
         let mut skip_grads = vec![g2, g3, g4];
-        let mut g = self.last.backward(&[g_last], params, grads)?.remove(0);
+        let mut g = self.last.backward(vec![g_last], params, grads)?.remove(0);
         for (seg, skip) in self.layers.into_iter().rev() {
             let outs = if skip { vec![skip_grads.pop().flatten(), g] } else { vec![g] };
-            g = seg.backward(&outs, params, grads)?.remove(0);
+            g = seg.backward(outs, params, grads)?.remove(0);
         }
-        self.embed.backward(&[g], params, grads)?;
+        self.embed.backward(vec![g], params, grads)?;
         Ok(())
     }
 }
@@ -338,7 +356,7 @@ impl Unetr {
         let (enc1, e1) = basic(&d.encoder1, x, dck)?;
         let (dec2, o2) = up_block(&d.decoder2, &o3[0], &e1[0], dck)?;
         drop((o3, e1));
-        let (head, logits) = Segment::new(&[&o2[0]], one(|t| d.out.forward(t)), dck, None)?;
+        let (head, logits) = out_block(&d.out, &o2[0], dck)?;
         drop(o2);
         // The loss on its own graph from the logits.
         let lv = Var::from_tensor(&logits[0])?;
@@ -349,16 +367,15 @@ impl Unetr {
         let g_logits = lg.get(lv.as_tensor()).map(Tensor::detach);
         drop((lg, scaled, lv));
         // Backward, segment by segment; each gradient is moved on, so none outlives its use.
-        let g_o2 = head.backward(&[g_logits], params, &mut grads)?;
-        let [g_o3, g_e1] = pair(dec2.backward(&g_o2, params, &mut grads)?);
-        drop(g_o2);
-        enc1.backward(&[g_e1], params, &mut grads)?;
-        let [g_o4, g_e2] = pair(dec3.backward(&[g_o3], params, &mut grads)?);
-        let gv0 = enc2.backward(&[g_e2], params, &mut grads)?.remove(0);
-        let [g_o5, g_e3] = pair(dec4.backward(&[g_o4], params, &mut grads)?);
-        let gv1 = enc3.backward(&[g_e3], params, &mut grads)?.remove(0);
-        let [gv3, g_e4] = pair(dec5.backward(&[g_o5], params, &mut grads)?);
-        let gv2 = enc4.backward(&[g_e4], params, &mut grads)?.remove(0);
+        let g_o2 = head.backward(vec![g_logits], params, &mut grads)?;
+        let [g_o3, g_e1] = pair(dec2.backward(g_o2, params, &mut grads)?);
+        enc1.backward(vec![g_e1], params, &mut grads)?;
+        let [g_o4, g_e2] = pair(dec3.backward(vec![g_o3], params, &mut grads)?);
+        let gv0 = enc2.backward(vec![g_e2], params, &mut grads)?.remove(0);
+        let [g_o5, g_e3] = pair(dec4.backward(vec![g_o4], params, &mut grads)?);
+        let gv1 = enc3.backward(vec![g_e3], params, &mut grads)?.remove(0);
+        let [gv3, g_e4] = pair(dec5.backward(vec![g_o5], params, &mut grads)?);
+        let gv2 = enc4.backward(vec![g_e4], params, &mut grads)?.remove(0);
         vit.backward([gv0, gv1, gv2, gv3], params, &mut grads)?;
         rng.restore(&after_forward);
         Ok(StepGrads { loss, grads })

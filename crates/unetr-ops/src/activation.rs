@@ -4,7 +4,7 @@
 
 use crate::dtype::{up, via_f32};
 use crate::error::{check_float, shape_err, OpsError};
-use crate::kernels::activation::{add_fwd, add_leaky_relu_bwd, add_leaky_relu_inplace, gelu_bwd, gelu_fwd, leaky_relu_fwd, softmax_fwd};
+use crate::kernels::activation::{add_fwd, add_leaky_relu_bwd, gelu_bwd, update_inplace, Update, gelu_fwd, leaky_relu_fwd, softmax_fwd};
 use crate::storage::{data, data2, dispatch, dispatch2, out};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 
@@ -214,19 +214,37 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Softmax)
 }
 
-struct AddLeakyReluInplace(f64);
+struct UpdateInplace(Update);
 
-impl candle_core::InplaceOp2 for AddLeakyReluInplace {
+impl UpdateInplace {
+    fn op(&self) -> &'static str {
+        match self.0 {
+            Update::AddLeakyRelu(_) => "add_leaky_relu",
+            Update::Add => "add",
+            Update::LeakyReluBackwardFromOutput(_) => "leaky_relu_backward_from_output",
+        }
+    }
+
+    /// Checks `a` and `b` and runs the update over `a`.
+    fn run(self, a: &Tensor, b: &Tensor) -> Result<()> {
+        let op = self.op();
+        crate::storage::check_inplace(op, a)?;
+        check_pair(op, a, b)?;
+        a.inplace_op2(&b.contiguous()?, &self)
+    }
+}
+
+impl candle_core::InplaceOp2 for UpdateInplace {
     fn name(&self) -> &'static str {
-        "add_leaky_relu"
+        self.op()
     }
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
-        let b = data(self.name(), s2, l2)?;
-        crate::profile::timed("add_leaky_relu", || {
-            match (crate::storage::data_mut(self.name(), s1, l1)?, b) {
-                (crate::storage::DataMut::F32(a), crate::storage::Data::F32(b)) => add_leaky_relu_inplace(a, b, self.0),
-                (crate::storage::DataMut::F64(a), crate::storage::Data::F64(b)) => add_leaky_relu_inplace(a, b, self.0),
-                _ => return Err(OpsError::Param { op: "add_leaky_relu", msg: "the inputs differ in dtype".into() }.into()),
+        let b = data(self.op(), s2, l2)?;
+        crate::profile::timed(self.op(), || {
+            match (crate::storage::data_mut(self.op(), s1, l1)?, b) {
+                (crate::storage::DataMut::F32(a), crate::storage::Data::F32(b)) => update_inplace(a, b, self.0),
+                (crate::storage::DataMut::F64(a), crate::storage::Data::F64(b)) => update_inplace(a, b, self.0),
+                _ => return Err(OpsError::Param { op: self.op(), msg: "the inputs differ in dtype".into() }.into()),
             }
             Ok(())
         })
@@ -237,8 +255,20 @@ impl candle_core::InplaceOp2 for AddLeakyReluInplace {
 /// storage). For a tensor the caller just made and nothing else reads; refuses tensors that track
 /// gradients, non-contiguous ones and non-CPU devices.
 pub fn add_leaky_relu_(a: &Tensor, b: &Tensor, slope: f64) -> Result<()> {
-    const OP: &str = "add_leaky_relu";
-    crate::storage::check_inplace(OP, a)?;
-    check_pair(OP, a, b)?;
-    a.inplace_op2(&b.contiguous()?, &AddLeakyReluInplace(slope))
+    UpdateInplace(Update::AddLeakyRelu(slope)).run(a, b)
+}
+
+/// In place, `a += b` (the same sum as [`add`]); the contract of [`add_leaky_relu_`]. For a backward
+/// written by hand that sums the gradients reaching one tensor.
+pub fn add_(a: &Tensor, b: &Tensor) -> Result<()> {
+    UpdateInplace(Update::Add).run(a, b)
+}
+
+/// In place over the output `y`: [`leaky_relu_backward_from_output`]`(y, dy, slope)` (the same values);
+/// the contract of [`add_leaky_relu_`] for `y`.
+pub fn leaky_relu_backward_from_output_(y: &Tensor, dy: &Tensor, slope: f64) -> Result<()> {
+    if !(slope > 0.0) {
+        return Err(OpsError::Param { op: "leaky_relu_backward_from_output", msg: format!("slope must be > 0 (slope {slope})") }.into());
+    }
+    UpdateInplace(Update::LeakyReluBackwardFromOutput(slope)).run(y, dy)
 }

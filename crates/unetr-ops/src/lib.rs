@@ -21,7 +21,7 @@ pub mod norm;
 pub mod profile;
 mod storage;
 
-pub use activation::{add, add_leaky_relu, add_leaky_relu_, gelu, leaky_relu, leaky_relu_backward_from_output, softmax_last_dim};
+pub use activation::{add, add_, add_leaky_relu, add_leaky_relu_, gelu, leaky_relu, leaky_relu_backward_from_output, leaky_relu_backward_from_output_, softmax_last_dim};
 pub use attention::attention;
 pub use autograd::seed;
 pub use conv::{conv3d, conv3d_, conv3d_backward, conv3d_cat_, conv_transpose3d, conv_transpose3d_backward, Conv3dParams};

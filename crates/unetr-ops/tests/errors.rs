@@ -238,7 +238,7 @@ fn inplace_ops_match_and_refuse_graph_tensors() {
         };
         add_leaky_relu(&instance_norm(t, None, None, 1e-5)?, &r, 0.01)
     };
-    let cases: [(&str, OutOfPlace, InPlace); 8] = [
+    let cases: [(&str, OutOfPlace, InPlace); 10] = [
         (
             "instance_norm",
             Box::new(|t| instance_norm(t, None, None, 1e-5)),
@@ -253,6 +253,16 @@ fn inplace_ops_match_and_refuse_graph_tensors() {
             "add_leaky_relu",
             Box::new(|t| add_leaky_relu(t, &b, 0.01)),
             Box::new(|t| add_leaky_relu_(t, &b, 0.01)),
+        ),
+        (
+            "add",
+            Box::new(|t| add(t, &b)),
+            Box::new(|t| add_(t, &b)),
+        ),
+        (
+            "leaky_relu_backward_from_output",
+            Box::new(|t| leaky_relu_backward_from_output(t, &b, 0.01)),
+            Box::new(|t| leaky_relu_backward_from_output_(t, &b, 0.01)),
         ),
         (
             "instance_norm_add_leaky_relu",

@@ -98,18 +98,49 @@ pub fn add_fwd<T: Elem>(a: &[T], b: &[T]) -> Vec<T> {
     map_chunks(a.len(), |o, c| run(&a[o..o + c.len()], &b[o..o + c.len()], c))
 }
 
-/// a = LeakyReLU(a + b) in place.
-pub fn add_leaky_relu_inplace<T: Elem>(a: &mut [T], b: &[T], slope: f64) {
-    let s = of_f64::<T>(slope);
+/// An element-wise update of `a` from `b` in place.
+#[derive(Clone, Copy, Debug)]
+pub enum Update {
+    /// a = LeakyReLU(a + b) with this slope.
+    AddLeakyRelu(f64),
+    /// a = a + b.
+    Add,
+    /// a = the gradient of LeakyReLU (this slope) from its output a and the output's gradient b:
+    /// b where a > 0, else b * slope.
+    LeakyReluBackwardFromOutput(f64),
+}
+
+/// `a = u(a, b)` in place, in parallel chunks.
+pub fn update_inplace<T: Elem>(a: &mut [T], b: &[T], u: Update) {
     #[inline(always)]
-    fn imp<T: Elem>(a: &mut [T], b: &[T], s: T) {
-        for (x, &y) in a.iter_mut().zip(b) {
-            let v = *x + y;
-            *x = if v > T::zero() { v } else { v * s };
+    fn imp<T: Elem>(a: &mut [T], b: &[T], kind: u8, s: T) {
+        match kind {
+            0 => {
+                for (x, &y) in a.iter_mut().zip(b) {
+                    let v = *x + y;
+                    *x = if v > T::zero() { v } else { v * s };
+                }
+            }
+            1 => {
+                for (x, &y) in a.iter_mut().zip(b) {
+                    *x = *x + y;
+                }
+            }
+            _ => {
+                for (x, &y) in a.iter_mut().zip(b) {
+                    *x = if *x > T::zero() { y } else { y * s };
+                }
+            }
         }
     }
-    multiversion!(fn run<T: Elem>(a: &mut [T], b: &[T], s: T) -> () => imp);
-    a.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(|(x, y)| run(x, y, s));
+    multiversion!(fn run<T: Elem>(a: &mut [T], b: &[T], kind: u8, s: T) -> () => imp);
+    let (kind, slope) = match u {
+        Update::AddLeakyRelu(s) => (0, s),
+        Update::Add => (1, 0.0),
+        Update::LeakyReluBackwardFromOutput(s) => (2, s),
+    };
+    let s = of_f64::<T>(slope);
+    a.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(|(x, y)| run(x, y, kind, s));
 }
 
 /// Gradient of LeakyReLU(a + b) w.r.t. either input: dy where a + b > 0, else slope * dy (PyTorch's

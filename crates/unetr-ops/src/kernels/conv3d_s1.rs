@@ -5,8 +5,8 @@
 //! Xp[q + kz*Hp*Wp + ky*Wp, 0]: a plain strided view. So a conv is kd * kh GEMMs with K = kw * ci over
 //! such views, and nothing like im2col is ever built (gemm packs its panels straight from Xp).
 //! Outputs are computed on "virtual" columns q = (oz * Hp + oy) * Wp + ox of the padded grid; the few
-//! columns with oy >= Ho or ox >= Wo are computed and dropped. Extra memory: the padded input plus one
-//! small tile per thread.
+//! columns with oy >= Ho or ox >= Wo are computed and dropped. Extra memory: one padded depth slab of the
+//! input plus one small tile per thread.
 //!
 //! The forward picks one of four kernels over these views (`Kernel`): in f32 on AVX-512, Winograd
 //! F(4, 3) or F(2, 3) (`winograd`, 3x3x3 padding 1, 16+ input and <= 64 output channels), else positions in lanes
@@ -29,35 +29,20 @@ const TILE_COLS: usize = 4096;
 struct Plan {
     hp: usize,
     wp: usize,
-
-    /// Length of a channels-last padded sample, with slack for the last tile's over-reads.
-    xp_len: usize,
-    /// Virtual output columns per sample.
-    q: usize,
     /// Tile width in columns (whole padded rows).
     cols: usize,
 }
 
 fn plan(g: &ConvGeom) -> Plan {
-    let [d, h, w] = g.input;
-    let [pd, ph, pw] = g.padding;
-    let (dp, hp, wp) = (d + 2 * pd, h + 2 * ph, w + 2 * pw);
-    let vp = dp * hp * wp;
+    let [_, h, w] = g.input;
+    let [_, ph, pw] = g.padding;
+    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
     let q = g.output[0] * hp * wp;
     let rows_per_tile = (TILE_COLS / wp).max(1);
     // Enough tiles for every thread, but no tile narrower than one padded row.
     let want = (4 * threads()).div_ceil(g.n.max(1));
     let rows = rows_per_tile.min((q / wp).div_ceil(want)).max(1);
-    let cols = rows * wp;
-    // Over-reads: the last tile's columns rounded up to the microkernel's block (< 16), plus the taps.
-    let slack = ((g.kernel[1] - 1) * wp + g.kernel[2] + cols + 16) * g.ci;
-    Plan {
-        hp,
-        wp,
-        xp_len: vp * g.ci + slack,
-        q,
-        cols,
-    }
+    Plan { hp, wp, cols: rows * wp }
 }
 
 /// One channel block of a forward's input, NCDHW and contiguous; a forward reads the concatenation of its
@@ -199,7 +184,7 @@ fn pad_slab_cf<T: Elem>(
     });
 }
 
-/// Output planes per slab of the forward: the padded copy holds one slab plus the kernel's halo (about
+/// Output planes per slab of the forward and the weight gradient: the padded copy holds one slab plus the kernel's halo (about
 /// 8 MB), not the whole sample (120 MB for UNETR's 32-channel 96^3 convs), which bounds the forward's extra
 /// memory. The halo planes are carried from slab to slab, not copied again.
 fn slab_planes<T: Elem>(g: &ConvGeom, p: &Plan) -> usize {
@@ -247,19 +232,6 @@ fn taps_to_weight<T: Elem>(t: &[T], g: &ConvGeom) -> Vec<T> {
         }
     }
     out
-}
-
-/// Tiles as (sample, first virtual column, columns).
-fn tiles(g: &ConvGeom, p: &Plan) -> Vec<(usize, usize, usize)> {
-    let mut t = Vec::new();
-    for n in 0..g.n {
-        let mut q0 = 0;
-        while q0 < p.q {
-            t.push((n, q0, p.cols.min(p.q - q0)));
-            q0 += p.cols;
-        }
-    }
-    t
 }
 
 /// Calls `f(row_in_tile, oz, oy)` for every valid output row inside the tile's columns.
@@ -608,78 +580,70 @@ pub unsafe fn fwd_into<T: Elem>(
     }
 }
 
+/// The weight gradient over the channels-last padded copy, one depth slab at a time (as the forward, see
+/// `slab_planes`): its extra memory is one slab, not a padded copy of the whole input. Each thread sums
+/// the tiles it takes (tile i of a slab goes to thread i mod threads) into its own partial, and the
+/// partials are added in thread order: bit-identical results run to run.
 pub fn bwd_weight<T: Elem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
+    bwd_weight_slabs(x, dy, g, default_slab::<T>(g))
+}
+
+fn bwd_weight_slabs<T: Elem>(x: &[T], dy: &[T], g: &ConvGeom, per_slab: usize) -> Vec<T> {
     let p = plan(g);
     let [kd, kh, kw] = g.kernel;
     let kk = kw * g.ci;
     let [_, ho, wo] = g.output;
-    let dp = g.input[0] + 2 * g.padding[0];
-    let xps: Vec<Vec<T>> = (0..g.n)
-        .map(|n| {
-            let mut xp = vec![T::zero(); p.xp_len];
-            pad_slab(
-                &[Part {
-                    ptr: x.as_ptr(),
-                    channels: g.ci,
-                }],
-                n,
-                g,
-                &p,
-                0,
-                0,
-                dp,
-                &mut xp,
-            );
-            xp
-        })
-        .collect();
-    let tiles = tiles(g, &p);
-    let nt = threads().min(tiles.len()).max(1);
+    let plane_q = p.hp * p.wp;
+    let max_planes = per_slab.min(g.output[0]) + kd - 1;
+    // Room for the largest slab plus the tiles' over-reads (they only meet zeros of dy).
+    let mut xp = vec![T::zero(); max_planes * plane_q * g.ci + ((kh - 1) * p.wp + kw + p.cols + 16) * g.ci];
+    let part = [Part { ptr: x.as_ptr(), channels: g.ci }];
+    let nt = threads().max(1);
     let wlen = kd * kh * g.co * kk;
-    // Static partition and in-order reduction: bit-identical results run to run.
-    let partials: Vec<Vec<T>> = (0..nt)
-        .into_par_iter()
-        .map(|t| {
-            let mut dw = vec![T::zero(); wlen];
-            let mut dyt: Vec<T> = Vec::new();
-            for &(n, q0, cols) in tiles.iter().skip(t).step_by(nt) {
-                // dy on the tile's virtual columns, zero where the column is not a real output.
-                dyt.clear();
-                dyt.resize(g.co * cols, T::zero());
-                valid_rows(g, &p, q0, cols, |j, oz, oy| {
-                    for c in 0..g.co {
-                        let src =
-                            &dy[((n * g.co + c) * g.output[0] + oz) * ho * wo + oy * wo..][..wo];
-                        dyt[c * cols + j * p.wp..][..wo].copy_from_slice(src);
-                    }
-                });
-                for kz in 0..kd {
-                    for ky in 0..kh {
-                        let off = (q0 + kz * p.hp * p.wp + ky * p.wp) * g.ci;
-                        let bt = Mat {
-                            ptr: xps[n][off..].as_ptr(),
-                            rs: g.ci as isize,
-                            cs: 1,
-                        };
-                        let dst = dw[(kz * kh + ky) * g.co * kk..].as_mut_ptr();
-                        unsafe {
-                            matmul(
-                                g.co,
-                                kk,
-                                cols,
-                                dst,
-                                kk,
-                                Mat::rows(dyt.as_ptr(), cols),
-                                bt,
-                                true,
-                            )
-                        };
+    let mut partials: Vec<Vec<T>> = (0..nt).map(|_| vec![T::zero(); wlen]).collect();
+    for n in 0..g.n {
+        let mut prev_planes = 0;
+        for oz0 in (0..g.output[0]).step_by(per_slab) {
+            let oz1 = (oz0 + per_slab).min(g.output[0]);
+            let planes = oz1 - oz0 + kd - 1;
+            // The last kd - 1 padded planes of the previous slab are this slab's first: move them.
+            let carried = if prev_planes > 0 { kd - 1 } else { 0 };
+            if carried > 0 {
+                let from = (prev_planes - carried) * plane_q * g.ci;
+                xp.copy_within(from..from + carried * plane_q * g.ci, 0);
+            }
+            pad_slab(&part, n, g, &p, oz0, carried, planes, &mut xp);
+            prev_planes = planes;
+            let xp = &xp[..];
+            let q_lo = oz0 * plane_q;
+            let slab_tiles: Vec<(usize, usize)> = (q_lo..oz1 * plane_q)
+                .step_by(p.cols)
+                .map(|q0| (q0, p.cols.min(oz1 * plane_q - q0)))
+                .collect();
+            partials.par_iter_mut().enumerate().for_each(|(t, dw)| {
+                let mut dyt: Vec<T> = Vec::new();
+                for &(q0, cols) in slab_tiles.iter().skip(t).step_by(nt) {
+                    // dy on the tile's virtual columns, zero where the column is not a real output.
+                    dyt.clear();
+                    dyt.resize(g.co * cols, T::zero());
+                    valid_rows(g, &p, q0, cols, |j, oz, oy| {
+                        for c in 0..g.co {
+                            let src = &dy[((n * g.co + c) * g.output[0] + oz) * ho * wo + oy * wo..][..wo];
+                            dyt[c * cols + j * p.wp..][..wo].copy_from_slice(src);
+                        }
+                    });
+                    for kz in 0..kd {
+                        for ky in 0..kh {
+                            let off = (q0 - q_lo + kz * plane_q + ky * p.wp) * g.ci;
+                            let bt = Mat { ptr: xp[off..].as_ptr(), rs: g.ci as isize, cs: 1 };
+                            let dst = dw[(kz * kh + ky) * g.co * kk..].as_mut_ptr();
+                            unsafe { matmul(g.co, kk, cols, dst, kk, Mat::rows(dyt.as_ptr(), cols), bt, true) };
+                        }
                     }
                 }
-            }
-            dw
-        })
-        .collect();
+            });
+        }
+    }
     let mut it = partials.into_iter();
     let mut acc = it.next().unwrap_or_else(|| vec![T::zero(); wlen]);
     for p in it {
@@ -691,6 +655,50 @@ pub fn bwd_weight<T: Elem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The weight gradient by slabs equals the direct sum over positions, for any slab height (halo planes
+    /// carried, padding planes, a short last slab).
+    #[test]
+    fn weight_gradient_by_slabs_matches_the_direct_sum() {
+        for (ci, co, k, pad, input) in [(3usize, 5usize, 3usize, 1usize, [7usize, 5, 6]), (4, 2, 3, 0, [6, 4, 5]), (2, 3, 1, 0, [5, 3, 4])] {
+            let output = ConvGeom::out_size(input, [k; 3], [1; 3], [pad; 3]).unwrap();
+            let g = ConvGeom { n: 2, ci, co, input, kernel: [k; 3], stride: [1; 3], padding: [pad; 3], output };
+            let (iv, ov) = (g.in_vol(), g.out_vol());
+            let x: Vec<f64> = (0..2 * ci * iv).map(|i| ((i * 37 % 101) as f64 - 50.0) / 50.0).collect();
+            let dy: Vec<f64> = (0..2 * co * ov).map(|i| ((i * 53 % 97) as f64 - 48.0) / 97.0).collect();
+            // dw[o, c, kz, ky, kx] = sum over n and output positions of dy * the input under that tap.
+            let mut want = vec![0f64; co * ci * k * k * k];
+            for n in 0..2 {
+                for o in 0..co {
+                    for c in 0..ci {
+                        for t in 0..k * k * k {
+                            let (kz, ky, kx) = (t / (k * k), t / k % k, t % k);
+                            let mut acc = 0.0;
+                            for oz in 0..output[0] {
+                                for oy in 0..output[1] {
+                                    for ox in 0..output[2] {
+                                        let (z, y, xx) = (oz + kz, oy + ky, ox + kx);
+                                        if z < pad || y < pad || xx < pad || z - pad >= input[0] || y - pad >= input[1] || xx - pad >= input[2] {
+                                            continue;
+                                        }
+                                        let xi = (((n * ci + c) * input[0] + z - pad) * input[1] + y - pad) * input[2] + xx - pad;
+                                        acc += dy[(((n * co + o) * output[0] + oz) * output[1] + oy) * output[2] + ox] * x[xi];
+                                    }
+                                }
+                            }
+                            want[(o * ci + c) * k * k * k + t] += acc;
+                        }
+                    }
+                }
+            }
+            assert_eq!(bwd_weight(&x, &dy, &g), bwd_weight_slabs(&x, &dy, &g, default_slab::<f64>(&g)));
+            for per in 1..=output[0] {
+                let got = bwd_weight_slabs(&x, &dy, &g, per);
+                let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
+                assert!(err < 1e-12, "ci {ci} co {co} k {k} pad {pad}: {per} planes per slab, max error {err}");
+            }
+        }
+    }
 
     /// Any slab height gives the output of one slab (halo planes, padding planes, slab ends).
     #[test]
