@@ -104,6 +104,10 @@ pub struct Measured {
     /// Train mode (ours): live heap bytes through one more training step, as (ms since its start, bytes).
     #[serde(default)]
     pub memory_timeline: Vec<(f64, f64)>,
+    /// Train mode (ours): the most live heap bytes in each part of one more training step (the segments'
+    /// forwards and backwards, the loss, the optimiser), in order.
+    #[serde(default)]
+    pub memory_phases: Vec<(String, u64)>,
     /// Bytes of the trainable parameters (f32), so the floor of a step is four times this.
     #[serde(default)]
     pub param_bytes: u64,
@@ -142,6 +146,14 @@ fn live_timeline(f: impl FnOnce() -> Result<()>) -> Result<Vec<(f64, f64)>> {
         let v = sampler.join().map_err(|_| anyhow::anyhow!("the memory sampler panicked"))?;
         r.map(|()| v)
     })
+}
+
+/// The most live heap bytes in each named part of `f` (`unetr_ops::profile::memory_phase`), in order.
+fn phase_peaks(f: impl FnOnce() -> Result<()>) -> Result<Vec<(String, u64)>> {
+    unetr_ops::profile::start_memory_phases(|| crate::GLOBAL.peak(), || crate::GLOBAL.reset_peak());
+    let r = f();
+    let phases = unetr_ops::profile::take_memory_phases();
+    r.map(|()| phases.into_iter().map(|p| (p.name, p.peak_bytes as u64)).collect())
 }
 
 fn profiled(f: impl FnOnce() -> Result<()>) -> Result<(Vec<OpRow>, f64)> {
@@ -216,7 +228,9 @@ pub fn child(a: Args) -> Result<()> {
     let mut modules = std::collections::BTreeMap::new();
     let mut gemm_gflops = 0.0;
     let (mut ops, mut ops_wall_s) = (Vec::new(), 0.0);
-    let (mut memory_timeline, mut param_bytes) = (Vec::new(), 0);
+    let (mut memory_timeline, mut memory_phases, mut param_bytes) = (Vec::new(), Vec::new(), 0);
+    // The phases reset the allocator's peak: the step's own peak is read before them.
+    let mut peak_live = None;
     if a.mode == "profile" {
         let model = UnetrWeights::init(&cfg, &dev)?.inference_model()?;
         drop(model.forward_t(&x, false)?);
@@ -291,6 +305,8 @@ pub fn child(a: Args) -> Result<()> {
         if dev.is_cpu() {
             (ops, ops_wall_s) = profiled(&mut step)?;
             memory_timeline = live_timeline(&mut step)?;
+            peak_live = Some(crate::GLOBAL.peak());
+            memory_phases = phase_peaks(&mut step)?;
         }
     } else {
         let model = UnetrWeights::init(&cfg, &dev)?.inference_model()?;
@@ -308,13 +324,14 @@ pub fn child(a: Args) -> Result<()> {
         serde_json::to_string(&Measured {
             forward_s,
             peak_rss_kb: peak_rss_kb(),
-            peak_live_kb: (crate::GLOBAL.peak() / 1024) as u64,
+            peak_live_kb: (peak_live.unwrap_or_else(|| crate::GLOBAL.peak()) / 1024) as u64,
             modules,
             gemm_gflops,
             ops,
             ops_wall_s,
             ops_self_total_s: 0.0,
             memory_timeline,
+            memory_phases,
             param_bytes,
             peak_device_bytes: unetr_ops::device_memory::peak_bytes(&dev)?.unwrap_or(0),
         })?
@@ -458,6 +475,7 @@ pub fn run(a: Args) -> Result<()> {
         // The live-bytes timeline is `bench train-memory`'s plot; here it would only bloat the JSON.
         let mut t = measure(&a, &cfg, "train")?;
         t.0.memory_timeline.clear();
+        t.0.memory_phases.clear();
         Some(t)
     };
     let prof = if a.on_cpu() { Some(measure(&a, &cfg, "profile")?) } else { None };

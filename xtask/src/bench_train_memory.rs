@@ -55,6 +55,8 @@ struct Row {
     peak_rss_gb: f64,
     peak_live_gb: f64,
     timeline: Vec<(f64, f64)>,
+    /// The most live GB in each part of a step, in order (the largest over the rounds).
+    phases: Vec<(String, f64)>,
     param_bytes: u64,
 }
 
@@ -65,6 +67,11 @@ fn merge(rows: &mut Vec<Row>, mode: &str, m: Measured) {
             r.steps.extend(m.forward_s);
             r.peak_rss_gb = r.peak_rss_gb.max(gb(m.peak_rss_kb));
             r.peak_live_gb = r.peak_live_gb.max(gb(m.peak_live_kb));
+            for ((name, p), (n2, b)) in r.phases.iter_mut().zip(&m.memory_phases) {
+                if name == n2 {
+                    *p = p.max(*b as f64 / 1e9);
+                }
+            }
         }
         None => rows.push(Row {
             mode: mode.to_string(),
@@ -72,6 +79,7 @@ fn merge(rows: &mut Vec<Row>, mode: &str, m: Measured) {
             peak_rss_gb: gb(m.peak_rss_kb),
             peak_live_gb: gb(m.peak_live_kb),
             timeline: m.memory_timeline,
+            phases: m.memory_phases.into_iter().map(|(n, b)| (n, b as f64 / 1e9)).collect(),
             param_bytes: m.param_bytes,
         }),
     }
@@ -158,6 +166,32 @@ fn render(a: &Args, ours: &[Row], torch: Option<(&Row, &serde_json::Value)>) -> 
          (sampled every millisecond):\n\n![live bytes through one training step](bench/train_memory.svg)\n",
         floor / 4.0
     );
+    s += &phase_table(ours);
+    s
+}
+
+/// The most live bytes in each part of a step, one column per mode, each column's largest in bold: where
+/// the peak sits.
+fn phase_table(ours: &[Row]) -> String {
+    let Some(first) = ours.iter().find(|r| !r.phases.is_empty()) else { return String::new() };
+    let mut s = String::from("\nWhere the peak sits: the most live GB in each part of one step (`unetr_ops::profile::memory_phase`; \
+         a segment's backward includes its recomputed forward), each mode's largest in bold.\n\n| part of the step |");
+    for r in ours {
+        s += &format!(" {} |", r.mode);
+    }
+    s += &format!("\n|---|{}\n", "---:|".repeat(ours.len()));
+    for (i, (name, _)) in first.phases.iter().enumerate() {
+        s += &format!("| {name} |");
+        for r in ours {
+            let top = r.phases.iter().map(|p| p.1).fold(0.0, f64::max);
+            s += &match r.phases.get(i).filter(|p| &p.0 == name) {
+                Some(&(_, gb)) if gb == top => format!(" **{gb:.2}** |"),
+                Some(&(_, gb)) => format!(" {gb:.2} |"),
+                None => " - |".to_string(),
+            };
+        }
+        s += "\n";
+    }
     s
 }
 
@@ -183,4 +217,30 @@ fn plot(dir: &std::path::Path, ours: &[Row]) -> Result<()> {
         &Chart { title: "Live heap through one training step", x_label: "time in the step (s)", y_label: "live bytes (GB)", y_range: Some((0.0, top * 1.1)), log_y: false, series: &series },
     )
     .map_err(|e| anyhow::anyhow!("writing the plot: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(mode: &str, phases: &[(&str, f64)]) -> Row {
+        Row {
+            mode: mode.into(),
+            steps: vec![1.0],
+            peak_rss_gb: 0.0,
+            peak_live_gb: 0.0,
+            timeline: Vec::new(),
+            phases: phases.iter().map(|&(n, g)| (n.to_string(), g)).collect(),
+            param_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn the_phase_table_marks_each_modes_peak() {
+        let t = phase_table(&[row("none", &[("loss", 2.3), ("vit backward", 1.6)]), row("all", &[("loss", 1.5), ("vit backward", 1.61)])]);
+        assert!(t.contains("| part of the step | none | all |"), "{t}");
+        assert!(t.contains("| loss | **2.30** | 1.50 |"), "{t}");
+        assert!(t.contains("| vit backward | 1.60 | **1.61** |"), "{t}");
+        assert!(phase_table(&[row("none", &[])]).is_empty());
+    }
 }

@@ -313,6 +313,12 @@ fn sum_present<'t>(gs: impl Iterator<Item = &'t Option<Tensor>>) -> Result<Optio
     Ok(sum)
 }
 
+/// Names the part of the step that starts here, for a bench's memory attribution
+/// (`unetr_ops::profile::memory_phase`; nothing unless a bench installed its probe).
+fn phase(name: &'static str) {
+    unetr_ops::profile::memory_phase(name);
+}
+
 /// What [`Unetr::forward_backward`] returns.
 pub struct StepGrads {
     /// The loss as `loss_fn` returned it (the value to report).
@@ -339,26 +345,37 @@ impl Unetr {
             return Ok(StepGrads { loss, grads });
         };
         let rng = &self.vit.dropout_rng;
+        phase("vit forward");
         let (vit, v) = ViTSegments::new(self, x, ck.vit())?;
         // With recomputation the ViT's backward replays its layers' masks in reverse; the generator is put
         // back where the forward left it, as if nothing had been recomputed.
         let after_forward = rng.snapshot();
         let dck = ck.decoder();
+        phase("encoder4 forward");
         let (enc4, e4) = Segment::new(&[&v[2]], one(|t| d.encoder4.forward_t(t, true)), dck, None)?;
+        phase("decoder5 forward");
         let (dec5, o5) = up_block(&d.decoder5, &v[3], &e4[0], dck)?;
         drop(e4);
+        phase("encoder3 forward");
         let (enc3, e3) = Segment::new(&[&v[1]], one(|t| d.encoder3.forward_t(t, true)), dck, None)?;
+        phase("decoder4 forward");
         let (dec4, o4) = up_block(&d.decoder4, &o5[0], &e3[0], dck)?;
         drop((o5, e3));
+        phase("encoder2 forward");
         let (enc2, e2) = Segment::new(&[&v[0]], one(|t| d.encoder2.forward_t(t, true)), dck, None)?;
+        phase("decoder3 forward");
         let (dec3, o3) = up_block(&d.decoder3, &o4[0], &e2[0], dck)?;
         drop((o4, e2, v));
+        phase("encoder1 forward");
         let (enc1, e1) = basic(&d.encoder1, x, dck)?;
+        phase("decoder2 forward");
         let (dec2, o2) = up_block(&d.decoder2, &o3[0], &e1[0], dck)?;
         drop((o3, e1));
+        phase("head forward");
         let (head, logits) = out_block(&d.out, &o2[0], dck)?;
         drop(o2);
         // The loss on its own graph from the logits.
+        phase("loss");
         let lv = Var::from_tensor(&logits[0])?;
         drop(logits);
         let (loss, scaled) = loss_fn(lv.as_tensor())?;
@@ -367,15 +384,25 @@ impl Unetr {
         let g_logits = lg.get(lv.as_tensor()).map(Tensor::detach);
         drop((lg, scaled, lv));
         // Backward, segment by segment; each gradient is moved on, so none outlives its use.
+        phase("head backward");
         let g_o2 = head.backward(vec![g_logits], params, &mut grads)?;
+        phase("decoder2 backward");
         let [g_o3, g_e1] = pair(dec2.backward(g_o2, params, &mut grads)?);
+        phase("encoder1 backward");
         enc1.backward(vec![g_e1], params, &mut grads)?;
+        phase("decoder3 backward");
         let [g_o4, g_e2] = pair(dec3.backward(vec![g_o3], params, &mut grads)?);
+        phase("encoder2 backward");
         let gv0 = enc2.backward(vec![g_e2], params, &mut grads)?.remove(0);
+        phase("decoder4 backward");
         let [g_o5, g_e3] = pair(dec4.backward(vec![g_o4], params, &mut grads)?);
+        phase("encoder3 backward");
         let gv1 = enc3.backward(vec![g_e3], params, &mut grads)?.remove(0);
+        phase("decoder5 backward");
         let [gv3, g_e4] = pair(dec5.backward(vec![g_o5], params, &mut grads)?);
+        phase("encoder4 backward");
         let gv2 = enc4.backward(vec![g_e4], params, &mut grads)?.remove(0);
+        phase("vit backward");
         vit.backward([gv0, gv1, gv2, gv3], params, &mut grads)?;
         rng.restore(&after_forward);
         Ok(StepGrads { loss, grads })

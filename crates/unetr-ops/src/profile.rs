@@ -75,6 +75,60 @@ pub fn timed<R>(name: &'static str, f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// Memory phases: while a probe is installed ([`start_memory_phases`]), each [`memory_phase`] call ends the
+/// current phase, recording the most bytes held during it, and starts the next. The training step names
+/// its segments' forwards and backwards this way, so a bench can say which one holds the step's peak. The
+/// probe is the allocator's (this crate does not own one): its peak since the last reset, and the reset.
+struct Phases {
+    peak: fn() -> usize,
+    reset_peak: fn(),
+    current: Option<&'static str>,
+    done: Vec<(&'static str, usize)>,
+}
+
+static PHASES_ON: AtomicBool = AtomicBool::new(false);
+static PHASES: Mutex<Option<Phases>> = Mutex::new(None);
+
+/// The most bytes held during one phase.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MemoryPhase {
+    pub name: String,
+    pub peak_bytes: usize,
+}
+
+/// Starts recording memory phases with the allocator's `peak` (the most bytes held since the last
+/// `reset_peak`) and `reset_peak`. Resets the allocator's peak at each phase.
+pub fn start_memory_phases(peak: fn() -> usize, reset_peak: fn()) {
+    reset_peak();
+    *PHASES.lock().unwrap_or_else(|e| e.into_inner()) = Some(Phases { peak, reset_peak, current: None, done: Vec::new() });
+    PHASES_ON.store(true, Ordering::Relaxed);
+}
+
+/// Ends the current phase and starts `name` (nothing while no probe is installed).
+pub fn memory_phase(name: &'static str) {
+    if !PHASES_ON.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Some(p) = PHASES.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        if let Some(cur) = p.current.take() {
+            p.done.push((cur, (p.peak)()));
+        }
+        (p.reset_peak)();
+        p.current = Some(name);
+    }
+}
+
+/// Ends the current phase, removes the probe and returns the phases in order (a name met twice is
+/// listed twice).
+pub fn take_memory_phases() -> Vec<MemoryPhase> {
+    PHASES_ON.store(false, Ordering::Relaxed);
+    let Some(mut p) = PHASES.lock().unwrap_or_else(|e| e.into_inner()).take() else { return Vec::new() };
+    if let Some(cur) = p.current.take() {
+        p.done.push((cur, (p.peak)()));
+    }
+    p.done.into_iter().map(|(name, peak_bytes)| MemoryPhase { name: name.to_string(), peak_bytes }).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +151,29 @@ mod tests {
         assert!(outer.seconds + inner.seconds <= total + 1e-9, "{rows:?} in {total}");
         assert!(!is_enabled());
         assert!(timed("off", || 1) == 1 && take().is_empty());
+    }
+
+    #[test]
+    fn memory_phases_record_each_phase_peak() {
+        use std::sync::atomic::AtomicUsize;
+        static LIVE: AtomicUsize = AtomicUsize::new(0);
+        static PEAK: AtomicUsize = AtomicUsize::new(0);
+        let hold = |n: usize| {
+            LIVE.store(n, Ordering::Relaxed);
+            PEAK.fetch_max(n, Ordering::Relaxed);
+        };
+        memory_phase("before any probe");
+        assert!(take_memory_phases().is_empty());
+        start_memory_phases(|| PEAK.load(Ordering::Relaxed), || PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed));
+        memory_phase("a");
+        hold(30);
+        hold(10);
+        memory_phase("b");
+        hold(20);
+        let phases = take_memory_phases();
+        let got: Vec<(&str, usize)> = phases.iter().map(|p| (p.name.as_str(), p.peak_bytes)).collect();
+        assert_eq!(got, [("a", 30), ("b", 20)]);
+        memory_phase("after");
+        assert!(take_memory_phases().is_empty());
     }
 }

@@ -127,6 +127,7 @@ impl TrainStep {
         }
         let mut grads = acc.expect("at least one micro-batch");
         all_reduce_gradients(comm, &mut grads, &self.vars)?;
+        unetr_ops::profile::memory_phase("clip + AdamW");
         let (grad_norm, applied) = self.apply(grads, lr)?;
         Ok(StepOutcome { loss, grad_norm, applied })
     }
