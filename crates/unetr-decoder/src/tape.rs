@@ -24,36 +24,57 @@ pub fn accumulate(grads: &mut GradStore, param: &Tensor, g: Tensor) -> Result<()
     Ok(())
 }
 
-/// What [`UnetResBlock`]'s backward reads: the input and the raw outputs of the convolutions. The block's
-/// output and norm1's activated output, which the backward also reads, are recomputed from them where they
-/// are needed (a norm each: cheap next to the convolutions), so a kept tape holds two full-size tensors
-/// fewer while the backward begins.
+/// What [`UnetResBlock`]'s backward reads: the input and the raw outputs of conv1 and conv2. The block's
+/// output, norm1's activated output and the residual projection (conv3, 1x1x1), which the backward also
+/// reads, are recomputed from them where they are needed (a norm or a pointwise conv each: cheap next to
+/// the 3x3x3 convolutions), so a kept tape holds three full-size tensors fewer.
 pub struct ResTape {
     x: Tensor,
     c1: Tensor,
     c2: Tensor,
-    /// conv3's raw output (the projected residual), when the channel count changes.
-    r: Option<Tensor>,
     /// The block's output, when the caller still has it (a forward recomputed just before the backward).
     out: Option<Tensor>,
 }
 
-/// The block's output from the kept tensors: lrelu(norm2(c2) + (norm3(r) or x)). On the CPU in place over a
-/// copy of `c2` (one new tensor where the norms and the sum would make three; the same values).
-fn res_output(x: &Tensor, c2: &Tensor, r: Option<&Tensor>) -> Result<Tensor> {
+/// A conv without bias on detached weights.
+fn conv(c: &ConvLayer, t: &Tensor) -> Result<Tensor> {
+    unetr_ops::conv3d(t, &c.weight.detach(), None, c.params)
+}
+
+/// The block's output from the kept tensors: lrelu(norm2(c2) + (norm3(conv3(x)) or x)). On the CPU in place
+/// (over conv3's output, or a copy of `c2`): one new tensor where the norms and the sum would make three;
+/// the same values.
+fn res_output(b: &UnetResBlock, x: &Tensor, c2: &Tensor) -> Result<Tensor> {
+    let r = b.conv3.as_ref().map(|(c, _)| conv(c, x)).transpose()?;
     if c2.device().is_cpu() {
-        let out = c2.copy()?;
-        match r {
-            Some(r) => unetr_ops::instance_norm_add_leaky_relu_(&out, r, true, EPS, LEAKY_SLOPE)?,
-            None => unetr_ops::instance_norm_add_leaky_relu_(&out, x, false, EPS, LEAKY_SLOPE)?,
-        }
-        return Ok(out);
+        return Ok(match r {
+            // lrelu(norm3(r) + norm2(c2)): the same sum, the operands swapped.
+            Some(r) => {
+                unetr_ops::instance_norm_add_leaky_relu_(&r, c2, true, EPS, LEAKY_SLOPE)?;
+                r
+            }
+            None => {
+                let out = c2.copy()?;
+                unetr_ops::instance_norm_add_leaky_relu_(&out, x, false, EPS, LEAKY_SLOPE)?;
+                out
+            }
+        });
     }
     let n2 = unetr_ops::instance_norm(c2, None, None, EPS)?;
     match r {
-        Some(r) => unetr_ops::add_leaky_relu(&n2, &unetr_ops::instance_norm(r, None, None, EPS)?, LEAKY_SLOPE),
+        Some(r) => unetr_ops::add_leaky_relu(&n2, &unetr_ops::instance_norm(&r, None, None, EPS)?, LEAKY_SLOPE),
         None => unetr_ops::add_leaky_relu(&n2, x, LEAKY_SLOPE),
     }
+}
+
+/// The gradient of an instance norm's input `x` (with a LeakyReLU after it: `slope`) from its output's
+/// gradient `dy`, which this consumes: on the CPU the result is written over it.
+fn norm_grad(x: &Tensor, dy: Tensor, slope: Option<f64>) -> Result<Tensor> {
+    if dy.device().is_cpu() {
+        unetr_ops::instance_norm_backward_(x, &dy, EPS, slope)?;
+        return Ok(dy);
+    }
+    unetr_ops::instance_norm_backward(x, &dy, EPS, slope)
 }
 
 /// The gradient of lrelu's input from its output `out` (which this consumes: on the CPU it is overwritten)
@@ -98,15 +119,12 @@ impl UnetResBlock {
     pub fn forward_taped(&self, x: &Tensor) -> Result<(Tensor, ResTape)> {
         // Detached weights: no op of this pass may record a graph (it would keep what the tape drops).
         let x = &x.detach();
-        let conv = |c: &ConvLayer, t: &Tensor| unetr_ops::conv3d(t, &c.weight.detach(), None, c.params);
         let c1 = conv(&self.conv1, x)?;
         let h1 = unetr_ops::instance_norm_leaky_relu(&c1, EPS, LEAKY_SLOPE)?;
         let c2 = conv(&self.conv2, &h1)?;
         drop(h1);
-        // The residual projection after h1 is gone: one full-size tensor fewer at the forward's peak.
-        let r = self.conv3.as_ref().map(|(c, _)| conv(c, x)).transpose()?;
-        let out = res_output(x, &c2, r.as_ref())?;
-        Ok((out, ResTape { x: x.clone(), c1, c2, r, out: None }))
+        let out = res_output(self, x, &c2)?;
+        Ok((out, ResTape { x: x.clone(), c1, c2, out: None }))
     }
 }
 
@@ -123,41 +141,49 @@ impl ResTape {
     pub fn backward(self, b: &UnetResBlock, g: Tensor, grads: &mut GradStore) -> Result<Tensor> {
         // Detached in a call that takes `g`: a shadowed binding would keep its storage alive to the end.
         let g = detached(g);
-        let ResTape { x, c1, c2, r, out } = self;
+        let ResTape { x, c1, c2, out } = self;
         // Recomputed: the same ops on the same tensors, so the output the forward returned, bit for bit.
         let out = match out {
             Some(o) => o,
-            None => res_output(&x, &c2, r.as_ref())?,
+            None => res_output(b, &x, &c2)?,
         };
         let gs = leaky_relu_grad(out, &g)?;
         drop(g);
         let gc2 = unetr_ops::instance_norm_backward(&c2, &gs, EPS, None)?;
         drop(c2);
-        // The residual branch's gradient: through norm3 (conv3 below) or, for an identity, straight to x.
-        let residual = match r {
-            Some(r) => {
-                let gr = unetr_ops::instance_norm_backward(&r, &gs, EPS, None)?;
-                drop((r, gs));
+        // The residual branch's gradient: through norm3 (conv3's output recomputed) or, for an identity,
+        // straight to x.
+        let residual = match &b.conv3 {
+            Some((c3, _)) => {
+                let r = conv(c3, &x)?;
+                let gr = norm_grad(&r, gs, None)?;
+                drop(r);
                 Residual::Projected(gr)
             }
             None => Residual::Identity(gs),
         };
+        // Each weight gradient before its input gradient, so that the conv's input can go first.
         let h1 = unetr_ops::instance_norm_leaky_relu(&c1, EPS, LEAKY_SLOPE)?;
-        let (gh1, dw2) = unetr_ops::conv3d_backward(&h1, &b.conv2.weight.detach(), &gc2, b.conv2.params)?;
-        drop((h1, gc2));
-        accumulate(grads, &b.conv2.weight, dw2)?;
-        let gc1 = unetr_ops::instance_norm_backward(&c1, &gh1, EPS, Some(LEAKY_SLOPE))?;
-        drop((c1, gh1));
-        let (gx, dw1) = unetr_ops::conv3d_backward(&x, &b.conv1.weight.detach(), &gc1, b.conv1.params)?;
+        let w2 = b.conv2.weight.detach();
+        accumulate(grads, &b.conv2.weight, unetr_ops::conv3d_backward_weight(&h1, &w2, &gc2, b.conv2.params)?)?;
+        drop(h1);
+        let gh1 = unetr_ops::conv3d_backward_input(c1.dims(), &w2, &gc2, b.conv2.params)?;
+        drop(gc2);
+        let gc1 = norm_grad(&c1, gh1, Some(LEAKY_SLOPE))?;
+        drop(c1);
+        let w1 = b.conv1.weight.detach();
+        accumulate(grads, &b.conv1.weight, unetr_ops::conv3d_backward_weight(&x, &w1, &gc1, b.conv1.params)?)?;
+        let x_dims = x.dims().to_vec();
+        let gx = unetr_ops::conv3d_backward_input(&x_dims, &w1, &gc1, b.conv1.params)?;
         drop(gc1);
-        accumulate(grads, &b.conv1.weight, dw1)?;
-        // The input and the residual's gradient go before the two input gradients are summed: at a full-size
-        // block that sum is where the backward holds the most.
+        // The input goes before the residual's input gradient is made and summed into gx.
         match (residual, &b.conv3) {
             (Residual::Projected(gr), Some((c3, _))) => {
-                let (gx3, dw3) = unetr_ops::conv3d_backward(&x, &c3.weight.detach(), &gr, c3.params)?;
-                drop((x, gr));
-                accumulate(grads, &c3.weight, dw3)?;
+                let w3 = c3.weight.detach();
+                accumulate(grads, &c3.weight, unetr_ops::conv3d_backward_weight(&x, &w3, &gr, c3.params)?)?;
+                drop(x);
+                let gx3 = unetr_ops::conv3d_backward_input(&x_dims, &w3, &gr, c3.params)?;
+                drop(gr);
                 sum_into(gx, &gx3)
             }
             (Residual::Identity(gs), None) => {
@@ -190,13 +216,14 @@ impl UnetrUpBlock {
         matches!(&self.conv_block, ConvBlock::Res(b) if b.tape_applies(x)) && self.transp_conv.weight.dtype() == x.dtype()
     }
 
-    /// The training forward on detached `x` and `skip`; returns the output and the tape.
-    pub fn forward_taped(&self, x: &Tensor, skip: &Tensor) -> Result<(Tensor, UpTape)> {
+    /// The training forward on detached `x` and `skip`; returns the output and the tape. `skip` is taken
+    /// by value: this handle is dropped once concatenated (its memory is freed if nothing else holds it).
+    pub fn forward_taped(&self, x: &Tensor, skip: Tensor) -> Result<(Tensor, UpTape)> {
         let ConvBlock::Res(b) = &self.conv_block else { candle_core::bail!("taped up block without a residual block") };
         let x = &x.detach();
         let u = unetr_ops::conv_transpose3d(x, &self.transp_conv.weight.detach(), None, self.params(), [0; 3])?;
         let cat = Tensor::cat(&[&u, &skip.detach()], 1)?;
-        drop(u);
+        drop((u, skip));
         let (out, res) = b.forward_taped(&cat)?;
         Ok((out, UpTape { x: x.clone(), res }))
     }

@@ -54,7 +54,7 @@ fn taped_blocks_match_the_graph() -> Result<()> {
     let r = Tensor::randn(0f64, 1.0, (2, 3, 6, 4, 8), &dev)?;
     assert!(b.tape_applies(x.as_tensor()));
     let out = b.forward_t(x.as_tensor(), skip.as_tensor().clone(), true)?;
-    let (tout, tape) = b.forward_taped(x.as_tensor(), skip.as_tensor())?;
+    let (tout, tape) = b.forward_taped(x.as_tensor(), skip.as_tensor().clone())?;
     let mut grads = GradStore::default();
     let (gx, gskip) = tape.backward(&b, r.clone(), &mut grads)?;
     compare("up block", &vm, (&out, &[&x, &skip]), (&tout, &[gx, gskip], &grads), &r);

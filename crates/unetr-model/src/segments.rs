@@ -127,14 +127,16 @@ impl TapedBlock<'_> {
             Self::Up(_) => 2,
         }
     }
-    fn forward(self, ins: &[Tensor]) -> candle_core::Result<(Tensor, Tape)> {
+    /// The forward on `ins`, which it consumes (an up block drops its skip input once concatenated).
+    fn forward(self, ins: Vec<Tensor>) -> candle_core::Result<(Tensor, Tape)> {
         Ok(match self {
             Self::Res(b) => {
                 let (o, t) = b.forward_taped(&ins[0])?;
                 (o, Tape::Res(t))
             }
             Self::Up(b) => {
-                let (o, t) = b.forward_taped(&ins[0], &ins[1])?;
+                let [x, skip]: [Tensor; 2] = ins.try_into().map_err(|_| candle_core::Error::Msg("an up block takes two inputs".into()))?;
+                let (o, t) = b.forward_taped(&x, skip)?;
                 (o, Tape::Up(t))
             }
             Self::Out(b) => {
@@ -155,14 +157,14 @@ struct Taped<'a> {
 impl Taped<'_> {
     fn backward(self, out_grads: Vec<Option<Tensor>>, grads: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
         let Some(g) = out_grads.into_iter().next().flatten() else { return Ok(vec![None; self.block.arity()]) };
+        // A recomputation consumes the inputs (a kept tape had no use for them).
         let tape = match self.tape {
             Some(t) => t,
             None => {
-                let (out, t) = self.block.forward(&self.inputs)?;
+                let (out, t) = self.block.forward(self.inputs)?;
                 t.with_output(out)
             }
         };
-        drop(self.inputs);
         Ok(match (tape, self.block) {
             (Tape::Res(t), TapedBlock::Res(b)) => vec![Some(t.backward(b, g, grads)?)],
             (Tape::Up(t), TapedBlock::Up(b)) => {
@@ -198,7 +200,7 @@ fn segment<'a>(block: Option<TapedBlock<'a>>, inputs: &[&Tensor], run: Run<'a>, 
         return Ok((Seg::Graph(s), o));
     };
     let ins: Vec<Tensor> = inputs.iter().map(|t| t.detach()).collect();
-    let (out, tape) = block.forward(&ins)?;
+    let (out, tape) = block.forward(ins.clone())?;
     // The head's tape is its input: what a recomputation would keep anyway.
     let recompute = recompute && !matches!(block, TapedBlock::Out(_));
     let (inputs, tape) = if recompute { (ins, None) } else { (Vec::new(), Some(tape)) };
@@ -313,6 +315,11 @@ fn sum_present<'t>(gs: impl Iterator<Item = &'t Option<Tensor>>) -> Result<Optio
     Ok(sum)
 }
 
+/// `t` detached; `t` itself (and the graph it holds) is dropped here, not at the end of the caller's scope.
+fn without_graph(t: Tensor) -> Tensor {
+    t.detach()
+}
+
 /// Names the part of the step that starts here, for a bench's memory attribution
 /// (`unetr_ops::profile::memory_phase`; nothing unless a bench installed its probe).
 fn phase(name: &'static str) {
@@ -380,6 +387,8 @@ impl Unetr {
         drop(logits);
         let (loss, scaled) = loss_fn(lv.as_tensor())?;
         let lg = scaled.backward()?;
+        // The value only: the loss's graph holds the logits and the loss's own intermediates.
+        let loss = without_graph(loss);
         let mut grads = GradStore::default();
         let g_logits = lg.get(lv.as_tensor()).map(Tensor::detach);
         drop((lg, scaled, lv));

@@ -409,13 +409,53 @@ pub fn conv_transpose3d(
 /// The gradients (dx, dw) of `conv3d(x, w, None, p)` given its output's gradient `dy`, computed directly
 /// (no autograd graph): for a backward written by hand, which frees each saved tensor once used.
 pub fn conv3d_backward(x: &Tensor, w: &Tensor, dy: &Tensor, p: Conv3dParams) -> Result<(Tensor, Tensor)> {
+    let sp = conv3d_spatial("conv3d_backward", x, w, p)?;
+    // The ops' own geometry checks refuse a `dy` that does not fit.
+    backward_of(Kind::Fwd, sp, x, w, dy)
+}
+
+/// The weight gradient alone of [`conv3d_backward`] (so that a hand-written backward can drop `x` before the
+/// input gradient is made).
+pub fn conv3d_backward_weight(x: &Tensor, w: &Tensor, dy: &Tensor, p: Conv3dParams) -> Result<Tensor> {
+    let sp = conv3d_spatial("conv3d_backward", x, w, p)?;
+    check_grad_dtype(x, dy)?;
+    if via_f32(x) {
+        return conv3d_backward_weight(&up(x)?, &up(w)?, &up(dy)?, p)?.to_dtype(x.dtype());
+    }
+    apply(Kind::BwdWeight, sp, x, dy)
+}
+
+/// The input gradient alone of [`conv3d_backward`], for an input of shape `x_dims` (dtype of `w`).
+pub fn conv3d_backward_input(x_dims: &[usize], w: &Tensor, dy: &Tensor, p: Conv3dParams) -> Result<Tensor> {
     const OP: &str = "conv3d_backward";
-    check_pair(OP, x, w, None, 0)?;
+    let d = <[usize; 5]>::try_from(x_dims).map_err(|_| shape_err(OP, "input must have rank 5", &[x_dims]))?;
+    if w.rank() != 5 || w.dim(1)? != d[1] {
+        return Err(shape_err(OP, "weight does not fit the input's channels", &[x_dims, w.dims()]));
+    }
+    let (input, kernel) = (spatial(&d), spatial(w.dims()));
+    let output = ConvGeom::out_size(input, kernel, p.stride, p.padding)
+        .ok_or_else(|| shape_err(OP, "kernel does not fit the padded input", &[x_dims, w.dims()]))?;
+    check_grad_dtype(w, dy)?;
+    if via_f32(w) {
+        return conv3d_backward_input(x_dims, &up(w)?, &up(dy)?, p)?.to_dtype(w.dtype());
+    }
+    apply(Kind::BwdInput, Spatial { input, kernel, stride: p.stride, padding: p.padding, output }, dy, w)
+}
+
+/// The spatial geometry of `conv3d(x, w, None, p)`, checked.
+fn conv3d_spatial(op: &'static str, x: &Tensor, w: &Tensor, p: Conv3dParams) -> Result<Spatial> {
+    check_pair(op, x, w, None, 0)?;
     let (input, kernel) = (spatial(x.dims()), spatial(w.dims()));
     let output = ConvGeom::out_size(input, kernel, p.stride, p.padding)
-        .ok_or_else(|| shape_err(OP, "kernel does not fit the padded input", &[x.dims(), w.dims()]))?;
-    // The ops' own geometry checks refuse a `dy` that does not fit.
-    backward_of(Kind::Fwd, Spatial { input, kernel, stride: p.stride, padding: p.padding, output }, x, w, dy)
+        .ok_or_else(|| shape_err(op, "kernel does not fit the padded input", &[x.dims(), w.dims()]))?;
+    Ok(Spatial { input, kernel, stride: p.stride, padding: p.padding, output })
+}
+
+fn check_grad_dtype(x: &Tensor, dy: &Tensor) -> Result<()> {
+    if dy.dtype() != x.dtype() {
+        return Err(OpsError::DTypeMismatch { op: "conv3d_backward", a: x.dtype(), b: dy.dtype() }.into());
+    }
+    Ok(())
 }
 
 /// The gradients (dx, dw) of `conv_transpose3d(x, w, None, p, [0; 3])` given its output's gradient `dy`,
@@ -442,9 +482,7 @@ fn spatial(d: &[usize]) -> [usize; 3] {
 /// [`adjoint_grads`] of the op `kind` on (x, w) for a hand-written backward (half precision via f32, as the
 /// forwards).
 fn backward_of(kind: Kind, sp: Spatial, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-    if dy.dtype() != x.dtype() {
-        return Err(OpsError::DTypeMismatch { op: "conv3d_backward", a: x.dtype(), b: dy.dtype() }.into());
-    }
+    check_grad_dtype(x, dy)?;
     if via_f32(x) {
         let (dx, dw) = backward_of(kind, sp, &up(x)?, &up(w)?, &up(dy)?)?;
         return Ok((dx.to_dtype(x.dtype())?, dw.to_dtype(x.dtype())?));

@@ -24,13 +24,13 @@ mod storage;
 pub use activation::{add, add_, add_leaky_relu, add_leaky_relu_, gelu, leaky_relu, leaky_relu_backward_from_output, leaky_relu_backward_from_output_, softmax_last_dim};
 pub use attention::attention;
 pub use autograd::seed;
-pub use conv::{conv3d, conv3d_, conv3d_backward, conv3d_cat_, conv_transpose3d, conv_transpose3d_backward, Conv3dParams};
+pub use conv::{conv3d, conv3d_, conv3d_backward, conv3d_backward_input, conv3d_backward_weight, conv3d_cat_, conv_transpose3d, conv_transpose3d_backward, Conv3dParams};
 pub use dtype::cast_to;
 pub use error::OpsError;
 pub use linear::linear;
 pub use norm::{
     batch_norm, instance_norm, instance_norm_, instance_norm_add_leaky_relu_,
-    instance_norm_add_proj1_leaky_relu_, instance_norm_backward, instance_norm_leaky_relu, instance_norm_leaky_relu_,
+    instance_norm_add_proj1_leaky_relu_, instance_norm_backward, instance_norm_backward_, instance_norm_leaky_relu, instance_norm_leaky_relu_,
     layer_norm, RunningStats,
 };
 pub use storage::inplace_ok;

@@ -277,6 +277,42 @@ pub fn instance_norm_backward(x: &Tensor, dy: &Tensor, eps: f64, slope: Option<f
     x.contiguous()?.apply_op2(&dy.contiguous()?, NormBwd(op))
 }
 
+struct NormBwdInplace(NormOp);
+
+impl candle_core::InplaceOp2 for NormBwdInplace {
+    fn name(&self) -> &'static str {
+        "instance_norm_backward"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let gs = self.0.groups(l2.dims())?;
+        let x = crate::storage::data(self.name(), s2, l2)?;
+        crate::profile::timed(self.name(), || {
+            use crate::kernels::norm::norm_bwd_inplace as run;
+            use crate::storage::{Data, DataMut};
+            match (crate::storage::data_mut(self.name(), s1, l1)?, x) {
+                (DataMut::F32(dy), Data::F32(x)) => run(x, dy, &gs, self.0.eps, self.0.slope),
+                (DataMut::F64(dy), Data::F64(x)) => run(x, dy, &gs, self.0.eps, self.0.slope),
+                _ => return Err(OpsError::Param { op: "instance_norm_backward", msg: "the gradient's dtype differs from the input's".into() }.into()),
+            }
+            Ok(())
+        })
+    }
+}
+
+/// [`instance_norm_backward`] written over `dy` (the same values), for a backward written by hand that no
+/// longer needs the output's gradient; the contract of [`instance_norm_`] for `dy`.
+pub fn instance_norm_backward_(x: &Tensor, dy: &Tensor, eps: f64, slope: Option<f64>) -> Result<()> {
+    const OP: &str = "instance_norm_backward";
+    crate::storage::check_inplace(OP, dy)?;
+    check_float(OP, dy.dtype())?;
+    if x.dims() != dy.dims() || x.dtype() != dy.dtype() {
+        return Err(shape_err(OP, "gradient shape or dtype differs from the input's", &[x.dims(), dy.dims()]));
+    }
+    let op = NormOp { kind: Kind::Instance, eps, slope };
+    op.groups(x.dims())?;
+    dy.inplace_op2(&x.contiguous()?, &NormBwdInplace(op))
+}
+
 /// Running statistics of a batch norm after one training step.
 #[derive(Debug, Clone)]
 pub struct RunningStats {

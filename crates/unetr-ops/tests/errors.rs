@@ -238,7 +238,7 @@ fn inplace_ops_match_and_refuse_graph_tensors() {
         };
         add_leaky_relu(&instance_norm(t, None, None, 1e-5)?, &r, 0.01)
     };
-    let cases: [(&str, OutOfPlace, InPlace); 10] = [
+    let cases: [(&str, OutOfPlace, InPlace); 12] = [
         (
             "instance_norm",
             Box::new(|t| instance_norm(t, None, None, 1e-5)),
@@ -258,6 +258,16 @@ fn inplace_ops_match_and_refuse_graph_tensors() {
             "add",
             Box::new(|t| add(t, &b)),
             Box::new(|t| add_(t, &b)),
+        ),
+        (
+            "instance_norm_backward",
+            Box::new(|t| instance_norm_backward(&b, t, 1e-5, None)),
+            Box::new(|t| instance_norm_backward_(&b, t, 1e-5, None)),
+        ),
+        (
+            "instance_norm_backward",
+            Box::new(|t| instance_norm_backward(&b, t, 1e-5, Some(0.01))),
+            Box::new(|t| instance_norm_backward_(&b, t, 1e-5, Some(0.01))),
         ),
         (
             "leaky_relu_backward_from_output",
@@ -402,7 +412,15 @@ fn conv_bias_in_place_matches_broadcast_add() {
 fn backward_functions_reject_bad_input() {
     let p = Conv3dParams::new(1, 1);
     let (x, w) = (t(&[1, 2, 4, 4, 4]), t(&[3, 2, 3, 3, 3]));
-    assert!(conv3d_backward(&x, &w, &t(&[1, 3, 4, 4, 4]), p).is_ok());
+    let dy = Tensor::randn(0f32, 1.0, (1, 3, 4, 4, 4), &Device::Cpu).unwrap();
+    let xr = Tensor::randn(0f32, 1.0, (1, 2, 4, 4, 4), &Device::Cpu).unwrap();
+    let (dx, dw) = conv3d_backward(&xr, &w, &dy, p).unwrap();
+    // The two halves alone are the same ops, so the same values.
+    assert_eq!(max_diff(&dw, &conv3d_backward_weight(&xr, &w, &dy, p).unwrap()), 0.0);
+    assert_eq!(max_diff(&dx, &conv3d_backward_input(xr.dims(), &w, &dy, p).unwrap()), 0.0);
+    err_contains(conv3d_backward_input(&[1, 5, 4, 4, 4], &w, &dy, p), &["conv3d_backward", "channels"]);
+    err_contains(conv3d_backward_input(&[1, 2, 4, 4], &w, &dy, p), &["rank 5"]);
+    err_contains(conv3d_backward_weight(&xr, &w, &dy.to_dtype(DType::F64).unwrap(), p), &["conv3d_backward"]);
     err_contains(conv3d_backward(&x, &w, &t(&[1, 3, 4, 4, 5]), p), &["conv3d_bwd"]);
     err_contains(conv3d_backward(&x, &w, &t(&[1, 2, 4, 4, 4]), p), &["conv3d_bwd"]);
     err_contains(conv3d_backward(&x, &w, &t(&[1, 3, 4, 4]), p), &["rank 5"]);
@@ -417,4 +435,6 @@ fn backward_functions_reject_bad_input() {
     err_contains(conv_transpose3d_backward(&tx, &tw, &t(&[3, 4, 4, 4]), tp), &["rank 5"]);
     err_contains(instance_norm_backward(&x, &t(&[1, 2, 4, 4, 3]), 1e-5, None), &["instance_norm_backward"]);
     err_contains(leaky_relu_backward_from_output(&x, &x, 0.0), &["slope"]);
+    err_contains(leaky_relu_backward_from_output_(&x.copy().unwrap(), &x, 0.0), &["slope"]);
+    err_contains(instance_norm_backward_(&x, &t(&[1, 2, 4, 4, 3]), 1e-5, None), &["instance_norm_backward"]);
 }

@@ -297,35 +297,44 @@ fn bwd_sums_imp<T: Elem>(x: &[T], dy: &[T], mean: T, rstd: T, slope: T, act: boo
 }
 multiversion!(fn bwd_sums<T: Elem>(x: &[T], dy: &[T], mean: T, rstd: T, slope: T, act: bool) -> (f64, f64) => bwd_sums_imp);
 
+/// dx[i] = rstd * (d - m1 - xhat * m2) with d = dy[i] (times slope where xhat < 0 under the activation),
+/// reading dy through `dy` and writing through `dx`, which may be the same memory (each element is read
+/// before it is written).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn bwd_apply_imp<T: Elem>(
-    x: &[T],
-    dy: &[T],
-    dx: &mut [T],
-    mean: T,
-    rstd: T,
-    slope: T,
-    act: bool,
-    m1: T,
-    m2: T,
-) {
-    for ((o, &xv), &dv) in dx.iter_mut().zip(x).zip(dy) {
+fn bwd_apply_imp<T: Elem>(x: &[T], dy: *const T, dx: *mut T, mean: T, rstd: T, slope: T, act: bool, m1: T, m2: T) {
+    for (i, &xv) in x.iter().enumerate() {
         let xh = (xv - mean) * rstd;
-        let d = if act && xh < T::zero() {
-            dv * slope
-        } else {
-            dv
-        };
-        *o = rstd * (d - m1 - xh * m2);
+        // SAFETY: the caller passes dy and dx valid for x.len() elements.
+        let dv = unsafe { dy.add(i).read() };
+        let d = if act && xh < T::zero() { dv * slope } else { dv };
+        unsafe { dx.add(i).write(rstd * (d - m1 - xh * m2)) };
     }
 }
-multiversion!(#[allow(clippy::too_many_arguments)] fn bwd_apply<T: Elem>(x: &[T], dy: &[T], dx: &mut [T], mean: T, rstd: T, slope: T, act: bool, m1: T, m2: T) -> () => bwd_apply_imp);
+multiversion!(#[allow(clippy::too_many_arguments)] fn bwd_apply<T: Elem>(x: &[T], dy: *const T, dx: *mut T, mean: T, rstd: T, slope: T, act: bool, m1: T, m2: T) -> () => bwd_apply_imp);
 
 /// Gradient of [`norm_fwd`] (statistics computed from x) with respect to x.
 pub fn norm_bwd<T: Elem>(x: &[T], dy: &[T], gs: &Groups, eps: f64, slope: Option<f64>) -> Vec<T> {
+    assert_eq!(x.len(), dy.len());
     let mut dx = Vec::with_capacity(x.len());
-    let dxp = SyncPtr(dx.as_mut_ptr());
+    // SAFETY: dy and dx hold x.len() elements; dx is a separate buffer.
+    unsafe { norm_bwd_raw(x, SyncPtr(dy.as_ptr() as *mut T), SyncPtr(dx.as_mut_ptr()), gs, eps, slope) };
+    // SAFETY: every element was written above.
+    unsafe { dx.set_len(x.len()) };
+    dx
+}
+
+/// [`norm_bwd`] written over `dy`: each group's sums are taken before its gradient overwrites it.
+pub fn norm_bwd_inplace<T: Elem>(x: &[T], dy: &mut [T], gs: &Groups, eps: f64, slope: Option<f64>) {
+    assert_eq!(x.len(), dy.len());
+    let p = SyncPtr(dy.as_mut_ptr());
+    // SAFETY: dy holds x.len() elements; reading and writing the same element is what bwd_apply allows.
+    unsafe { norm_bwd_raw(x, p, p, gs, eps, slope) };
+}
+
+/// # Safety
+/// `dy` and `dx` point at x.len() elements each; they are the same memory or do not overlap.
+unsafe fn norm_bwd_raw<T: Elem>(x: &[T], dy: SyncPtr<T>, dx: SyncPtr<T>, gs: &Groups, eps: f64, slope: Option<f64>) {
     let (act, sl) = (slope.is_some(), of_f64::<T>(slope.unwrap_or(1.0)));
     (0..gs.groups)
         .into_par_iter()
@@ -337,7 +346,9 @@ pub fn norm_bwd<T: Elem>(x: &[T], dy: &[T], gs: &Groups, eps: f64, slope: Option
             // dx = rstd * (d - mean(d) - xhat * mean(d * xhat)).
             let (mut s1, mut s2) = (0f64, 0f64);
             for o in gs.offsets(g) {
-                let (a, b) = bwd_sums(&x[o..o + gs.len], &dy[o..o + gs.len], mt, rt, sl, act);
+                // SAFETY: group g's segments are read here and written below by this task only.
+                let dys = unsafe { std::slice::from_raw_parts(dy.ptr().add(o), gs.len) };
+                let (a, b) = bwd_sums(&x[o..o + gs.len], dys, mt, rt, sl, act);
                 s1 += a;
                 s2 += b;
             }
@@ -345,21 +356,7 @@ pub fn norm_bwd<T: Elem>(x: &[T], dy: &[T], gs: &Groups, eps: f64, slope: Option
             let (m1, m2) = (of_f64::<T>(s1 / n), of_f64::<T>(s2 / n));
             for o in gs.offsets(g) {
                 // SAFETY: segments of different groups are disjoint, and together cover dx.
-                let dxs = unsafe { dxp.slice(o, gs.len) };
-                bwd_apply(
-                    &x[o..o + gs.len],
-                    &dy[o..o + gs.len],
-                    dxs,
-                    mt,
-                    rt,
-                    sl,
-                    act,
-                    m1,
-                    m2,
-                );
+                bwd_apply(&x[o..o + gs.len], unsafe { dy.ptr().add(o) }, unsafe { dx.ptr().add(o) }, mt, rt, sl, act, m1, m2);
             }
         });
-    // SAFETY: every element was written above.
-    unsafe { dx.set_len(x.len()) };
-    dx
 }
