@@ -101,9 +101,10 @@ impl TrainStep {
             Some(s) => s.unscale(&mut grads, &self.vars)?,
             None => true,
         };
-        let gnorm = if finite { clip_grad_norm(&mut grads, &self.vars, self.grad_clip)? } else { f64::NAN };
+        // Timed as ops of their own, so that a step's profile accounts for the update.
+        let gnorm = if finite { unetr_ops::profile::timed("clip_grad_norm", || clip_grad_norm(&mut grads, &self.vars, self.grad_clip))? } else { f64::NAN };
         if finite {
-            self.opt.step(&grads)?;
+            unetr_ops::profile::timed("adamw", || self.opt.step(&grads))?;
         }
         if let Some(s) = self.scaler.as_mut() {
             s.update(finite);
