@@ -19,7 +19,7 @@ pub struct Args {
     /// Checkpointing modes to measure, comma-separated.
     #[arg(long, default_value = "none,vit,decoder,all")]
     modes: String,
-    /// Timed steps per measuring process, after one warm-up.
+    /// Timed steps per measuring process, after two warm-ups.
     #[arg(long, default_value_t = 2)]
     repeats: usize,
     /// Rounds (fresh processes each: PyTorch once, then each of our modes once).
