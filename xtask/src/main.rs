@@ -110,6 +110,7 @@ impl Cmd {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     alloc::configure(cli.cmd.profile());
+    unetr_cli::threads::configure();
     alloc::init_tracing();
     unetr_cli::exit_code(run(cli))
 }

@@ -1,9 +1,10 @@
 //! The `unetr` command line as a library: each command's options and its `run` (`commands`), and the
-//! process setup both the `unetr` binary and `cargo xtask` use (`alloc`). Relative paths on the command
+//! process setup both the `unetr` binary and `cargo xtask` use (`alloc`, `threads`). Relative paths on the command
 //! line are relative to the working directory; paths inside a config, to the config file's folder.
 
 pub mod alloc;
 pub mod commands;
+pub mod threads;
 
 use clap::{Parser, Subcommand};
 

@@ -1,12 +1,13 @@
-//! Training forward and backward of the residual and up blocks written by hand: the forward keeps only
-//! what the backward reads, or what that is cheaply recomputed from (a tape), and the backward frees each
-//! kept tensor as soon as it was used, as PyTorch's autograd does. candle's graph keeps every intermediate (the normalised tensors, the
-//! up-sampled half of the concatenation) until a whole backward ends and seeds each gradient with a zero
-//! tensor; at 96^3 that is what sets a training step's peak memory.
+//! Training forward and backward of the residual, up and output blocks written by hand: the forward keeps
+//! only what the backward reads, or what that is cheaply recomputed from (a tape), and the backward frees
+//! each kept tensor as soon as it was used, as PyTorch's autograd does; on the CPU the element-wise and
+//! norm gradients are written over the gradient they come from. candle's graph keeps every intermediate
+//! (the normalised tensors, the up-sampled half of the concatenation) until a whole backward ends and
+//! seeds each gradient with a zero tensor; at 96^3 that is what sets a training step's peak memory.
 //!
-//! Used for blocks with instance norms, no conv biases and weights in the input's dtype (UNETR's blocks
-//! in f32 or f64 training); [`UnetResBlock::tape_applies`] says when. The gradients equal the graph's
-//! (test: `taped_blocks_match_the_graph` in this crate's tests).
+//! Used for blocks with instance norms, no conv biases (the output block's bias is allowed) and weights in
+//! the input's dtype (UNETR's blocks in f32 or f64 training); [`UnetResBlock::tape_applies`] says when.
+//! The gradients equal the graph's (test: `taped_blocks_match_the_graph` in this crate's tests).
 
 use crate::blocks::{ConvBlock, UnetOutBlock, UnetResBlock, UnetrUpBlock};
 use crate::layers::{ConvLayer, NormLayer, LEAKY_SLOPE, NORM_EPS as EPS};
