@@ -656,6 +656,55 @@ fn bwd_weight_slabs<T: Elem>(x: &[T], dy: &[T], g: &ConvGeom, per_slab: usize) -
 mod tests {
     use super::*;
 
+    /// dw[o, c, kz, ky, kx] = sum over n and output positions of dy * the input under that tap, in f64.
+    fn weight_gradient_reference(x: &[f64], dy: &[f64], g: &ConvGeom) -> Vec<f64> {
+        let (ci, co, k, pad, input, output) = (g.ci, g.co, g.kernel[0], g.padding[0], g.input, g.output);
+        let mut want = vec![0f64; co * ci * k * k * k];
+        for n in 0..g.n {
+            for o in 0..co {
+                for c in 0..ci {
+                    for t in 0..k * k * k {
+                        let (kz, ky, kx) = (t / (k * k), t / k % k, t % k);
+                        let mut acc = 0.0;
+                        for oz in 0..output[0] {
+                            for oy in 0..output[1] {
+                                for ox in 0..output[2] {
+                                    let (z, y, xx) = (oz + kz, oy + ky, ox + kx);
+                                    if z < pad || y < pad || xx < pad || z - pad >= input[0] || y - pad >= input[1] || xx - pad >= input[2] {
+                                        continue;
+                                    }
+                                    let xi = (((n * ci + c) * input[0] + z - pad) * input[1] + y - pad) * input[2] + xx - pad;
+                                    acc += dy[(((n * co + o) * output[0] + oz) * output[1] + oy) * output[2] + ox] * x[xi];
+                                }
+                            }
+                        }
+                        want[(o * ci + c) * k * k * k + t] += acc;
+                    }
+                }
+            }
+        }
+        want
+    }
+
+    /// In f32 (UNETR's channel counts and odd ones), any slab height: the reference's values within f32
+    /// rounding.
+    #[test]
+    fn weight_gradient_in_f32_matches_the_reference() {
+        for (ci, co) in [(16usize, 16usize), (32, 7), (16, 13), (32, 1), (16, 2)] {
+            let input = [5usize, 4, 6];
+            let g = ConvGeom { n: 1, ci, co, input, kernel: [3; 3], stride: [1; 3], padding: [1; 3], output: input };
+            let x: Vec<f64> = (0..ci * g.in_vol()).map(|i| ((i * 37 % 101) as f64 - 50.0) / 50.0).collect();
+            let dy: Vec<f64> = (0..co * g.out_vol()).map(|i| ((i * 53 % 97) as f64 - 48.0) / 97.0).collect();
+            let want = weight_gradient_reference(&x, &dy, &g);
+            let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+            for per in [1, 2, input[0]] {
+                let got = bwd_weight_slabs(&f(&x), &f(&dy), &g, per);
+                let err = got.iter().zip(&want).map(|(&a, b)| (a as f64 - b).abs()).fold(0f64, f64::max);
+                assert!(err < 1e-4, "ci {ci} co {co}: {per} planes per slab, max error {err}");
+            }
+        }
+    }
+
     /// The weight gradient by slabs equals the direct sum over positions, for any slab height (halo planes
     /// carried, padding planes, a short last slab).
     #[test]
@@ -666,31 +715,7 @@ mod tests {
             let (iv, ov) = (g.in_vol(), g.out_vol());
             let x: Vec<f64> = (0..2 * ci * iv).map(|i| ((i * 37 % 101) as f64 - 50.0) / 50.0).collect();
             let dy: Vec<f64> = (0..2 * co * ov).map(|i| ((i * 53 % 97) as f64 - 48.0) / 97.0).collect();
-            // dw[o, c, kz, ky, kx] = sum over n and output positions of dy * the input under that tap.
-            let mut want = vec![0f64; co * ci * k * k * k];
-            for n in 0..2 {
-                for o in 0..co {
-                    for c in 0..ci {
-                        for t in 0..k * k * k {
-                            let (kz, ky, kx) = (t / (k * k), t / k % k, t % k);
-                            let mut acc = 0.0;
-                            for oz in 0..output[0] {
-                                for oy in 0..output[1] {
-                                    for ox in 0..output[2] {
-                                        let (z, y, xx) = (oz + kz, oy + ky, ox + kx);
-                                        if z < pad || y < pad || xx < pad || z - pad >= input[0] || y - pad >= input[1] || xx - pad >= input[2] {
-                                            continue;
-                                        }
-                                        let xi = (((n * ci + c) * input[0] + z - pad) * input[1] + y - pad) * input[2] + xx - pad;
-                                        acc += dy[(((n * co + o) * output[0] + oz) * output[1] + oy) * output[2] + ox] * x[xi];
-                                    }
-                                }
-                            }
-                            want[(o * ci + c) * k * k * k + t] += acc;
-                        }
-                    }
-                }
-            }
+            let want = weight_gradient_reference(&x, &dy, &g);
             assert_eq!(bwd_weight(&x, &dy, &g), bwd_weight_slabs(&x, &dy, &g, default_slab::<f64>(&g)));
             for per in 1..=output[0] {
                 let got = bwd_weight_slabs(&x, &dy, &g, per);
