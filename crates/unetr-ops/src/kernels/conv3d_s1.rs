@@ -184,6 +184,51 @@ fn pad_slab_cf<T: Elem>(
     });
 }
 
+/// How a padded slab is stored: channels-first with channel stride `cs` ([`pad_slab_cf`]), or channels-last
+/// ([`pad_slab`]).
+#[derive(Clone, Copy)]
+enum SlabLayout {
+    ChannelsFirst { cs: usize },
+    ChannelsLast,
+}
+
+/// Fills `xp` with the padded planes of output slab `oz0..oz1` of sample `n`: the last kd - 1 planes of the
+/// previous slab (`prev_planes` planes; 0 before the first) are this slab's first and are moved, the others
+/// padded from the input. Returns this slab's number of planes (the next call's `prev_planes`).
+#[allow(clippy::too_many_arguments)]
+fn next_slab<T: Elem>(
+    parts: &[Part<T>],
+    n: usize,
+    g: &ConvGeom,
+    p: &Plan,
+    (oz0, oz1): (usize, usize),
+    prev_planes: usize,
+    layout: SlabLayout,
+    xp: &mut [T],
+) -> usize {
+    let plane_q = p.hp * p.wp;
+    let halo = g.kernel[0] - 1;
+    let planes = oz1 - oz0 + halo;
+    let carried = if prev_planes > 0 { halo } else { 0 };
+    match layout {
+        SlabLayout::ChannelsFirst { cs } => {
+            if carried > 0 {
+                for c in 0..g.ci {
+                    let from = c * cs + (prev_planes - carried) * plane_q;
+                    xp.copy_within(from..from + carried * plane_q, c * cs);
+                }
+            }
+            pad_slab_cf(parts, n, g, p, oz0, carried, planes, cs, xp);
+        }
+        SlabLayout::ChannelsLast => {
+            let from = (prev_planes - carried) * plane_q * g.ci;
+            xp.copy_within(from..from + carried * plane_q * g.ci, 0);
+            pad_slab(parts, n, g, p, oz0, carried, planes, xp);
+        }
+    }
+    planes
+}
+
 /// Output planes per slab of the forward and the weight gradient: the padded copy holds one slab plus the kernel's halo (about
 /// 8 MB), not the whole sample (120 MB for UNETR's 32-channel 96^3 convs), which bounds the forward's extra
 /// memory. The halo planes are carried from slab to slab, not copied again.
@@ -403,28 +448,10 @@ pub unsafe fn fwd_into<T: Elem>(
     // Sample by sample, slab by slab (see `slab_planes`); the tiles of a slab run in parallel.
     for n in 0..g.n {
         let mut prev_planes = 0;
+        let layout = if cf { SlabLayout::ChannelsFirst { cs } } else { SlabLayout::ChannelsLast };
         for oz0 in (0..g.output[0]).step_by(per_slab) {
             let oz1 = (oz0 + per_slab).min(g.output[0]);
-            let planes = oz1 - oz0 + kd - 1;
-            // The last kd - 1 padded planes of the previous slab are this slab's first: move them.
-            let carried = if prev_planes > 0 { kd - 1 } else { 0 };
-            if carried > 0 {
-                if cf {
-                    for c in 0..g.ci {
-                        let from = c * cs + (prev_planes - carried) * plane_q;
-                        xp.copy_within(from..from + carried * plane_q, c * cs);
-                    }
-                } else {
-                    let from = (prev_planes - carried) * plane_q * g.ci;
-                    xp.copy_within(from..from + carried * plane_q * g.ci, 0);
-                }
-            }
-            if cf {
-                pad_slab_cf(parts, n, g, &p, oz0, carried, planes, cs, &mut xp);
-            } else {
-                pad_slab(parts, n, g, &p, oz0, carried, planes, &mut xp);
-            }
-            prev_planes = planes;
+            prev_planes = next_slab(parts, n, g, &p, (oz0, oz1), prev_planes, layout, &mut xp);
             let xp = &xp[..];
             let (q_lo, q_hi) = (oz0 * plane_q, oz1 * plane_q);
             // Whole padded rows per tile, enough tiles for every thread, at most the plan's width.
@@ -605,15 +632,7 @@ fn bwd_weight_slabs<T: Elem>(x: &[T], dy: &[T], g: &ConvGeom, per_slab: usize) -
         let mut prev_planes = 0;
         for oz0 in (0..g.output[0]).step_by(per_slab) {
             let oz1 = (oz0 + per_slab).min(g.output[0]);
-            let planes = oz1 - oz0 + kd - 1;
-            // The last kd - 1 padded planes of the previous slab are this slab's first: move them.
-            let carried = if prev_planes > 0 { kd - 1 } else { 0 };
-            if carried > 0 {
-                let from = (prev_planes - carried) * plane_q * g.ci;
-                xp.copy_within(from..from + carried * plane_q * g.ci, 0);
-            }
-            pad_slab(&part, n, g, &p, oz0, carried, planes, &mut xp);
-            prev_planes = planes;
+            prev_planes = next_slab(&part, n, g, &p, (oz0, oz1), prev_planes, SlabLayout::ChannelsLast, &mut xp);
             let xp = &xp[..];
             let q_lo = oz0 * plane_q;
             let slab_tiles: Vec<(usize, usize)> = (q_lo..oz1 * plane_q)
