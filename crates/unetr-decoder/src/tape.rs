@@ -97,8 +97,9 @@ fn sum_into(a: Tensor, b: &Tensor) -> Result<Tensor> {
     a + b
 }
 
-/// `t` without its graph; `t` itself is dropped.
-fn detached(t: Tensor) -> Tensor {
+/// `t` without its graph; `t` itself (and the graph it holds) is dropped here, not at the end of the caller's
+/// scope as a shadowed binding would be.
+pub fn detached(t: Tensor) -> Tensor {
     t.detach()
 }
 

@@ -12,7 +12,7 @@
 
 use crate::error::Result;
 use crate::unetr::{Decoder, Unetr};
-use unetr_decoder::tape::{accumulate, OutTape, ResTape, UpTape};
+use unetr_decoder::tape::{accumulate, detached, OutTape, ResTape, UpTape};
 use unetr_decoder::{ConvBlock, UnetOutBlock, UnetResBlock, UnetrBasicBlock, UnetrUpBlock};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
@@ -315,11 +315,6 @@ fn sum_present<'t>(gs: impl Iterator<Item = &'t Option<Tensor>>) -> Result<Optio
     Ok(sum)
 }
 
-/// `t` detached; `t` itself (and the graph it holds) is dropped here, not at the end of the caller's scope.
-fn without_graph(t: Tensor) -> Tensor {
-    t.detach()
-}
-
 /// Names the part of the step that starts here, for a bench's memory attribution
 /// (`unetr_ops::profile::memory_phase`; nothing unless a bench installed its probe).
 fn phase(name: &'static str) {
@@ -388,7 +383,7 @@ impl Unetr {
         let (loss, scaled) = loss_fn(lv.as_tensor())?;
         let lg = scaled.backward()?;
         // The value only: the loss's graph holds the logits and the loss's own intermediates.
-        let loss = without_graph(loss);
+        let loss = detached(loss);
         let mut grads = GradStore::default();
         let g_logits = lg.get(lv.as_tensor()).map(Tensor::detach);
         drop((lg, scaled, lv));

@@ -4,7 +4,7 @@
 
 use crate::dtype::{up, via_f32};
 use crate::error::{check_float, shape_err, OpsError};
-use crate::kernels::activation::{add_fwd, add_leaky_relu_bwd, gelu_bwd, update_inplace, Update, gelu_fwd, leaky_relu_fwd, softmax_fwd};
+use crate::kernels::activation::{add_fwd, add_leaky_relu_bwd, gelu_bwd, gelu_fwd, update_inplace, Update, leaky_relu_fwd, softmax_fwd};
 use crate::storage::{data, data2, dispatch, dispatch2, out};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 
@@ -217,17 +217,10 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 struct UpdateInplace(Update);
 
 impl UpdateInplace {
-    fn op(&self) -> &'static str {
-        match self.0 {
-            Update::AddLeakyRelu(_) => "add_leaky_relu",
-            Update::Add => "add",
-            Update::LeakyReluBackwardFromOutput(_) => "leaky_relu_backward_from_output",
-        }
-    }
-
     /// Checks `a` and `b` and runs the update over `a`.
     fn run(self, a: &Tensor, b: &Tensor) -> Result<()> {
-        let op = self.op();
+        use candle_core::InplaceOp2;
+        let op = self.name();
         crate::storage::check_inplace(op, a)?;
         check_pair(op, a, b)?;
         a.inplace_op2(&b.contiguous()?, &self)
@@ -236,15 +229,19 @@ impl UpdateInplace {
 
 impl candle_core::InplaceOp2 for UpdateInplace {
     fn name(&self) -> &'static str {
-        self.op()
+        match self.0 {
+            Update::AddLeakyRelu(_) => "add_leaky_relu",
+            Update::Add => "add",
+            Update::LeakyReluBackwardFromOutput(_) => "leaky_relu_backward_from_output",
+        }
     }
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
-        let b = data(self.op(), s2, l2)?;
-        crate::profile::timed(self.op(), || {
-            match (crate::storage::data_mut(self.op(), s1, l1)?, b) {
+        let b = data(self.name(), s2, l2)?;
+        crate::profile::timed(self.name(), || {
+            match (crate::storage::data_mut(self.name(), s1, l1)?, b) {
                 (crate::storage::DataMut::F32(a), crate::storage::Data::F32(b)) => update_inplace(a, b, self.0),
                 (crate::storage::DataMut::F64(a), crate::storage::Data::F64(b)) => update_inplace(a, b, self.0),
-                _ => return Err(OpsError::Param { op: self.op(), msg: "the inputs differ in dtype".into() }.into()),
+                _ => return Err(OpsError::Param { op: self.name(), msg: "the inputs differ in dtype".into() }.into()),
             }
             Ok(())
         })

@@ -113,34 +113,31 @@ pub enum Update {
 /// `a = u(a, b)` in place, in parallel chunks.
 pub fn update_inplace<T: Elem>(a: &mut [T], b: &[T], u: Update) {
     #[inline(always)]
-    fn imp<T: Elem>(a: &mut [T], b: &[T], kind: u8, s: T) {
-        match kind {
-            0 => {
+    fn imp<T: Elem>(a: &mut [T], b: &[T], u: Update) {
+        // One loop per kind, so each is a plain vectorisable loop.
+        match u {
+            Update::AddLeakyRelu(slope) => {
+                let s = of_f64::<T>(slope);
                 for (x, &y) in a.iter_mut().zip(b) {
                     let v = *x + y;
                     *x = if v > T::zero() { v } else { v * s };
                 }
             }
-            1 => {
+            Update::Add => {
                 for (x, &y) in a.iter_mut().zip(b) {
                     *x = *x + y;
                 }
             }
-            _ => {
+            Update::LeakyReluBackwardFromOutput(slope) => {
+                let s = of_f64::<T>(slope);
                 for (x, &y) in a.iter_mut().zip(b) {
                     *x = if *x > T::zero() { y } else { y * s };
                 }
             }
         }
     }
-    multiversion!(fn run<T: Elem>(a: &mut [T], b: &[T], kind: u8, s: T) -> () => imp);
-    let (kind, slope) = match u {
-        Update::AddLeakyRelu(s) => (0, s),
-        Update::Add => (1, 0.0),
-        Update::LeakyReluBackwardFromOutput(s) => (2, s),
-    };
-    let s = of_f64::<T>(slope);
-    a.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(|(x, y)| run(x, y, kind, s));
+    multiversion!(fn run<T: Elem>(a: &mut [T], b: &[T], u: Update) -> () => imp);
+    a.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(|(x, y)| run(x, y, u));
 }
 
 /// Gradient of LeakyReLU(a + b) w.r.t. either input: dy where a + b > 0, else slope * dy (PyTorch's
